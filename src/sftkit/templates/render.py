@@ -1,0 +1,149 @@
+"""One renderer: Conversation -> text, input_ids, labels.
+
+The same function builds training examples and inference prompts
+(``add_generation_prompt=True``), so the two can never drift apart. Labels are
+assigned by character spans on the *whole* rendered text, tokenized once: the
+ids are exactly what ``tokenizer(text)`` gives (no BPE seams between separately
+tokenized pieces), and a token carries loss when it starts inside a trained span.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from sftkit.conversation import Conversation
+from sftkit.templates.base import ChatTemplate, MaskPolicy, RowRejected, Segment, TemplateError
+
+IGNORE = -100
+
+
+class Overflow(StrEnum):
+    """What to do with a conversation longer than ``cutoff_len`` tokens."""
+
+    truncate = "truncate"  # keep the start; refuse if nothing trainable would remain
+    drop = "drop"
+    error = "error"
+
+
+@dataclass(slots=True)
+class Rendered:
+    input_ids: list[int]
+    labels: list[int]
+    text: str
+    source: str | None = None
+    truncated: bool = False
+
+    @property
+    def n_trainable(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE)
+
+
+def trained_spans(segs: Sequence[Segment], policy: MaskPolicy, stops: Sequence[str]) -> list[tuple[int, int]]:
+    """Character spans that carry loss. A reply is trained through its last
+    end-of-turn string; whitespace the template puts after it is not."""
+    replies = [s.message_index for s in segs if s.kind == "reply"]
+    last_reply = replies[-1] if replies else None
+    spans: list[tuple[int, int]] = []
+    pos = 0
+    for s in segs:
+        start, end = pos, pos + len(s.text)
+        pos = end
+        if policy is MaskPolicy.all:
+            spans.append((start, end))
+            continue
+        if s.kind != "reply" or (policy is MaskPolicy.last and s.message_index != last_reply):
+            continue
+        cut = max((s.text.rfind(t) + len(t) for t in stops if t and t in s.text), default=len(s.text))
+        spans.append((start, start + cut))
+    return spans
+
+
+def _labels_from_offsets(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
+    labels = [IGNORE] * len(ids)
+    j = 0
+    for k, (a, b) in enumerate(offsets):
+        while j < len(spans) and spans[j][1] <= a:
+            j += 1
+        if j < len(spans) and spans[j][0] <= a < spans[j][1] and b > a:
+            labels[k] = ids[k]
+    return labels
+
+
+class Renderer:
+    """Binds a template, a tokenizer and a masking policy."""
+
+    def __init__(
+        self,
+        template: ChatTemplate,
+        tokenizer: Any,
+        policy: MaskPolicy = MaskPolicy.assistant,
+        cutoff_len: int | None = None,
+        overflow: Overflow = Overflow.truncate,
+    ) -> None:
+        self.template = template
+        self.tokenizer = tokenizer
+        self.policy = policy
+        self.cutoff_len = cutoff_len
+        self.overflow = overflow
+
+    def text_segments(self, conv: Conversation, add_generation_prompt: bool = False) -> list[Segment]:
+        if conv.is_text:
+            eos = self.tokenizer.eos_token or ""
+            return [Segment((conv.text or "") + eos, "reply", 0)]
+        return self.template.segments(conv, add_generation_prompt=add_generation_prompt)
+
+    def prompt_text(self, conv: Conversation) -> str:
+        """The inference prompt: the conversation without its final assistant
+        reply (if it has one), up to where the model starts writing."""
+        if conv.is_text:
+            return conv.text or ""
+        last = conv.last_assistant_index()
+        if last is not None and last == len(conv.messages) - 1:
+            conv = Conversation(conv.prompt_messages(), tools=conv.tools, source=conv.source)
+        return "".join(s.text for s in self.template.segments(conv, add_generation_prompt=True))
+
+    def render(self, conv: Conversation) -> Rendered:
+        r = self.render_many([conv])[0]
+        if isinstance(r, RowRejected):
+            raise r
+        return r
+
+    def render_many(self, convs: Sequence[Conversation]) -> list[Rendered | RowRejected]:
+        """Render a batch; tokenization is one batched call (fast tokenizers run it
+        in Rust). A row that cannot be used comes back as its ``RowRejected``."""
+        stops = self.template.stop_strings
+        texts, spans = [], []
+        for c in convs:
+            segs = self.text_segments(c)
+            policy = MaskPolicy.all if c.is_text else self.policy
+            texts.append("".join(s.text for s in segs))
+            spans.append(trained_spans(segs, policy, [*stops, self.tokenizer.eos_token or ""]))
+        enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        out = []
+        for c, text, sp, ids, offs in zip(convs, texts, spans, enc["input_ids"], enc["offset_mapping"], strict=True):
+            r = Rendered(list(ids), _labels_from_offsets(list(ids), list(offs), sp), text, c.source)
+            try:
+                out.append(self._fit(r))
+            except RowRejected as e:
+                out.append(e)
+        return out
+
+    def _fit(self, r: Rendered) -> Rendered:
+        n = self.cutoff_len
+        if n is None or len(r.input_ids) <= n:
+            return r
+        where = r.source or "conversation"
+        if self.overflow is Overflow.error:
+            raise TemplateError(f"{where}: {len(r.input_ids)} tokens exceed cutoff_len={n} (overflow: error)")
+        if self.overflow is Overflow.drop:
+            raise RowRejected(f"{where}: dropped, {len(r.input_ids)} tokens exceed cutoff_len={n}")
+        cut = Rendered(r.input_ids[:n], r.labels[:n], r.text, r.source, truncated=True)
+        if cut.n_trainable == 0:
+            raise RowRejected(
+                f"{where}: truncating to cutoff_len={n} leaves no trainable token "
+                f"(the prompt alone is longer); raise cutoff_len or shorten the row"
+            )
+        return cut

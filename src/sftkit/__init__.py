@@ -1,0 +1,3 @@
+"""sftkit: supervised fine-tuning, correct by construction."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,116 @@
+"""The ``sft`` command: one Typer app; heavy modules are imported inside commands
+so that ``sft --help`` answers instantly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from sftkit.cli_data import app as data_app
+from sftkit.cli_eval import eval_cmd, report_cmd
+from sftkit.cli_template import app as template_app
+from sftkit.config import field_docs
+
+err = Console(stderr=True)
+app = typer.Typer(
+    help="sftkit: supervised fine-tuning of language models, from data check to served model.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data_app, name="data", help="Check, analyse, de-duplicate, lint and split data files.")
+app.add_typer(template_app, name="template", help="List, render, show and check chat templates.")
+app.command("eval", help="Evaluate a model or run on a test file, optionally against a baseline.")(eval_cmd)
+app.command("report", help="Write report.html for a run folder.")(report_cmd)
+
+
+def fail(msg: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _config_help() -> str:
+    lines = ["Config fields (YAML keys; override any with dotted key=value after CONFIG):\n\n"]
+    for key, typ, default, doc in field_docs():
+        lines.append(f"  {key} ({typ}, default {default}): {doc}\n\n")
+    return "".join(lines)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from sftkit.config import ConfigError
+    from sftkit.data import DataError
+    from sftkit.methods import MethodUnavailable
+    from sftkit.models import ModelNotFound
+    from sftkit.templates.base import TemplateError
+    from sftkit.train import TrainError
+
+    return (ConfigError, DataError, MethodUnavailable, ModelNotFound, TemplateError, TrainError)
+
+
+@app.command(epilog=_config_help())
+def train(
+    config: Annotated[Path, typer.Argument(help="Run config YAML (or a folder holding config.yaml).")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="Dotted overrides: train.max_steps=2 ...")] = None,
+    resume: Annotated[str | None, typer.Option(help="Continue from the last checkpoint ('auto') or a path.")] = None,
+    nproc: Annotated[int, typer.Option(help="Data-parallel processes on this machine (torchrun).")] = 1,
+) -> None:
+    """Fine-tune a model as the config says and write a run folder."""
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "-m", "sftkit.cli",
+               "train", str(config), *(overrides or [])]
+        if resume:
+            cmd += ["--resume", resume]
+        raise typer.Exit(subprocess.call(cmd))
+    from sftkit.config import load_config
+    from sftkit.train import run
+
+    try:
+        cfg = load_config(config, overrides or [])
+        run(cfg, resume=resume, console=err)
+    except _user_errors() as e:
+        raise fail(str(e)) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted", 130) from None
+
+
+@app.command()
+def chat(
+    model: Annotated[str, typer.Argument(help="Run folder, exported folder, or model reference.")] = "smollm2-135m-instruct",
+    prompt: Annotated[str | None, typer.Option(help="Answer this one prompt and exit (for scripts).")] = None,
+    system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest reply in tokens.")] = 256,
+    temperature: Annotated[float, typer.Option(help="0 = greedy (deterministic).")] = 0.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 0.9,
+) -> None:
+    """Talk to a model in the terminal (streaming), or answer one --prompt."""
+    from sftkit.chat import run_chat
+
+    try:
+        run_chat(model, prompt=prompt, system=system, max_new_tokens=max_new_tokens,
+                 temperature=temperature, top_p=top_p)
+    except _user_errors() as e:
+        raise fail(str(e)) from None
+
+
+def _normalise_argv(argv: list[str]) -> list[str]:
+    """Let ``--resume`` stand alone (meaning ``--resume auto``)."""
+    out = list(argv)
+    for i, a in enumerate(out):
+        if a == "--resume" and (i + 1 == len(out) or out[i + 1].startswith("-") or "=" in out[i + 1]):
+            out.insert(i + 1, "auto")
+            break
+    return out
+
+
+def main() -> None:
+    app(args=_normalise_argv(sys.argv[1:]), prog_name="sft")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""``sft eval`` and ``sft report``: command functions the main app mounts.
+
+Heavy imports (torch, transformers) happen inside the commands so that
+``sft --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+err_console = Console(stderr=True)
+
+
+@contextmanager
+def _fatal() -> Iterator[None]:
+    """User-facing problems become one red line on stderr and exit code 2."""
+    from sftkit.data import DataError
+    from sftkit.models import ModelNotFound
+    from sftkit.templates.base import TemplateError
+
+    try:
+        yield
+    except (DataError, ModelNotFound, TemplateError, ValueError, OSError) as e:
+        err_console.print(f"[red]error:[/] {e}", soft_wrap=True, highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _run_eval_defaults(model_or_run: str) -> dict[str, Any]:
+    """The run's ``eval:`` config section (CLI options override it)."""
+    p = Path(model_or_run)
+    if not (p / "config.yaml").is_file():
+        return {}
+    import yaml
+
+    return (yaml.safe_load((p / "config.yaml").read_text()) or {}).get("eval") or {}
+
+
+def _num(v: Any, key: str) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:+.4g}" if key == "delta" else f"{v:.4g}"
+    return str(v)
+
+
+def _delta_style(metric: str, d: Any) -> str:
+    if not isinstance(d, int | float) or d == 0 or metric in ("gen_tokens_per_s", "mean_completion_tokens"):
+        return ""
+    better = d < 0 if metric in ("loss", "ppl") else d > 0
+    return "green" if better else "red"
+
+
+def comparison_table(result: dict[str, Any]) -> Table:
+    base = bool(result.get("baseline"))
+    t = Table(title=f"Evaluation on {result.get('n')} examples", title_justify="left")
+    t.add_column("metric")
+    if base:
+        t.add_column("baseline", justify="right")
+    t.add_column("model", justify="right")
+    if base:
+        t.add_column("delta", justify="right")
+    for k, v in result.get("model", {}).items():
+        if not (isinstance(v, int | float) or v is None):
+            continue
+        row = [k]
+        if base:
+            row.append(_num(result["baseline"].get(k), k))
+        row.append(_num(v, k))
+        if base:
+            d = result.get("delta", {}).get(k)
+            style = _delta_style(k, d)
+            row.append(f"[{style}]{_num(d, 'delta')}[/]" if style else _num(d, "delta"))
+        t.add_row(*row)
+    return t
+
+
+def _extras(console: Console, result: dict[str, Any]) -> None:
+    flips = result.get("flips") or []
+    if result.get("baseline"):
+        up = sum(f["direction"] == "wrong_to_right" for f in flips)
+        console.print(f"flips: [green]{up} wrong→right[/], [red]{len(flips) - up} right→wrong[/]")
+    lat = result.get("latency") or {}
+    if lat.get("n") and lat.get("k_s_per_token") is not None:
+        console.print(
+            f"latency: t ≈ {lat['k_s_per_token']:.4f}·tokens + {lat['b_s']:.3f} s (fit over {lat['n']} requests)"
+        )
+    fg = result.get("forgetting") or {}
+    if "model" in fg:
+        line = f"general check ({fg['n']} questions): model {fg['model']:.0%}"
+        if "baseline" in fg:
+            line += f", baseline {fg['baseline']:.0%}"
+        console.print(line)
+
+
+def eval_cmd(  # noqa: PLR0917 - typer maps each parameter to an option
+    model_or_run: Annotated[str, typer.Argument(help="Run folder or model reference.")],
+    data: Annotated[
+        str | None, typer.Option("--data", help="Test file (any layout); default: the run's data.test.")
+    ] = None,
+    baseline: Annotated[
+        str | None, typer.Option("--baseline", help="Baseline model; default: a run's base model; 'none' disables.")
+    ] = None,
+    metrics: Annotated[
+        str | None,
+        typer.Option("--metrics", help="Comma list: exact_match,accuracy,f1,bleu,rouge,json (default: inferred)."),
+    ] = None,
+    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", min=1, help="Tokens per answer.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N test rows.")] = None,
+    forgetting: Annotated[
+        bool, typer.Option("--forgetting/--no-forgetting", help="Also score the shipped general-ability set.")
+    ] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line of stdout.")] = False,
+) -> None:
+    """Evaluate a model or run (loss, perplexity, generation metrics), against a baseline."""
+    from sftkit.evaluate import evaluate
+
+    cfg = _run_eval_defaults(model_or_run)
+    names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else cfg.get("metrics")
+    console = err_console if as_json else Console()
+    with _fatal(), err_console.status(f"evaluating {model_or_run} ..."):
+        result = evaluate(
+            model_or_run,
+            data,
+            baseline_ref=baseline,
+            metrics=names,
+            max_new_tokens=max_new_tokens or cfg.get("max_new_tokens") or 128,
+            limit=limit or cfg.get("limit"),
+            forgetting=forgetting,
+            batch_size=cfg.get("batch_size") or 16,
+        )
+    console.print(comparison_table(result))
+    _extras(console, result)
+    if as_json:
+        keep = {k: result.get(k) for k in ("model", "baseline", "delta", "n")}
+        sys.stdout.write(json.dumps(keep, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+
+
+def report_cmd(run: Annotated[str, typer.Argument(help="Run folder.")]) -> None:
+    """Write report.html (config, data, loss curves, before/after metrics, flips, latency)."""
+    from sftkit.report import write_report
+
+    with _fatal():
+        out = write_report(run)
+    Console().print(f"wrote {out}")

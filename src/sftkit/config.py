@@ -1,0 +1,361 @@
+"""The typed run configuration: one YAML file -> ``RunConfig`` (frozen).
+
+Field descriptions are the documentation: ``sft train --help`` and
+``configs/finetune_reference.yaml`` are generated from them. Names under
+``train:`` follow transformers' ``TrainingArguments`` so habits carry over.
+Paths written in a config file are relative to that file; paths given as
+command-line overrides are relative to the current directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sftkit.models import BUNDLED_ALIAS
+from sftkit.templates.base import MaskPolicy
+from sftkit.templates.render import Overflow
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the file, key and fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class Method(StrEnum):
+    lora = "lora"
+    qlora = "qlora"
+    full = "full"
+    freeze = "freeze"
+
+
+class ModelConfig(_Section):
+    name_or_path: str = BUNDLED_ALIAS
+    """Model reference: the bundled alias, a local HF folder, a .gguf file, a run folder, or a hub id
+    already in the local cache."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """dtype the base weights are loaded in (mixed precision is train.bf16 / train.fp16)."""
+    trust_remote_code: bool = False
+    """Run Python code shipped with the model. Off unless you trust its source."""
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = None
+    """Attention kernel; None lets transformers choose (sdpa)."""
+
+
+class DataSource(_Section):
+    path: Path
+    """JSONL / JSON / CSV / Parquet file."""
+    format: str | None = None
+    """Force a layout (messages, sharegpt, alpaca, input_output, cot, text); None detects it."""
+    columns: dict[str, str] = Field(default_factory=dict)
+    """Rename columns to the canonical keys, e.g. {prompt: question, response: answer}."""
+    weight: float | None = Field(default=None, gt=0)
+    """Mixing weight relative to the other sources (None: use every row once)."""
+
+
+def _as_sources(v: Any) -> Any:
+    if v is None:
+        return []
+    if isinstance(v, (str, Path)):
+        return [{"path": v}]
+    if isinstance(v, list):
+        return [{"path": x} if isinstance(x, (str, Path)) else x for x in v]
+    return v
+
+
+class DataConfig(_Section):
+    train: list[DataSource]
+    """Training file(s): a path, a list of paths, or a list of {path, format, columns, weight}."""
+    val: list[DataSource] = Field(default_factory=list)
+    """Validation file(s); if empty and val_size > 0, split off from train."""
+    test: list[DataSource] = Field(default_factory=list)
+    """Held-out test file(s) for `sft eval` and the before/after comparison."""
+    val_size: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Share of train held out for validation when no val file is given (seeds: 0.1-0.2 under 1,000 rows)."""
+    on_error: Literal["skip", "fail"] = "skip"
+    """Bad rows: skip (reported in rejected.jsonl) or fail on the first one."""
+    cutoff_len: int = Field(default=1024, gt=0)
+    """Maximum tokens per example; pick it from `sft data stats` (covers 95-99% of rows)."""
+    overflow: Overflow = Overflow.truncate
+    """Longer examples: truncate (keep the start), drop, or error."""
+    mask: MaskPolicy = MaskPolicy.assistant
+    """Loss on: assistant (every reply), last (final reply only), all (every token)."""
+
+    _coerce = field_validator("train", "val", "test", mode="before")(_as_sources)
+
+
+class MethodConfig(_Section):
+    type: Method = Method.lora
+    """lora, qlora (4-bit base), full, or freeze (only the last freeze_trainable_layers)."""
+    r: int = Field(default=8, gt=0)
+    """LoRA rank (seeds: 8-16; raise it if the model does not learn)."""
+    alpha: int = Field(default=16, gt=0)
+    """LoRA scaling alpha (usually 2 x r)."""
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    """LoRA dropout."""
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    """Modules that get adapters: all linear projections, or names like [q_proj, v_proj]."""
+    use_rslora: bool = False
+    """Rank-stabilised LoRA scaling (alpha / sqrt(r))."""
+    use_dora: bool = False
+    """Weight-decomposed LoRA (DoRA)."""
+    freeze_trainable_layers: int = Field(default=2, gt=0)
+    """For type=freeze: how many of the last decoder layers are trained."""
+
+
+class TrainConfig(_Section):
+    learning_rate: float = Field(default=2e-4, gt=0)
+    """Peak learning rate (seeds: LoRA 1e-4 to 2e-4, full 1e-5)."""
+    num_train_epochs: float = Field(default=3.0, gt=0)
+    """Passes over the training data (seeds: 3-10, fewer for more data)."""
+    max_steps: int = -1
+    """Stop after this many optimizer steps (overrides epochs when > 0)."""
+    per_device_train_batch_size: int = Field(default=8, gt=0)
+    """Sequences per device per micro-step."""
+    per_device_eval_batch_size: int = Field(default=8, gt=0)
+    """Sequences per device per evaluation step."""
+    gradient_accumulation_steps: int = Field(default=1, gt=0)
+    """Micro-steps per optimizer step; effective batch = per_device x this x devices."""
+    lr_scheduler_type: str = "cosine"
+    """Learning-rate schedule (linear, cosine, constant, constant_with_warmup, ...)."""
+    warmup_ratio: float = Field(default=0.03, ge=0.0, lt=1.0)
+    """Share of steps spent warming the learning rate up."""
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    """AdamW weight decay."""
+    max_grad_norm: float = Field(default=1.0, ge=0.0)
+    """Gradient clipping norm (0 disables)."""
+    seed: int = 42
+    """Seed for model init, data order and dropout."""
+    logging_steps: int = Field(default=5, gt=0)
+    """Log loss and learning rate every N optimizer steps."""
+    eval_steps: int | None = None
+    """Evaluate on the validation set every N steps (None: once per epoch when there is a val set)."""
+    save_steps: int | None = None
+    """Save a checkpoint every N steps (None: once per epoch)."""
+    save_total_limit: int | None = Field(default=2, gt=0)
+    """Keep at most N checkpoints (the best one by eval loss is always kept)."""
+    bf16: bool = False
+    """bf16 mixed precision (autocast); fast on CPUs and GPUs with native bf16."""
+    fp16: bool = False
+    """fp16 mixed precision (GPU only)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, ~30% slower."""
+    neftune_noise_alpha: float | None = None
+    """NEFTune embedding noise (e.g. 5); None disables."""
+    report_to: list[str] = Field(default_factory=list)
+    """Trackers: tensorboard, swanlab, wandb, mlflow (several at once allowed)."""
+    group_by_length: bool = True
+    """Batch examples of similar length together (less padding)."""
+    early_stopping_patience: int | None = None
+    """Stop when eval loss has not improved for N evaluations."""
+    optim: str = "adamw_torch"
+    """Optimizer name as in TrainingArguments (adamw_torch, adamw_8bit, paged_adamw_8bit, ...)."""
+    dataloader_num_workers: int = 0
+    """Worker processes for data loading."""
+
+    @model_validator(mode="after")
+    def _one_precision(self) -> TrainConfig:
+        if self.bf16 and self.fp16:
+            raise ValueError("bf16 and fp16 are both true; choose one")
+        return self
+
+
+class EvalConfig(_Section):
+    metrics: list[str] | None = None
+    """Generation metrics (exact_match, accuracy, f1, bleu, rouge, json); None infers them from the data."""
+    max_new_tokens: int = Field(default=128, gt=0)
+    """Tokens generated per test prompt."""
+    batch_size: int = Field(default=16, gt=0)
+    """Prompts generated together."""
+    limit: int | None = None
+    """Evaluate only the first N test rows."""
+
+
+class RunConfig(_Section):
+    name: str = "run"
+    """Run name (also the default folder under runs/)."""
+    output_dir: Path | None = None
+    """Run folder; default ./runs/<name>."""
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    template: str | None = None
+    """Chat template: None uses the tokenizer's own; or a shipped name (qwen2_chatml, ...) or a .json/.jinja file."""
+    data: DataConfig
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        if self.method.type is Method.qlora and self.model.dtype == "float16" and self.train.bf16:
+            raise ValueError("method.type=qlora with model.dtype=float16 and train.bf16 mix precisions; pick one")
+        return self
+
+    def run_dir(self) -> Path:
+        return self.output_dir or Path("runs") / self.name
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    cur = d
+    for p in parts[:-1]:
+        nxt = cur.get(p)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            cur[p] = nxt
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["train.max_steps=2", "output_dir=/tmp/r"]`` -> nested dict (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected dotted key=value, e.g. train.max_steps=10")
+        _set_dotted(out, key.strip(), yaml.safe_load(raw) if raw else "")
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Line number (1-based) of every mapping key in a YAML document, by key path."""
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(node: Any, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                p = (*path, str(k.value))
+                lines[p] = k.start_mark.line + 1
+                walk(v, p)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                walk(v, (*path, str(i)))
+
+    try:
+        walk(yaml.compose(text), ())
+    except yaml.YAMLError:
+        pass
+    return lines
+
+
+def _section_fields(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = RunConfig
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        model = next((a for a in getattr(ann, "__args__", (ann,)) if hasattr(a, "model_fields")), ann)
+        if isinstance(model, type) and issubclass(model, list):
+            return []
+    return list(getattr(model, "model_fields", {}))
+
+
+def _describe(err: ValidationError, where: str, lines: dict[tuple[str, ...], int]) -> str:
+    msgs = []
+    for e in err.errors():
+        loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+        key = ".".join(str(x) for x in loc) or "(top level)"
+        line = lines.get(tuple(str(x) for x in loc))
+        place = f"{where}:{line}" if line else where
+        if e["type"] == "extra_forbidden":
+            valid = _section_fields(loc)
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.6)
+            hint = f"did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?" if close else (
+                f"valid keys here: {', '.join(valid)}" if valid else "remove it")
+            msgs.append(f"{place}: unknown key {key!r}; {hint}")
+        else:
+            msgs.append(f"{place}: {key}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(msgs)
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Make data paths and the template file relative to the config file."""
+    data = raw.get("data")
+    if isinstance(data, dict):
+        for split in ("train", "val", "test"):
+            srcs = _as_sources(data.get(split))
+            if isinstance(srcs, list):
+                fixed = []
+                for s in srcs:
+                    if isinstance(s, dict) and isinstance(s.get("path"), str):
+                        s = {**s, "path": str(base / s["path"])}
+                    fixed.append(s)
+                data[split] = fixed
+    t = raw.get("template")
+    if isinstance(t, str) and t.endswith((".json", ".jinja")):
+        raw["template"] = str(base / t)
+    for key in ("output_dir",):
+        if isinstance(raw.get(key), str):
+            raw[key] = str(base / raw[key])
+    m = raw.get("model")
+    if isinstance(m, dict) and isinstance(m.get("name_or_path"), str):
+        p = m["name_or_path"]
+        if p.startswith(("./", "../")) or (base / p).exists():
+            m["name_or_path"] = str((base / p).resolve())
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read, merge overrides, validate. Every problem is a ``ConfigError`` with file:line."""
+    path = Path(path)
+    if path.is_dir() and (path / "config.yaml").is_file():
+        path = path / "config.yaml"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config ({e.strerror})") from e
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys (model:, data:, train:, ...)")
+    raw = _resolve_paths(raw, path.resolve().parent)
+    over = parse_overrides(overrides or [])
+    over = _resolve_paths(over, Path.cwd())
+    merged = _merge(raw, over)
+    try:
+        return RunConfig.model_validate(merged)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, str(path), _key_lines(text))) from None
+
+
+def config_to_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def field_docs(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, description) for every field, sections expanded."""
+    rows = []
+    for name, f in model.model_fields.items():
+        ann = f.annotation
+        sub = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, _Section)),
+                   None)
+        if isinstance(ann, type) and issubclass(ann, _Section):
+            rows.extend(field_docs(ann, f"{prefix}{name}."))
+            continue
+        if sub is not None and sub is not DataSource:
+            rows.extend(field_docs(sub, f"{prefix}{name}."))
+            continue
+        default = "(required)" if f.is_required() else repr(f.get_default(call_default_factory=True))
+        tname = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+        rows.append((f"{prefix}{name}", tname, default, (f.description or "").replace("\n", " ")))
+    return rows

@@ -1,0 +1,28 @@
+"""Writing conversations back out (JSONL in the ``messages`` layout)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from sftkit.conversation import Conversation
+
+
+def conv_record(conv: Conversation) -> dict:
+    out = conv.to_dict()
+    if conv.label is not None:
+        out["label"] = conv.label
+    return out
+
+
+def write_jsonl(convs: Iterable[Conversation], path: str | Path) -> int:
+    """One ``{"messages": ...}`` (or ``{"text": ...}``) object per line; returns the count."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with p.open("w", encoding="utf-8") as f:
+        for c in convs:
+            f.write(json.dumps(conv_record(c), ensure_ascii=False) + "\n")
+            n += 1
+    return n

@@ -1,0 +1,104 @@
+"""``load_file``: one file -> ``LoadResult`` (every row accepted or rejected)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sftkit.conversation import Conversation
+from sftkit.data.layouts import ColumnMap, RowError, detect_layout, normalize_format, to_conversation
+from sftkit.data.readers import RawRow, iter_rows
+from sftkit.data.types import DataError, LoadResult, OnError, Reject
+from sftkit.data.validate import check_conversation, enforce
+
+
+@dataclass(slots=True)
+class _State:
+    path: str
+    forced: str | None
+    cmap: ColumnMap
+    layout: str | None = None
+    layout_line: int = 0
+    convs: list[Conversation] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+
+
+def _layout_for(st: _State, row: RawRow, canon: dict, src: str | None) -> str:
+    if st.forced:
+        return st.forced
+    layout = detect_layout(canon, src)
+    if layout is None:
+        keys = ", ".join(sorted(map(str, row.value))[:8]) or "none"
+        raise RowError(f"no known layout fields (keys: {keys}); pass columns= to map them")
+    if st.layout is None:
+        st.layout, st.layout_line = layout, row.line
+    elif layout != st.layout:
+        raise DataError(
+            f"{st.path}:{row.line}: row is in the {layout} layout but the file is {st.layout} "
+            f"(from line {st.layout_line}); split the file or force one with --format"
+        )
+    return layout
+
+
+def _one(st: _State, row: RawRow) -> None:
+    if row.error is not None:
+        raise RowError(row.error)
+    if not isinstance(row.value, dict):
+        raise RowError(f"row is not an object (got {type(row.value).__name__})")
+    canon, src = st.cmap.canon(row.value)
+    layout = _layout_for(st, row, canon, src)
+    conv = check_conversation(to_conversation(canon, layout, st.cmap, src))
+    conv.source = f"{st.path}:{row.line}"
+    st.convs.append(conv)
+
+
+def _guarded(st: _State, row: RawRow) -> None:
+    try:
+        _one(st, row)
+    except RowError as e:
+        st.rejects.append(Reject(st.path, row.line, str(e), row.raw))
+    except RecursionError:
+        st.rejects.append(Reject(st.path, row.line, "JSON nested too deeply", row.raw))
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a row must never crash the loader
+        st.rejects.append(Reject(st.path, row.line, f"unusable row ({type(e).__name__}: {e})", row.raw))
+
+
+def load_file(
+    path: str | Path,
+    format: str | None = None,
+    columns: dict[str, str] | None = None,
+    *,
+    file_type: str | None = None,
+    on_error: OnError = "skip",
+) -> LoadResult:
+    """Read one data file into conversations.
+
+    ``format``: the row layout (``messages``, ``sharegpt``, ``alpaca``, ``cot``,
+    ``text``; ``None``/``"auto"`` detects it from the rows; a file mixing layouts
+    raises ``DataError`` naming the first offending line). ``columns``:
+    ``{canonical: file_column}`` (see ``sftkit.data.layouts``). ``file_type``:
+    ``jsonl``/``json``/``csv``/``tsv``/``parquet`` (default: from the extension).
+    ``on_error="fail"`` raises ``DataError`` on the first rejected row.
+
+    Raises ``DataError`` only for the file itself (missing, unreadable, unknown
+    type/format, mixed layouts); bad rows become ``Reject`` entries.
+    """
+    p = Path(path)
+    st = _State(str(path), normalize_format(format), ColumnMap(columns))
+    ft, rows = iter_rows(p, file_type)
+    total = 0
+    for row in rows:
+        total += 1
+        _guarded(st, row)
+    result = LoadResult(st.convs, st.rejects, total, st.forced or st.layout or "unknown", str(path), ft)
+    enforce(result, on_error)
+    return result
+
+
+def load_files(
+    paths: list[str | Path], format: str | None = None, columns: dict[str, str] | None = None, **kw: object
+) -> list[LoadResult]:
+    """``load_file`` for each path (each file detects its own layout)."""
+    return [load_file(p, format, columns, **kw) for p in paths]  # type: ignore[arg-type]

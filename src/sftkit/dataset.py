@@ -1,0 +1,83 @@
+"""From the config's data files to tokenized examples, with every row accounted for.
+
+``prepare()`` is the one path used by ``sft train``: read each file with
+``sftkit.data``, mix weighted sources, render with the run's template, and
+return the examples plus a report (counts per file) and the rejected rows
+(file:line, reason, the row verbatim).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from sftkit.config import DataConfig, DataSource
+from sftkit.conversation import Conversation
+from sftkit.data import DataError, Reject, enforce, fold_rendered, load_file
+from sftkit.data.mix import mix
+from sftkit.templates.render import Rendered, Renderer
+
+
+@dataclass
+class SplitData:
+    examples: list[Rendered] = field(default_factory=list)
+
+
+@dataclass
+class Prepared:
+    train: SplitData
+    val: SplitData
+    report: dict[str, Any]
+    rejects: list[Reject]
+
+
+def read_sources(sources: list[DataSource], on_error: str, seed: int) -> tuple[list[Conversation], list[Reject], dict]:
+    results = [load_file(s.path, format=s.format, columns=s.columns or None) for s in sources]
+    for res in results:
+        enforce(res, on_error)  # type: ignore[arg-type]
+    rejects = [r for res in results for r in res.rejects]
+    if any(s.weight is not None for s in sources):
+        convs, mixing = mix([(res, s.weight if s.weight is not None else 1.0)
+                             for res, s in zip(results, sources, strict=True)], seed=seed)
+    else:
+        convs, mixing = [c for res in results for c in res.conversations], None
+    files = [{"path": res.path, "format": res.format, "total": res.total, "valid": res.valid,
+              "rejected": res.rejected} for res in results]
+    return convs, rejects, {"files": files, "mix": mixing}
+
+
+def _render(convs: list[Conversation], renderer: Renderer, rejects: list[Reject], on_error: str) -> SplitData:
+    kept, too_long = fold_rendered(convs, renderer.render_many(convs))
+    enforce(too_long, on_error)  # type: ignore[arg-type]
+    rejects.extend(too_long)
+    return SplitData(kept)  # type: ignore[arg-type]
+
+
+def prepare(data: DataConfig, renderer: Renderer, seed: int) -> Prepared:
+    train_convs, rejects, train_info = read_sources(data.train, data.on_error, seed)
+    val_convs, val_rejects, val_info = read_sources(data.val, data.on_error, seed)
+    rejects += val_rejects
+    if not val_convs and data.val_size > 0 and len(train_convs) > 1:
+        order = list(range(len(train_convs)))
+        random.Random(seed).shuffle(order)
+        n_val = max(1, round(len(order) * data.val_size))
+        val_convs = [train_convs[i] for i in order[:n_val]]
+        train_convs = [train_convs[i] for i in sorted(order[n_val:])]
+    train = _render(train_convs, renderer, rejects, data.on_error)
+    val = _render(val_convs, renderer, rejects, data.on_error)
+    if not train.examples:
+        first = f" (first: {rejects[0].where}: {rejects[0].reason})" if rejects else ""
+        raise DataError(f"no usable training example: {len(rejects)} row(s) rejected{first}")
+    report = {
+        "train": train_info,
+        "val": val_info,
+        "train_examples": len(train.examples),
+        "val_examples": len(val.examples),
+        "rejected": len(rejects),
+        "truncated": sum(e.truncated for e in train.examples + val.examples),
+        "cutoff_len": data.cutoff_len,
+        "train_tokens": sum(len(e.input_ids) for e in train.examples),
+        "train_trainable_tokens": sum(e.n_trainable for e in train.examples),
+    }
+    return Prepared(train, val, report, rejects)

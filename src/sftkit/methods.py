@@ -1,0 +1,79 @@
+"""Attach the training method to a loaded model: LoRA, QLoRA, full, or freeze."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+from sftkit.config import Method, MethodConfig
+
+
+class MethodUnavailable(RuntimeError):
+    """The method needs a backend this machine does not have."""
+
+
+def quantization_config(method: MethodConfig) -> Any | None:
+    """bitsandbytes 4-bit NF4 settings for QLoRA; checked before any weights are loaded."""
+    if method.type is not Method.qlora:
+        return None
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise MethodUnavailable(
+            "method.type=qlora needs bitsandbytes for the 4-bit base model: `pip install 'sftkit[gpu]'` "
+            "(or `pip install bitsandbytes`), or use method.type=lora"
+        )
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+
+
+def _decoder_layers(model: Any) -> Any:
+    for name, mod in model.named_modules():
+        if name.endswith("layers") and hasattr(mod, "__len__") and len(mod) > 0:
+            return mod
+    raise MethodUnavailable("method.type=freeze: cannot find the decoder layers of this model")
+
+
+def attach(model: Any, method: MethodConfig, gradient_checkpointing: bool = False) -> Any:
+    """Return the model ready to train with only the intended parameters trainable."""
+    if method.type in (Method.lora, Method.qlora):
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+        if method.type is Method.qlora:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        cfg = LoraConfig(
+            r=method.r,
+            lora_alpha=method.alpha,
+            lora_dropout=method.dropout,
+            target_modules=method.target_modules,
+            use_rslora=method.use_rslora,
+            use_dora=method.use_dora,
+            task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, cfg)
+    if method.type is Method.freeze:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for layer in list(_decoder_layers(model))[-method.freeze_trainable_layers:]:
+            for p in layer.parameters():
+                p.requires_grad_(True)
+        return model
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel()
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return trainable, total

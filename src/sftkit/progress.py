@@ -1,0 +1,130 @@
+"""Trainer callbacks: metrics.jsonl, a rich progress line, and the loss-curve PNG."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from transformers import TrainerCallback
+
+_KEEP = ("loss", "eval_loss", "learning_rate", "grad_norm", "epoch", "num_input_tokens_seen")
+
+
+class MetricsLogger(TrainerCallback):
+    """Appends every log event to ``metrics.jsonl`` (append: a resumed run continues the file)."""
+
+    def __init__(self, path: Path, tokens_per_step: float) -> None:
+        self.path = path
+        self.tokens_per_step = tokens_per_step
+        self._t0 = time.perf_counter()
+        self._step0 = 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self._t0 = time.perf_counter()
+        self._step0 = state.global_step
+        if state.global_step and self.path.exists():
+            # resuming: drop log lines written after the checkpoint we resume from
+            keep = [ln for ln in self.path.read_text().splitlines() if json.loads(ln).get("step", 0) <= state.global_step]
+            self.path.write_text("".join(k + "\n" for k in keep))
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+        if not state.is_world_process_zero or not logs:
+            return
+        row: dict[str, Any] = {"step": state.global_step}
+        for k in _KEEP:
+            if k in logs:
+                row["lr" if k == "learning_rate" else k] = logs[k]
+        if "loss" in row:
+            elapsed = time.perf_counter() - self._t0
+            steps = max(1, state.global_step - self._step0)
+            row["tokens_per_s"] = round(self.tokens_per_step * steps / elapsed, 1) if elapsed > 0 else None
+        if set(row) - {"step", "epoch"}:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+class RichProgress(TrainerCallback):
+    """One progress bar: step, loss, learning rate, tokens/s, ETA."""
+
+    def __init__(self, console: Console, tokens_per_step: float) -> None:
+        self.console = console
+        self.tokens_per_step = tokens_per_step
+        self.progress: Progress | None = None
+        self.task: Any = None
+        self._stats = {"loss": float("nan"), "lr": 0.0, "eval": None}
+        self._t0 = 0.0
+        self._step0 = 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if not state.is_world_process_zero:
+            return
+        self.progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=self.console, transient=False,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, info="")
+        self._t0, self._step0 = time.perf_counter(), state.global_step
+
+    def _info(self, step: int) -> str:
+        s = self._stats
+        rate = self.tokens_per_step * (step - self._step0) / max(1e-9, time.perf_counter() - self._t0)
+        ev = f" eval {s['eval']:.4f}" if s["eval"] is not None else ""
+        return f"loss {s['loss']:.4f} lr {s['lr']:.2e} {rate:,.0f} tok/s{ev}"
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step, info=self._info(state.global_step))
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+        if logs:
+            if "loss" in logs:
+                self._stats["loss"] = logs["loss"]
+            if "learning_rate" in logs:
+                self._stats["lr"] = logs["learning_rate"]
+            if "eval_loss" in logs:
+                self._stats["eval"] = logs["eval_loss"]
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step, info=self._info(state.global_step))
+            self.progress.stop()
+            self.progress = None
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def plot_loss(metrics_path: Path, out: Path) -> Path | None:
+    """Train and validation loss against step, as a PNG."""
+    rows = read_metrics(metrics_path)
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    val = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+    if not train and not val:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss")
+    if val:
+        ax.plot(*zip(*val, strict=True), marker="o", label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out

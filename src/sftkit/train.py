@@ -1,0 +1,254 @@
+"""``sft train``: config -> data -> model -> trainer -> run folder.
+
+Read ``run()`` top to bottom; every step is one call into a small module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from sftkit import models
+from sftkit.config import Method, RunConfig, config_to_yaml
+from sftkit.data import write_rejects
+from sftkit.dataset import Prepared, prepare
+from sftkit.methods import attach, count_parameters, quantization_config
+from sftkit.progress import MetricsLogger, RichProgress, plot_loss
+from sftkit.templates.render import IGNORE, Renderer
+from sftkit.templates.registry import load_template
+
+
+class TrainError(RuntimeError):
+    """A run that cannot start or continue; the message says why and what to do."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    train_seconds: float
+    global_step: int
+    final_loss: float | None
+    best_eval_loss: float | None
+
+
+class Examples:
+    """Tokenized examples as the Trainer expects them (a sized, indexable dataset)."""
+
+    def __init__(self, prepared: list[Any]) -> None:
+        self.rows = [{"input_ids": e.input_ids, "labels": e.labels} for e in prepared]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        return self.rows[i]
+
+
+class PadCollator:
+    """Right-pads a batch to its longest row (rounded up to a multiple of 8)."""
+
+    def __init__(self, pad_id: int, multiple: int = 8) -> None:
+        self.pad_id = pad_id
+        self.multiple = multiple
+
+    def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, Any]:
+        import torch
+
+        n = max(len(r["input_ids"]) for r in rows)
+        n = -(-n // self.multiple) * self.multiple
+        ids = torch.full((len(rows), n), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), n), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(rows), n), dtype=torch.long)
+        for i, r in enumerate(rows):
+            k = len(r["input_ids"])
+            ids[i, :k] = torch.tensor(r["input_ids"])
+            labels[i, :k] = torch.tensor(r["labels"])
+            mask[i, :k] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def _prepare_run_dir(cfg: RunConfig, resume: str | None) -> Path:
+    run_dir = cfg.run_dir().resolve()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise TrainError(f"output_dir {run_dir} is not writable ({e.strerror}); choose another output_dir") from e
+    free_gb = shutil.disk_usage(run_dir).free / 1e9
+    if free_gb < 1.0:
+        raise TrainError(f"output_dir {run_dir}: only {free_gb:.2f} GB free; checkpoints need more space")
+    if resume is None and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+        raise TrainError(
+            f"{run_dir} already holds checkpoints from an earlier run; continue it with "
+            f"`sft train CONFIG --resume`, or set output_dir to a new folder"
+        )
+    (run_dir / "config.yaml").write_text(config_to_yaml(cfg), encoding="utf-8")
+    return run_dir
+
+
+def _write_environment(run_dir: Path) -> None:
+    import peft
+    import torch
+    import transformers
+
+    from sftkit import __version__
+
+    env = {"sftkit": __version__, "python": platform.python_version(), "torch": torch.__version__,
+           "transformers": transformers.__version__, "peft": peft.__version__,
+           "platform": platform.platform(), "cpu_count": os.cpu_count(), "cuda": torch.cuda.is_available()}
+    (run_dir / "environment.json").write_text(json.dumps(env, indent=2))
+
+
+def _write_data_report(run_dir: Path, data: Prepared) -> None:
+    (run_dir / "data_report.json").write_text(json.dumps(data.report, indent=2, ensure_ascii=False))
+    write_rejects(data.rejects, run_dir / "rejected.jsonl")
+
+
+def _load_base(cfg: RunConfig, path: Path) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kw: dict[str, Any] = {"dtype": getattr(torch, cfg.model.dtype), "use_safetensors": True,
+                          "trust_remote_code": cfg.model.trust_remote_code}
+    if cfg.model.attn_implementation:
+        kw["attn_implementation"] = cfg.model.attn_implementation
+    qc = quantization_config(cfg.method)
+    if qc is not None:
+        kw.update(quantization_config=qc, device_map="cpu" if not torch.cuda.is_available() else "auto")
+    return AutoModelForCausalLM.from_pretrained(path, **kw)
+
+
+def _training_args(cfg: RunConfig, run_dir: Path, has_val: bool) -> Any:
+    import torch
+    from transformers import TrainingArguments
+
+    t = cfg.train
+    strategy = ("steps" if t.eval_steps else "epoch") if has_val else "no"
+    save_strategy = "steps" if t.save_steps else "epoch"
+    if has_val and strategy != save_strategy:  # best-checkpoint tracking needs them aligned
+        save_strategy = strategy
+    return TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"),
+        learning_rate=t.learning_rate,
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        eval_strategy=strategy,
+        eval_steps=t.eval_steps,
+        save_strategy=save_strategy,
+        save_steps=t.save_steps or 500,
+        save_total_limit=t.save_total_limit,
+        metric_for_best_model="eval_loss" if has_val else None,
+        load_best_model_at_end=bool(has_val and t.early_stopping_patience),
+        bf16=t.bf16,
+        fp16=t.fp16,
+        gradient_checkpointing=t.gradient_checkpointing,
+        neftune_noise_alpha=t.neftune_noise_alpha,
+        report_to=t.report_to or "none",
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        optim=t.optim,
+        dataloader_num_workers=t.dataloader_num_workers,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def _save_final(model: Any, tokenizer: Any, cfg: RunConfig, run_dir: Path) -> Path:
+    out = run_dir / ("adapter" if cfg.method.type in (Method.lora, Method.qlora) else "model")
+    tmp = run_dir / f".{out.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)  # the final folder appears complete or not at all
+    return out
+
+
+def run(cfg: RunConfig, resume: str | None = None, console: Console | None = None) -> TrainResult:
+    from transformers import EarlyStoppingCallback, Trainer
+    from transformers.trainer_utils import get_last_checkpoint
+
+    console = console or Console(stderr=True)
+    run_dir = _prepare_run_dir(cfg, resume)
+    _write_environment(run_dir)
+
+    resolved = models.resolve(cfg.model.name_or_path)
+    tokenizer = models.load_tokenizer(resolved.path, cfg.model.trust_remote_code)
+    template = load_template(cfg.template, tokenizer)
+    renderer = Renderer(template, tokenizer, cfg.data.mask, cfg.data.cutoff_len, cfg.data.overflow)
+
+    data = prepare(cfg.data, renderer, cfg.train.seed)
+    _write_data_report(run_dir, data)
+    r = data.report
+    console.print(f"data: {r['train_examples']} train / {r['val_examples']} val examples, "
+                  f"{r['rejected']} rejected (see {run_dir / 'rejected.jsonl'}), {r['truncated']} truncated")
+
+    model = attach(_load_base(cfg, resolved.path), cfg.method, cfg.train.gradient_checkpointing)
+    trainable, total = count_parameters(model)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    eff = cfg.train.per_device_train_batch_size * cfg.train.gradient_accumulation_steps * world
+    console.print(f"model: {resolved.path.name} method={cfg.method.type.value} trainable {trainable:,} / "
+                  f"{total:,} parameters ({100 * trainable / total:.2f}%)")
+    console.print(f"effective batch = {cfg.train.per_device_train_batch_size} per device x "
+                  f"{cfg.train.gradient_accumulation_steps} accumulation x {world} device(s) = {eff} sequences/step")
+
+    mean_tokens = r["train_tokens"] / max(1, r["train_examples"])
+    callbacks: list[Any] = [MetricsLogger(run_dir / "metrics.jsonl", mean_tokens * eff),
+                            RichProgress(console, mean_tokens * eff)]
+    if cfg.train.early_stopping_patience and data.val.examples:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
+    trainer = Trainer(
+        model=model,
+        args=_training_args(cfg, run_dir, bool(data.val.examples)),
+        train_dataset=Examples(data.train.examples),
+        eval_dataset=Examples(data.val.examples) if data.val.examples else None,
+        data_collator=PadCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+
+    checkpoint = None
+    if resume:
+        checkpoint = get_last_checkpoint(str(run_dir / "checkpoints")) if resume == "auto" else resume
+        if checkpoint is None:
+            raise TrainError(f"--resume: no complete checkpoint under {run_dir / 'checkpoints'}")
+        console.print(f"resuming from {checkpoint}")
+    t0 = time.perf_counter()
+    out = trainer.train(resume_from_checkpoint=checkpoint)
+    seconds = time.perf_counter() - t0
+
+    if trainer.is_world_process_zero():
+        final = _save_final(trainer.model, tokenizer, cfg, run_dir)
+        plot_loss(run_dir / "metrics.jsonl", run_dir / "loss.png")
+        summary = {"train_seconds": round(seconds, 2), "global_step": out.global_step,
+                   "train_loss": out.training_loss, "best_eval_loss": trainer.state.best_metric,
+                   "trainable_parameters": trainable, "total_parameters": total, "final": str(final)}
+        (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        console.print(f"done in {seconds:.1f}s, {out.global_step} steps; {final.name}/ saved in {run_dir}")
+    return TrainResult(run_dir, seconds, out.global_step, out.training_loss, trainer.state.best_metric)

@@ -19,11 +19,18 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def tiny_engine(tiny_model_dir):
-    from sftkit.models import load_model, load_tokenizer, resolve
+    """The tiny model's architecture with larger random weights: at the default
+    init scale every prompt decodes to the same repeated token, which would make
+    "batched equals single" pass trivially. Here outputs differ per prompt."""
+    import torch
+    from transformers import AutoConfig, LlamaForCausalLM
 
-    resolved = resolve(str(tiny_model_dir))
-    tok = load_tokenizer(resolved.path)
-    return Engine(load_model(resolved), tok, build_renderer(tok), batch_size=8)
+    from sftkit.models import load_tokenizer
+
+    torch.manual_seed(0)
+    cfg = AutoConfig.from_pretrained(tiny_model_dir, initializer_range=0.1)
+    tok = load_tokenizer(tiny_model_dir)
+    return Engine(LlamaForCausalLM(cfg).eval(), tok, build_renderer(tok), batch_size=8)
 
 
 def _chat_prompts(engine: Engine) -> list[str]:
@@ -34,6 +41,7 @@ def test_batched_equals_single_greedy(tiny_engine):
     prompts = _chat_prompts(tiny_engine)
     params = GenParams(max_new_tokens=12)
     batched = tiny_engine.generate(prompts, params)
+    assert len({tuple(r.token_ids) for r in batched}) == len(prompts), "outputs must depend on the prompt"
     for prompt, b in zip(prompts, batched, strict=True):
         (single,) = tiny_engine.generate([prompt], params)
         assert b.token_ids == single.token_ids
@@ -93,13 +101,21 @@ def test_stop_string_cuts_text(tiny_engine):
 
 def test_end_of_turn_token_stops(tiny_engine):
     eot = tiny_engine.tokenizer.convert_tokens_to_ids("<|im_end|>")
-    assert eot in tiny_engine.stop_ids
-    # Force the end-of-turn token: a repetition penalty cannot, so check via the row logic.
-    prompt = _chat_prompts(tiny_engine)[2]
-    res = tiny_engine.generate([prompt], GenParams(max_new_tokens=6))[0]
-    if eot in res.token_ids:
-        assert res.token_ids[-1] == eot and res.finish_reason == "stop"
-        assert "<|im_end|>" not in res.text
+    assert eot in tiny_engine.stop_ids  # the template's stop string, mapped to its token id
+    prompt = _chat_prompts(tiny_engine)[4]
+    (free,) = tiny_engine.generate([prompt], GenParams(max_new_tokens=8))
+    # Pretend the 4th generated token is an end-of-turn token: decoding must stop
+    # right there, keep the id in token_ids and leave it out of the text.
+    marker = free.token_ids[3]
+    tiny_engine.stop_ids.add(marker)
+    try:
+        (cut,) = tiny_engine.generate([prompt], GenParams(max_new_tokens=8))
+    finally:
+        tiny_engine.stop_ids.discard(marker)
+    first = free.token_ids.index(marker)
+    assert cut.token_ids == free.token_ids[: first + 1]
+    assert cut.finish_reason == "stop"
+    assert cut.text == tiny_engine.tokenizer.decode(free.token_ids[:first])
 
 
 def test_sampling_reproducible_with_seed(tiny_engine):
@@ -115,9 +131,30 @@ def test_sampling_reproducible_with_seed(tiny_engine):
 def test_stream_matches_generate(tiny_engine):
     prompt = _chat_prompts(tiny_engine)[1]
     p = GenParams(max_new_tokens=10, stop=["zz-never"])
-    deltas = list(tiny_engine.stream(prompt, p))
+    stream = tiny_engine.stream(prompt, p)
+    deltas = list(stream)
     (full,) = tiny_engine.generate([prompt], p)
     assert "".join(deltas) == full.text
+    assert len(deltas) > 1
+    assert stream.result is not None and stream.result.token_ids == full.token_ids
+    assert stream.result.finish_reason == full.finish_reason
+
+
+def test_stream_never_shows_a_stop_string(tiny_engine):
+    prompt = _chat_prompts(tiny_engine)[3]
+    (free,) = tiny_engine.generate([prompt], GenParams(max_new_tokens=10))
+    stop = free.text[4:9]
+    p = GenParams(max_new_tokens=10, stop=[stop])
+    deltas = list(tiny_engine.stream(prompt, p))
+    (cut,) = tiny_engine.generate([prompt], p)
+    assert "".join(deltas) == cut.text == free.text[: free.text.find(stop)]
+
+
+def test_params_validated():
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        GenParams(max_new_tokens=0)
+    with pytest.raises(ValueError, match="top_p"):
+        GenParams(top_p=0)
 
 
 @pytest.mark.integration

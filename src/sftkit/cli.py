@@ -98,6 +98,51 @@ def chat(
         raise fail(str(e)) from None
 
 
+def _pipeline(config: Path, overrides: list[str] | None, as_json: bool) -> None:
+    import json
+
+    from sftkit.pipeline import run_pipeline
+
+    try:
+        out = run_pipeline(config, overrides or [], console=err)
+    except (*_user_errors(), FileNotFoundError, ValueError) as e:
+        raise fail(str(e)) from None
+    if as_json:
+        print(json.dumps(out, ensure_ascii=False))
+
+
+@app.command("run")
+def run_cmd(
+    example: Annotated[str, typer.Argument(help="Example name (api_assistant, ...), folder, or config file.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="Dotted overrides: train.max_steps=2 ...")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON line last.")] = False,
+) -> None:
+    """The whole workflow: data check, baseline, training, evaluation, report."""
+    from sftkit.pipeline import resolve_example
+
+    try:
+        config = resolve_example(example)
+    except FileNotFoundError as e:
+        raise fail(str(e)) from None
+    _pipeline(config, overrides, as_json)
+
+
+@app.command()
+def demo(
+    overrides: Annotated[list[str] | None, typer.Argument(help="Dotted overrides for the demo config.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON line last.")] = False,
+) -> None:
+    """Fine-tune the bundled model to answer with a company's API calls, and show before/after."""
+    from sftkit.pipeline import DEMO_EXAMPLE, resolve_example
+
+    try:
+        config = resolve_example(DEMO_EXAMPLE)
+    except FileNotFoundError as e:
+        raise fail(str(e)) from None
+    has_out = any(o.startswith("output_dir=") for o in overrides or [])
+    _pipeline(config, [*(overrides or []), *([] if has_out else ["output_dir=runs/demo"])], as_json)
+
+
 def _normalise_argv(argv: list[str]) -> list[str]:
     """Let ``--resume`` stand alone (meaning ``--resume auto``)."""
     out = list(argv)

@@ -30,6 +30,7 @@ class Prepared:
     val: SplitData
     report: dict[str, Any]
     rejects: list[Reject]
+    sample: list[Conversation] = field(default_factory=list)  # for the template contract check
 
 
 def read_sources(sources: list[DataSource], on_error: str, seed: int) -> tuple[list[Conversation], list[Reject], dict]:
@@ -80,4 +81,4 @@ def prepare(data: DataConfig, renderer: Renderer, seed: int) -> Prepared:
         "train_tokens": sum(len(e.input_ids) for e in train.examples),
         "train_trainable_tokens": sum(e.n_trainable for e in train.examples),
     }
-    return Prepared(train, val, report, rejects)
+    return Prepared(train, val, report, rejects, sample=train_convs[:32])

@@ -35,6 +35,14 @@ class GenParams:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be positive, got {self.repetition_penalty}")
+
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0
@@ -171,11 +179,12 @@ class Engine:
                 results[r.index] = self._result(r)
         return [r for r in results if r is not None]
 
-    def stream(self, prompt: str, params: GenParams | None = None) -> Iterator[str]:
-        """Yield the completion of one prompt as text deltas (for chat and SSE)."""
+    def stream(self, prompt: str, params: GenParams | None = None) -> Stream:
+        """Iterate over the completion of one prompt as text deltas (for chat and
+        SSE); once exhausted, ``.result`` holds the ``GenResult`` (finish reason,
+        token counts) for a final SSE chunk or usage line."""
         params = params or GenParams()
-        row = _Row(0, self._encode(prompt))
-        yield from self._decode([row], params, self._generator(params), time.perf_counter(), stream=True)
+        return Stream(self, _Row(0, self._encode(prompt)), params)
 
     def prompt_for(self, conv: Any) -> str:
         """The inference prompt of a conversation under this engine's template."""
@@ -294,6 +303,26 @@ class Engine:
         if safe > r.emitted:
             yield r.text[r.emitted : safe]
             r.emitted = safe
+
+
+class Stream:
+    """An ``Iterator[str]`` of text deltas that also keeps the final result."""
+
+    def __init__(self, engine: Engine, row: _Row, params: GenParams) -> None:
+        self._engine, self._row = engine, row
+        gen = engine._generator(params)
+        self._it = engine._decode([row], params, gen, time.perf_counter(), stream=True)
+        self.result: GenResult | None = None
+
+    def __iter__(self) -> Stream:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self._it)
+        except StopIteration:
+            self.result = self._engine._result(self._row)
+            raise
 
 
 def pos_last(pos: torch.Tensor) -> torch.Tensor:

@@ -114,6 +114,26 @@ def _write_data_report(run_dir: Path, data: Prepared) -> None:
     write_rejects(data.rejects, run_dir / "rejected.jsonl")
 
 
+def _check_template(template: Any, tokenizer: Any, data: Prepared, model_path: Path, run_dir: Path,
+                    console: Console) -> None:
+    """The template contract (sftkit.templates.check) must hold before any compute is spent."""
+    from transformers import GenerationConfig
+
+    from sftkit.templates import check_template
+
+    try:
+        gen = GenerationConfig.from_pretrained(model_path)
+    except OSError:
+        gen = None
+    report = check_template(template, tokenizer, data.sample, generation_config=gen)
+    (run_dir / "template_check.json").write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    if not report.ok:
+        reasons = "; ".join(f"{f.check}: {f.message}" for f in report.failures)
+        raise TrainError(f"template check failed for {template.name!r}: {reasons} "
+                         f"(details: {run_dir / 'template_check.json'}; `sft template check` explains)")
+    console.print(f"template: {template.name} (contract check passed)")
+
+
 def _load_base(cfg: RunConfig, path: Path) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
@@ -186,7 +206,10 @@ def _save_final(model: Any, tokenizer: Any, cfg: RunConfig, run_dir: Path) -> Pa
     return out
 
 
-def run(cfg: RunConfig, resume: str | None = None, console: Console | None = None) -> TrainResult:
+def run(
+    cfg: RunConfig, resume: str | None = None, console: Console | None = None, callbacks: list[Any] | None = None
+) -> TrainResult:
+    """Train as ``cfg`` says; extra Trainer ``callbacks`` may observe the run (tests, the console)."""
     from transformers import EarlyStoppingCallback, Trainer
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -205,6 +228,7 @@ def run(cfg: RunConfig, resume: str | None = None, console: Console | None = Non
     console.print(f"data: {r['train_examples']} train / {r['val_examples']} val examples, "
                   f"{r['rejected']} rejected (see {run_dir / 'rejected.jsonl'}), {r['truncated']} truncated")
 
+    _check_template(template, tokenizer, data, resolved.path, run_dir, console)
     model = attach(_load_base(cfg, resolved.path), cfg.method, cfg.train.gradient_checkpointing)
     trainable, total = count_parameters(model)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -215,8 +239,8 @@ def run(cfg: RunConfig, resume: str | None = None, console: Console | None = Non
                   f"{cfg.train.gradient_accumulation_steps} accumulation x {world} device(s) = {eff} sequences/step")
 
     mean_tokens = r["train_tokens"] / max(1, r["train_examples"])
-    callbacks: list[Any] = [MetricsLogger(run_dir / "metrics.jsonl", mean_tokens * eff),
-                            RichProgress(console, mean_tokens * eff)]
+    callbacks = [MetricsLogger(run_dir / "metrics.jsonl", mean_tokens * eff),
+                 RichProgress(console, mean_tokens * eff), *(callbacks or [])]
     if cfg.train.early_stopping_patience and data.val.examples:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     trainer = Trainer(

@@ -114,6 +114,8 @@ class Renderer:
     def render_many(self, convs: Sequence[Conversation]) -> list[Rendered | RowRejected]:
         """Render a batch; tokenization is one batched call (fast tokenizers run it
         in Rust). A row that cannot be used comes back as its ``RowRejected``."""
+        if not convs:
+            return []
         stops = self.template.stop_strings
         texts, spans = [], []
         for c in convs:

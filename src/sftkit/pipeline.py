@@ -1,0 +1,125 @@
+"""``sft run`` and ``sft demo``: the whole workflow of the seeds in one command.
+
+data check -> baseline on the held-out test set -> training -> evaluation of the
+tuned model against the base on the same prompts -> report.html -> one sample
+answer before and after. Every step is a call into the module that owns it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from sftkit.config import RunConfig, load_config
+
+DEMO_EXAMPLE = "api_assistant"
+
+
+def examples_dir() -> Path:
+    """``examples/`` of the source checkout this package runs from."""
+    here = Path(__file__).resolve().parents[2] / "examples"
+    if not here.is_dir():
+        raise FileNotFoundError(
+            "the worked examples live in the sftkit source checkout (examples/); clone the repository and run "
+            "`make demo` there, or pass a config path to `sft run`"
+        )
+    return here
+
+
+def resolve_example(ref: str) -> Path:
+    p = Path(ref)
+    if p.is_file():
+        return p
+    if (p / "config.yaml").is_file():
+        return p / "config.yaml"
+    candidate = examples_dir() / ref / "config.yaml"
+    if candidate.is_file():
+        return candidate
+    raise FileNotFoundError(f"{ref}: not a config file, a folder with config.yaml, or an example name")
+
+
+def _check_data(cfg: RunConfig, console: Console) -> dict[str, Any]:
+    from sftkit.data import load_file
+
+    table = Table(title="data check", show_edge=False)
+    for col in ("split", "file", "format", "rows", "valid", "rejected"):
+        table.add_column(col, justify="right" if col in ("rows", "valid", "rejected") else "left")
+    out: dict[str, Any] = {}
+    for split in ("train", "val", "test"):
+        for src in getattr(cfg.data, split):
+            res = load_file(src.path, format=src.format, columns=src.columns or None)
+            out.setdefault(split, []).append({"file": str(src.path), "total": res.total, "rejected": res.rejected})
+            table.add_row(split, src.path.name, res.format, str(res.total), str(res.valid), str(res.rejected))
+    console.print(table)
+    return out
+
+
+def _accuracy_like(scores: dict[str, Any]) -> float | None:
+    for key in ("accuracy", "exact_match", "rougeL", "bleu"):
+        if isinstance(scores.get(key), int | float):
+            return float(scores[key])
+    return None
+
+
+def run_pipeline(config: Path, overrides: list[str] | None = None, console: Console | None = None) -> dict[str, Any]:
+    from sftkit.cli_eval import comparison_table
+    from sftkit.evaluate import evaluate
+    from sftkit.report import write_report
+    from sftkit.train import run
+
+    console = console or Console(stderr=True)
+    cfg = load_config(config, overrides or [])
+    if not cfg.data.test:
+        raise ValueError(f"{config}: data.test is empty; the before/after comparison needs a held-out test file")
+    test = str(cfg.data.test[0].path)
+    e = cfg.eval
+
+    console.rule("[bold]1/5 data check")
+    _check_data(cfg, console)
+
+    console.rule("[bold]2/5 baseline: the base model on the held-out test set")
+    base = evaluate(cfg.model.name_or_path, test, "none", e.metrics, e.max_new_tokens, e.limit,
+                    forgetting=False, latency_samples=0, batch_size=e.batch_size, write=False)
+    console.print(f"baseline {base['primary']}: {base['model'].get(base['primary'])}")
+
+    console.rule("[bold]3/5 LoRA training" if cfg.method.type.value in ("lora", "qlora") else "[bold]3/5 training")
+    trained = run(cfg, console=console)
+
+    console.rule("[bold]4/5 tuned vs base on the same prompts")
+    result = evaluate(str(trained.run_dir), test, None, e.metrics, e.max_new_tokens, e.limit,
+                      batch_size=e.batch_size)
+    console.print(comparison_table(result))
+    flips = result.get("flips", [])
+    up = sum(1 for f in flips if f.get("direction") == "wrong_to_right")
+    console.print(f"flips: {up} wrong→right, {len(flips) - up} right→wrong")
+
+    console.rule("[bold]5/5 report and a sample answer")
+    report = write_report(trained.run_dir)
+    _sample(trained.run_dir, console)
+    console.print(f"report: {report}")
+    return {
+        "baseline": {"accuracy": _accuracy_like(result["baseline"])},
+        "tuned": {"accuracy": _accuracy_like(result["model"])},
+        "train_seconds": round(trained.train_seconds, 1),
+        "report": str(report),
+        "run_dir": str(trained.run_dir),
+        "primary_metric": result.get("primary"),
+    }
+
+
+def _sample(run_dir: Path, console: Console) -> None:
+    path = run_dir / "eval_predictions.jsonl"
+    if not path.exists():
+        return
+    rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    row = next((r for r in rows if r.get("model_score") and not r.get("baseline_score")), rows[0] if rows else None)
+    if row is None:
+        return
+    console.print(f"[bold]prompt:[/]    {row['prompt']}")
+    console.print(f"[bold]reference:[/] {row['reference']}")
+    console.print(f"[bold]before:[/]    {row.get('baseline', '')!s}".rstrip())
+    console.print(f"[bold]after:[/]     {row.get('model', '')!s}".rstrip())

@@ -1,0 +1,92 @@
+"""Config loading: typed, strict, helpful errors with file:line and a suggestion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sftkit.config import ConfigError, RunConfig, field_docs, load_config, parse_overrides
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "cfg.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_minimal_config_gets_defaults_and_relative_paths(tmp_path):
+    cfg = load_config(write(tmp_path, "data:\n  train: data/train.jsonl\n"))
+    assert cfg.data.train[0].path == tmp_path / "data/train.jsonl"
+    assert cfg.method.type.value == "lora" and cfg.method.r == 8 and cfg.method.alpha == 16
+    assert cfg.method.dropout == 0.05 and cfg.method.target_modules == "all-linear"
+    assert cfg.model.name_or_path == "smollm2-135m-instruct"
+
+
+def test_typo_names_key_line_and_closest_valid_key(tmp_path):
+    p = write(tmp_path, "data:\n  train: t.jsonl\ntrain:\n  learnig_rate: 0.001\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert f"{p}:4" in msg
+    assert "train.learnig_rate" in msg
+    assert "did you mean 'train.learning_rate'?" in msg
+
+
+def test_unknown_top_level_key_lists_valid_keys(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'zzz'.*valid keys here: name, output_dir"):
+        load_config(write(tmp_path, "data:\n  train: t.jsonl\nzzz: 1\n"))
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("train:\n  learning_rate: -1\n", "train.learning_rate"),
+        ("train:\n  per_device_train_batch_size: many\n", "train.per_device_train_batch_size"),
+        ("train:\n  bf16: true\n  fp16: true\n", "bf16 and fp16 are both true"),
+        ("method:\n  type: lorax\n", "method.type"),
+        ("data:\n  val_size: 1.5\n  train: t.jsonl\n", "data.val_size"),
+    ],
+)
+def test_invalid_values_are_rejected_with_key_path(tmp_path, text, needle):
+    if "data:" not in text:
+        text += "data:\n  train: t.jsonl\n"
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        load_config(write(tmp_path, text))
+
+
+def test_missing_data_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="data: Field required"):
+        load_config(write(tmp_path, "name: x\n"))
+
+
+def test_overrides_are_typed_and_nested(tmp_path):
+    cfg = load_config(write(tmp_path, "data:\n  train: t.jsonl\n"),
+                      ["train.max_steps=2", "output_dir=/tmp/run", "method.target_modules=[q_proj, v_proj]"])
+    assert cfg.train.max_steps == 2
+    assert cfg.output_dir == Path("/tmp/run")
+    assert cfg.method.target_modules == ["q_proj", "v_proj"]
+    with pytest.raises(ConfigError, match="expected dotted key=value"):
+        parse_overrides(["train.max_steps"])
+
+
+def test_config_is_frozen(tmp_path):
+    cfg = load_config(write(tmp_path, "data:\n  train: t.jsonl\n"))
+    with pytest.raises(Exception, match="frozen"):
+        cfg.train.learning_rate = 1.0  # type: ignore[misc]
+
+
+def test_every_field_is_documented():
+    docs = field_docs()
+    assert len(docs) > 40
+    missing = [k for k, _, _, d in docs if not d]
+    assert missing == [], f"fields without a description: {missing}"
+    assert {"train.learning_rate", "data.cutoff_len", "method.r"} <= {k for k, *_ in docs}
+
+
+def test_every_shipped_config_validates():
+    root = Path(__file__).resolve().parents[1]
+    files = [p for p in [*root.glob("examples/**/config.yaml"), *root.glob("configs/*.yaml")]]
+    assert files, "no shipped configs found"
+    for p in files:
+        assert isinstance(load_config(p), RunConfig), p

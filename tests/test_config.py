@@ -79,14 +79,23 @@ def test_config_is_frozen(tmp_path):
 def test_every_field_is_documented():
     docs = field_docs()
     assert len(docs) > 40
-    missing = [k for k, _, _, d in docs if not d]
+    missing = [d.key for d in docs if not d.doc]
     assert missing == [], f"fields without a description: {missing}"
-    assert {"train.learning_rate", "data.cutoff_len", "method.r"} <= {k for k, *_ in docs}
+    assert {"train.learning_rate", "data.cutoff_len", "method.r"} <= {d.key for d in docs}
+
+
+def test_reference_config_is_in_sync_with_the_schema():
+    from sftkit.config_reference import reference_yaml
+
+    shipped = Path(__file__).resolve().parents[1] / "configs" / "finetune_reference.yaml"
+    assert shipped.read_text(encoding="utf-8") == reference_yaml(), (
+        "configs/finetune_reference.yaml is stale: python -m sftkit.config_reference > configs/finetune_reference.yaml"
+    )
 
 
 def test_every_shipped_config_validates():
     root = Path(__file__).resolve().parents[1]
-    files = [p for p in [*root.glob("examples/**/config.yaml"), *root.glob("configs/*.yaml")]]
+    files = [*root.glob("examples/**/config.yaml"), *root.glob("configs/*.yaml")]
     assert files, "no shipped configs found"
     for p in files:
         assert isinstance(load_config(p), RunConfig), p

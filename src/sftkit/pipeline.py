@@ -91,7 +91,7 @@ def run_pipeline(config: Path, overrides: list[str] | None = None, console: Cons
 
     console.rule("[bold]4/5 tuned vs base on the same prompts")
     result = evaluate(str(trained.run_dir), test, None, e.metrics, e.max_new_tokens, e.limit,
-                      batch_size=e.batch_size)
+                      batch_size=e.batch_size, forgetting=e.forgetting_check)
     console.print(comparison_table(result))
     flips = result.get("flips", [])
     up = sum(1 for f in flips if f.get("direction") == "wrong_to_right")

@@ -28,7 +28,8 @@ class MetricsLogger(TrainerCallback):
         self._step0 = state.global_step
         if state.global_step and self.path.exists():
             # resuming: drop log lines written after the checkpoint we resume from
-            keep = [ln for ln in self.path.read_text().splitlines() if json.loads(ln).get("step", 0) <= state.global_step]
+            lines = self.path.read_text().splitlines()
+            keep = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= state.global_step]
             self.path.write_text("".join(k + "\n" for k in keep))
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
@@ -95,6 +96,35 @@ class RichProgress(TrainerCallback):
             self.progress.update(self.task, completed=state.global_step, info=self._info(state.global_step))
             self.progress.stop()
             self.progress = None
+
+
+COMPLETE = "sftkit_complete.json"
+
+
+class CheckpointMarker(TrainerCallback):
+    """Marks a checkpoint complete once the Trainer has written all of it.
+
+    The Trainer writes checkpoint folders in place; a kill during a save leaves a
+    partial folder that looks like a checkpoint. Resuming only ever picks folders
+    carrying this marker, written last.
+    """
+
+    def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if not state.is_world_process_zero:
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir():
+            tmp = folder / f".{COMPLETE}.tmp"
+            tmp.write_text(json.dumps({"step": state.global_step}))
+            tmp.replace(folder / COMPLETE)
+
+
+def last_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest checkpoint with a completion marker (None if there is none)."""
+    if not folder.is_dir():
+        return None
+    done = [p for p in folder.glob("checkpoint-*") if (p / COMPLETE).is_file() and p.name.split("-")[-1].isdigit()]
+    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

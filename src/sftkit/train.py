@@ -17,13 +17,15 @@ from typing import Any
 from rich.console import Console
 
 from sftkit import models
+from sftkit.batching import Collator, Examples, pack
 from sftkit.config import Method, RunConfig, config_to_yaml
 from sftkit.data import write_rejects
 from sftkit.dataset import Prepared, prepare
+from sftkit.fingerprint import differences, fingerprint
 from sftkit.methods import attach, count_parameters, quantization_config
-from sftkit.progress import MetricsLogger, RichProgress, plot_loss
-from sftkit.templates.render import IGNORE, Renderer
+from sftkit.progress import CheckpointMarker, MetricsLogger, RichProgress, last_complete_checkpoint, plot_loss
 from sftkit.templates.registry import load_template
+from sftkit.templates.render import Renderer
 
 
 class TrainError(RuntimeError):
@@ -37,42 +39,6 @@ class TrainResult:
     global_step: int
     final_loss: float | None
     best_eval_loss: float | None
-
-
-class Examples:
-    """Tokenized examples as the Trainer expects them (a sized, indexable dataset)."""
-
-    def __init__(self, prepared: list[Any]) -> None:
-        self.rows = [{"input_ids": e.input_ids, "labels": e.labels} for e in prepared]
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict[str, list[int]]:
-        return self.rows[i]
-
-
-class PadCollator:
-    """Right-pads a batch to its longest row (rounded up to a multiple of 8)."""
-
-    def __init__(self, pad_id: int, multiple: int = 8) -> None:
-        self.pad_id = pad_id
-        self.multiple = multiple
-
-    def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, Any]:
-        import torch
-
-        n = max(len(r["input_ids"]) for r in rows)
-        n = -(-n // self.multiple) * self.multiple
-        ids = torch.full((len(rows), n), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(rows), n), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(rows), n), dtype=torch.long)
-        for i, r in enumerate(rows):
-            k = len(r["input_ids"])
-            ids[i, :k] = torch.tensor(r["input_ids"])
-            labels[i, :k] = torch.tensor(r["labels"])
-            mask[i, :k] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
 def _prepare_run_dir(cfg: RunConfig, resume: str | None) -> Path:
@@ -177,15 +143,16 @@ def _training_args(cfg: RunConfig, run_dir: Path, has_val: bool) -> Any:
         eval_steps=t.eval_steps,
         save_strategy=save_strategy,
         save_steps=t.save_steps or 500,
-        save_total_limit=t.save_total_limit,
+        # never fewer than 2: the previous complete checkpoint must survive a kill during the next save
+        save_total_limit=max(2, t.save_total_limit) if t.save_total_limit else None,
         metric_for_best_model="eval_loss" if has_val else None,
         load_best_model_at_end=bool(has_val and t.early_stopping_patience),
         bf16=t.bf16,
         fp16=t.fp16,
-        gradient_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing=t.gradient_checkpointing,
         neftune_noise_alpha=t.neftune_noise_alpha,
         report_to=t.report_to or "none",
-        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        train_sampling_strategy="group_by_length" if t.group_by_length and not t.packing else "random",
         optim=t.optim,
         dataloader_num_workers=t.dataloader_num_workers,
         remove_unused_columns=False,
@@ -198,6 +165,7 @@ def _save_final(model: Any, tokenizer: Any, cfg: RunConfig, run_dir: Path) -> Pa
     out = run_dir / ("adapter" if cfg.method.type in (Method.lora, Method.qlora) else "model")
     tmp = run_dir / f".{out.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
+    model.config.use_cache = True  # switched off for training; inference wants it back
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     if out.exists():
@@ -206,12 +174,45 @@ def _save_final(model: Any, tokenizer: Any, cfg: RunConfig, run_dir: Path) -> Pa
     return out
 
 
+def _check_fingerprint(run_dir: Path, current: dict[str, Any], resume: str | None, force: bool) -> None:
+    path = run_dir / "fingerprint.json"
+    if resume and path.exists():
+        diffs = differences(json.loads(path.read_text()), current)
+        if diffs and not force:
+            raise TrainError(f"refusing to resume {run_dir}: {'; '.join(diffs)} since the checkpoints were written "
+                             f"(resume with the original inputs, start a new output_dir, or pass --force)")
+    path.write_text(json.dumps(current, indent=2))
+
+
+def _resume_point(run_dir: Path, resume: str | None, console: Console) -> str | None:
+    if not resume:
+        return None
+    if resume != "auto":
+        if not Path(resume).is_dir():
+            raise TrainError(f"--resume {resume}: no such checkpoint folder")
+        return resume
+    ckpts = run_dir / "checkpoints"
+    last = last_complete_checkpoint(ckpts)
+    for partial in sorted(ckpts.glob("checkpoint-*")) if ckpts.is_dir() else []:
+        newer = last is None or int(partial.name.split("-")[-1]) > int(last.name.split("-")[-1])
+        if newer:  # written when the run was killed mid-save: never load it, and make room for the redo
+            console.print(f"[yellow]removing incomplete checkpoint {partial.name}[/]")
+            shutil.rmtree(partial)
+    if last is None:
+        raise TrainError(f"--resume: no complete checkpoint under {ckpts}; start again without --resume")
+    console.print(f"resuming from {last}")
+    return str(last)
+
+
 def run(
-    cfg: RunConfig, resume: str | None = None, console: Console | None = None, callbacks: list[Any] | None = None
+    cfg: RunConfig,
+    resume: str | None = None,
+    console: Console | None = None,
+    callbacks: list[Any] | None = None,
+    force: bool = False,
 ) -> TrainResult:
     """Train as ``cfg`` says; extra Trainer ``callbacks`` may observe the run (tests, the console)."""
     from transformers import EarlyStoppingCallback, Trainer
-    from transformers.trainer_utils import get_last_checkpoint
 
     console = console or Console(stderr=True)
     run_dir = _prepare_run_dir(cfg, resume)
@@ -221,6 +222,8 @@ def run(
     tokenizer = models.load_tokenizer(resolved.path, cfg.model.trust_remote_code)
     template = load_template(cfg.template, tokenizer)
     renderer = Renderer(template, tokenizer, cfg.data.mask, cfg.data.cutoff_len, cfg.data.overflow)
+    _check_fingerprint(run_dir, fingerprint(cfg, renderer, resolved.path), resume, force)
+    checkpoint = _resume_point(run_dir, resume, console)
 
     data = prepare(cfg.data, renderer, cfg.train.seed)
     _write_data_report(run_dir, data)
@@ -229,7 +232,9 @@ def run(
                   f"{r['rejected']} rejected (see {run_dir / 'rejected.jsonl'}), {r['truncated']} truncated")
 
     _check_template(template, tokenizer, data, resolved.path, run_dir, console)
-    model = attach(_load_base(cfg, resolved.path), cfg.method, cfg.train.gradient_checkpointing)
+    base = _load_base(cfg, resolved.path)
+    base.config.use_cache = False  # no KV cache in training: memory, and packing masks need it off
+    model = attach(base, cfg.method, cfg.train.gradient_checkpointing)
     trainable, total = count_parameters(model)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     eff = cfg.train.per_device_train_batch_size * cfg.train.gradient_accumulation_steps * world
@@ -238,17 +243,22 @@ def run(
     console.print(f"effective batch = {cfg.train.per_device_train_batch_size} per device x "
                   f"{cfg.train.gradient_accumulation_steps} accumulation x {world} device(s) = {eff} sequences/step")
 
-    mean_tokens = r["train_tokens"] / max(1, r["train_examples"])
+    train_rows = (pack(data.train.examples, cfg.data.cutoff_len) if cfg.train.packing
+                  else Examples.from_rendered(data.train.examples))
+    if cfg.train.packing:
+        console.print(f"packing: {r['train_examples']} examples into {len(train_rows)} rows of <= "
+                      f"{cfg.data.cutoff_len} tokens")
+    mean_tokens = r["train_tokens"] / max(1, len(train_rows))
     callbacks = [MetricsLogger(run_dir / "metrics.jsonl", mean_tokens * eff),
-                 RichProgress(console, mean_tokens * eff), *(callbacks or [])]
+                 RichProgress(console, mean_tokens * eff), CheckpointMarker(), *(callbacks or [])]
     if cfg.train.early_stopping_patience and data.val.examples:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     trainer = Trainer(
         model=model,
         args=_training_args(cfg, run_dir, bool(data.val.examples)),
-        train_dataset=Examples(data.train.examples),
-        eval_dataset=Examples(data.val.examples) if data.val.examples else None,
-        data_collator=PadCollator(tokenizer.pad_token_id),
+        train_dataset=train_rows,
+        eval_dataset=Examples.from_rendered(data.val.examples) if data.val.examples else None,
+        data_collator=Collator(tokenizer.pad_token_id),
         processing_class=tokenizer,
         callbacks=callbacks,
     )
@@ -257,12 +267,6 @@ def run(
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
 
-    checkpoint = None
-    if resume:
-        checkpoint = get_last_checkpoint(str(run_dir / "checkpoints")) if resume == "auto" else resume
-        if checkpoint is None:
-            raise TrainError(f"--resume: no complete checkpoint under {run_dir / 'checkpoints'}")
-        console.print(f"resuming from {checkpoint}")
     t0 = time.perf_counter()
     out = trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - t0

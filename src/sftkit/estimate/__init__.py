@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from sftkit.estimate.core import Estimate, estimate, flops_per_token, memory, steps_for
-from sftkit.estimate.device import GPUS, CpuProfile, Device, available_ram_gb, cpu_device, cpu_profile, detect_device, gpu
+from sftkit.estimate.device import (
+    GPUS,
+    CpuProfile,
+    Device,
+    available_ram_gb,
+    cpu_device,
+    cpu_profile,
+    detect_device,
+    gpu,
+)
 from sftkit.estimate.memory import GB, Setup
 from sftkit.estimate.recommend import Recommendation, all_for, cheapest_fix
 from sftkit.estimate.shape import LINEARS, SIZES, ModelShape, from_hf_config, from_path, from_size

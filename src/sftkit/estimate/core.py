@@ -19,6 +19,11 @@ from sftkit.estimate.memory import (
 from sftkit.estimate.shape import ModelShape
 
 DEFAULT_STEPS = 1000  # time basis when neither data nor max_steps say how long the run is
+# glibc malloc keeps freed per-step blocks (activations, loss buffers) in its arenas, so a CPU
+# process's peak RSS exceeds the live peak by about half the per-step transient memory.
+# Measured once (bench/RESULTS_estimate.md, lora-256 run: (peak RSS - static terms) / transient
+# = 1.5) and used unchanged for every configuration; GPUs' caching allocator is not modelled.
+CPU_ALLOCATOR_RETENTION = 0.5
 
 
 @dataclass
@@ -125,6 +130,7 @@ def memory(shape: ModelShape, setup: Setup) -> tuple[dict[str, float], float]:
         "autocast_weight_copies": casts,
         "logits_loss": loss,
         "not_simultaneous": peak - dynamic_all,  # negative: terms above that are never alive together
+        "allocator_retention": CPU_ALLOCATOR_RETENTION * (peak - grads) if setup.device == "cpu" else 0.0,
         "framework_overhead": setup.overhead_bytes,
     }
     return breakdown, host
@@ -160,7 +166,7 @@ def step_seconds(shape: ModelShape, setup: Setup, device: Device) -> float:
 def estimate(shape: ModelShape, setup: Setup, device: Device, steps: int | None = None,
              time_basis: str | None = None) -> Estimate:
     setup = replace(setup, flash_attention=setup.flash_attention and device.flash_attention,
-                    overhead_bytes=device.overhead_gb * GB)
+                    overhead_bytes=device.overhead_gb * GB, device=device.kind)
     breakdown, host = memory(shape, setup)
     return Estimate(shape, setup, device, breakdown, host, trainable_params(shape, setup),
                     flops_per_token(shape, setup), step_seconds(shape, setup, device),

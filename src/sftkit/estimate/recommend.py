@@ -81,9 +81,9 @@ def lora_rank(rows: int | None, method_name: str) -> Recommendation | None:
 def cutoff(lengths: list[int] | None, current: int) -> Recommendation | None:
     if not lengths:
         return None
-    from sftkit.data.stats import recommend_cutoff
-
     import numpy as np
+
+    from sftkit.data.stats import recommend_cutoff
 
     arr = np.asarray(lengths)
     c = recommend_cutoff(arr, 0.95)

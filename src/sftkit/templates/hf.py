@@ -71,7 +71,7 @@ class HFChatTemplate:
             self._extend(segs, done, self._text(conv, len(conv.messages), gen=True), "prompt", None, conv)
         return segs
 
-    def _extend(  # noqa: PLR0917 - private helper, called positionally in two places
+    def _extend(
         self, segs: list[Segment], done: str, new: str, kind: str, idx: int | None, conv: Conversation
     ) -> None:
         if not new.startswith(done):

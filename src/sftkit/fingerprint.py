@@ -1,0 +1,64 @@
+"""What a run was trained on, so a resume can refuse to mix two different runs.
+
+The fingerprint holds hashes of the data files, the template's rendering of a probe
+conversation, the tokenizer, the model reference and the config (minus keys that may
+legitimately change on resume, such as ``train.max_steps``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from sftkit.config import RunConfig
+from sftkit.conversation import Conversation, Message
+
+# Keys that may change between a run and its resumption without changing what is trained.
+_RESUMABLE_KEYS = {"output_dir", "name"}
+_RESUMABLE_TRAIN = {"max_steps", "num_train_epochs", "logging_steps", "save_steps", "eval_steps",
+                    "save_total_limit", "report_to", "dataloader_num_workers", "early_stopping_patience"}
+
+
+def _file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def fingerprint(cfg: RunConfig, renderer: Any, model_path: Path) -> dict[str, Any]:
+    probe = Conversation([Message("system", "s"), Message("user", "u 你好"), Message("assistant", "a")])
+    raw = cfg.model_dump(mode="json")
+    for k in _RESUMABLE_KEYS:
+        raw.pop(k, None)
+    for k in _RESUMABLE_TRAIN:
+        raw["train"].pop(k, None)
+    tok = renderer.tokenizer
+    return {
+        "data": {str(s.path): _file_hash(Path(s.path)) for s in [*cfg.data.train, *cfg.data.val]},
+        "template": _digest([renderer.template.name, renderer.render(probe).text]),
+        "tokenizer": _digest([len(tok), tok.eos_token, tok.bos_token, tok.pad_token]),
+        "model": _digest([cfg.model.name_or_path, str(model_path.name)]),
+        "config": _digest(raw),
+    }
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Human-readable reasons why ``new`` is not the run ``old`` describes."""
+    out = []
+    for key in ("template", "tokenizer", "model", "config"):
+        if old.get(key) != new.get(key):
+            out.append(f"the {key} changed")
+    old_data, new_data = old.get("data", {}), new.get("data", {})
+    for path in sorted(set(old_data) | set(new_data)):
+        if old_data.get(path) != new_data.get(path):
+            out.append(f"data file {path} changed" if path in old_data and path in new_data
+                       else f"data file {path} {'added' if path in new_data else 'removed'}")
+    return out

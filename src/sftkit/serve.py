@@ -1,0 +1,428 @@
+"""``sft serve``: an OpenAI-compatible HTTP server over the shared ``Engine``.
+
+Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions``,
+``GET /v1/models`` (+ ``/v1/models/{id}``), ``GET /health`` (never needs a key).
+
+Batching: all generation goes through one ``Batcher`` worker thread (see
+``sftkit.batcher``): concurrent non-streaming requests share ``Engine.generate``
+batches; streaming requests each run their own ``Engine.stream``, interleaved
+token by token with each other and with the batches, ``max_batch`` at a time.
+
+Errors always have OpenAI's shape ``{"error": {"message", "type", "param",
+"code"}}``: 400 for invalid bodies and over-long prompts, 401 for a missing or
+wrong key, 404 for an unknown model, 500 only for a genuine server bug (the
+server keeps running).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from sftkit.batcher import Batcher
+from sftkit.conversation import Conversation, Message
+from sftkit.generate import Engine, GenParams, GenResult
+
+DEFAULT_MAX_TOKENS_LIMIT = 1024
+
+
+# -- errors -------------------------------------------------------------------
+
+
+class APIError(Exception):
+    """An error reported to the client in OpenAI's shape."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+
+
+def error_body(message: str, type: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def _error_response(e: APIError) -> JSONResponse:
+    return JSONResponse(error_body(e.message, e.type, e.param, e.code), status_code=e.status)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    errs = exc.errors()
+    if not errs:
+        return "invalid request body", None
+    first = errs[0]
+    if first.get("type") == "json_invalid":
+        return "could not parse the JSON body of the request", None
+    loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+    param = ".".join(loc) or None
+    return (f"{param}: {first.get('msg')}" if param else str(first.get("msg"))), param
+
+
+class _AuthMiddleware:
+    """``Authorization: Bearer KEY`` on ``/v1/*``. Pure ASGI (not BaseHTTPMiddleware)
+    so streaming responses and client-disconnect detection are left untouched;
+    it runs before the body is parsed, so a bad body without a key is still a 401."""
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app, self.key = app, api_key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1"):
+            auth = dict(scope.get("headers") or []).get(b"authorization", b"")
+            scheme, _, token = auth.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key):
+                body = error_body("Incorrect or missing API key: send 'Authorization: Bearer <key>'.",
+                                  code="invalid_api_key")
+                await JSONResponse(body, status_code=401)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+# -- request bodies ---------------------------------------------------------------
+
+
+class _Body(BaseModel):
+    # OpenAI clients send many optional fields; unknown ones are ignored, known ones validated.
+    model_config = ConfigDict(extra="ignore")
+
+
+class ContentPart(_Body):
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(_Body):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    reasoning_content: str | None = None
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class _Sampling(_Body):
+    model: str
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    n: int = Field(1, ge=1, le=16)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    logprobs: bool | int | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v: str | list[str] | None) -> str | list[str] | None:
+        stops = [v] if isinstance(v, str) else (v or [])
+        if len(stops) > 4:
+            raise ValueError("at most 4 stop sequences")
+        if any(not s for s in stops):
+            raise ValueError("stop sequences must be non-empty strings")
+        return v
+
+
+class ChatRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    tools: list[dict[str, Any]] | None = None
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str]
+    echo: bool = False
+    suffix: str | None = None
+
+
+# -- conversion ---------------------------------------------------------------------
+
+
+def _text_content(m: ChatMessage, i: int) -> str:
+    if m.content is None or isinstance(m.content, str):
+        return m.content or ""
+    parts = []
+    for part in m.content:
+        if part.type != "text" or part.text is None:
+            raise APIError(400, f"messages.{i}.content: only text content parts are supported (got {part.type!r})",
+                           param=f"messages.{i}.content")
+        parts.append(part.text)
+    return "".join(parts)
+
+
+def _flat_call(call: dict[str, Any]) -> dict[str, Any]:
+    fn = call.get("function", call)
+    return {"name": fn.get("name"), "arguments": fn.get("arguments", {})}
+
+
+def to_conversation(req: ChatRequest) -> Conversation:
+    msgs = []
+    for i, m in enumerate(req.messages):
+        role = "system" if m.role == "developer" else m.role  # OpenAI's newer name for the system role
+        msgs.append(Message(role=role, content=_text_content(m, i), reasoning=m.reasoning_content,
+                            tool_calls=[_flat_call(c) for c in m.tool_calls] if m.tool_calls else None,
+                            name=m.name))
+    return Conversation(messages=msgs, tools=req.tools or None)
+
+
+# -- the app ------------------------------------------------------------------------
+
+
+def context_length(engine: Engine) -> int:
+    cfg = getattr(engine.model, "config", None)
+    n = getattr(cfg, "max_position_embeddings", None)
+    if isinstance(n, int) and n > 0:
+        return n
+    tok_max = getattr(engine.tokenizer, "model_max_length", 0)
+    return tok_max if 0 < tok_max < 10**7 else 2048
+
+
+class _Server:
+    """Per-app state and request handling (kept off module globals so tests can run several apps)."""
+
+    def __init__(self, engine: Engine, model_name: str, aliases: set[str], max_tokens_limit: int,
+                 batcher: Batcher) -> None:
+        self.engine, self.model_name, self.aliases = engine, model_name, {model_name, *aliases}
+        self.max_tokens_limit, self.batcher = max_tokens_limit, batcher
+        self.context = context_length(engine)
+        self.created = int(time.time())
+
+    def check_model(self, name: str) -> None:
+        if name not in self.aliases:
+            raise APIError(404, f"The model '{name}' does not exist; this server serves '{self.model_name}'.",
+                           param="model", code="model_not_found")
+
+    def n_tokens(self, prompt: str) -> int:
+        return len(self.engine.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+    def params(self, req: _Sampling, prompt_tokens: int, requested: int | None) -> GenParams:
+        if req.logprobs:
+            raise APIError(400, "logprobs are not supported by this server", param="logprobs")
+        if requested is not None and requested > self.max_tokens_limit:
+            raise APIError(400, f"max_tokens is {requested}, but this server allows at most {self.max_tokens_limit}",
+                           param="max_tokens")
+        room = self.context - prompt_tokens
+        if room < 1 or (requested is not None and requested > room):
+            want = f" + {requested} in the completion" if requested is not None else ""
+            raise APIError(400, f"This model's maximum context length is {self.context} tokens; the prompt has "
+                                f"{prompt_tokens}{want}. Shorten the prompt or lower max_tokens.",
+                           param="messages" if isinstance(req, ChatRequest) else "prompt",
+                           code="context_length_exceeded")
+        max_new = requested if requested is not None else min(self.max_tokens_limit, room)
+        stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        # OpenAI's defaults: temperature 1, top_p 1 (pass temperature=0 for greedy).
+        temp = 1.0 if req.temperature is None else req.temperature
+        return GenParams(max_new_tokens=max_new, temperature=temp, top_p=req.top_p or 1.0, stop=stops,
+                         seed=req.seed)
+
+    def usage(self, prompt_tokens: int, results: list[GenResult]) -> dict[str, int]:
+        done = sum(r.completion_tokens for r in results)
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": done, "total_tokens": prompt_tokens + done}
+
+
+def _sse(obj: Any) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, e: APIError) -> JSONResponse:
+        return _error_response(e)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        msg, param = _validation_message(e)
+        return _error_response(APIError(400, msg, param=param))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
+        return _error_response(APIError(e.status_code, str(e.detail), type=kind))
+
+    @app.exception_handler(Exception)
+    async def _bug(_: Request, e: Exception) -> JSONResponse:
+        return _error_response(APIError(500, f"internal server error ({type(e).__name__}: {e})", type="server_error"))
+
+
+async def _chat(srv: _Server, req: ChatRequest) -> dict[str, Any] | StreamingResponse:
+    srv.check_model(req.model)
+    try:
+        prompt = srv.engine.prompt_for(to_conversation(req))
+    except ValueError as e:  # TemplateError: e.g. a role this model family has no turn for
+        raise APIError(400, str(e), param="messages") from None
+    n_prompt = srv.n_tokens(prompt)
+    params = srv.params(req, n_prompt, req.max_completion_tokens or req.max_tokens)
+    rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    if req.stream:
+        if req.n != 1:
+            raise APIError(400, "n > 1 is not supported with stream=true", param="n")
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return _stream(srv, prompt, params, n_prompt, include_usage, rid, created, chat=True)
+    results = await asyncio.wrap_future(srv.batcher.submit([prompt] * req.n, params))
+    return {
+        "id": rid, "object": "chat.completion", "created": created, "model": srv.model_name,
+        "system_fingerprint": None,
+        "choices": [{"index": i, "message": {"role": "assistant", "content": r.text}, "logprobs": None,
+                     "finish_reason": r.finish_reason} for i, r in enumerate(results)],
+        "usage": srv.usage(n_prompt, results),
+    }
+
+
+async def _completions(srv: _Server, req: CompletionRequest) -> dict[str, Any] | StreamingResponse:
+    srv.check_model(req.model)
+    if req.suffix:
+        raise APIError(400, "suffix is not supported by this server", param="suffix")
+    prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+    if not prompts:
+        raise APIError(400, "prompt must not be empty", param="prompt")
+    counts = [srv.n_tokens(p) for p in prompts]
+    params = [srv.params(req, c, req.max_tokens) for c in counts]
+    rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    if req.stream:
+        if req.n != 1 or len(prompts) != 1:
+            raise APIError(400, "stream=true needs one prompt and n=1", param="stream")
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return _stream(srv, prompts[0], params[0], counts[0], include_usage, rid, created, chat=False,
+                       echo=prompts[0] if req.echo else "")
+    futures = [srv.batcher.submit([p] * req.n, gp) for p, gp in zip(prompts, params, strict=True)]
+    per_prompt = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+    choices, flat = [], []
+    for pi, results in enumerate(per_prompt):
+        for r in results:
+            text = (prompts[pi] + r.text) if req.echo else r.text
+            choices.append({"index": len(choices), "text": text, "logprobs": None, "finish_reason": r.finish_reason})
+            flat.append(r)
+    return {"id": rid, "object": "text_completion", "created": created, "model": srv.model_name,
+            "system_fingerprint": None, "choices": choices, "usage": srv.usage(sum(counts), flat)}
+
+
+def create_app(engine: Engine, model_name: str, api_key: str | None = None,
+               max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT, max_batch: int = 16,
+               aliases: set[str] | None = None, batch_wait_s: float = 0.005) -> FastAPI:
+    """An OpenAI-compatible app serving ``engine`` as ``model_name`` (``aliases``:
+    other accepted model ids). The batcher thread starts now and stops when the
+    app shuts down."""
+    engine.batch_size = max(engine.batch_size, max_batch)
+    batcher = Batcher(engine, max_batch=max_batch, wait_s=batch_wait_s).start()
+    srv = _Server(engine, model_name, aliases or set(), max_tokens_limit, batcher)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        batcher.start()
+        yield
+        batcher.stop()
+
+    app = FastAPI(title="sftkit", lifespan=lifespan)
+    app.state.server = srv
+    if api_key:
+        app.add_middleware(_AuthMiddleware, api_key=api_key)
+    _install_error_handlers(app)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        ok = batcher.alive
+        body = {"status": "ok" if ok else "error", "model": model_name, **batcher.load(), **batcher.stats}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    def model_card() -> dict[str, Any]:
+        return {"id": model_name, "object": "model", "created": srv.created, "owned_by": "sftkit",
+                "max_model_len": srv.context}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def one_model(model_id: str) -> dict[str, Any]:
+        srv.check_model(model_id)
+        return model_card()
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat(req: ChatRequest) -> dict[str, Any] | StreamingResponse:
+        return await _chat(srv, req)
+
+    @app.post("/v1/completions", response_model=None)
+    async def completions(req: CompletionRequest) -> dict[str, Any] | StreamingResponse:
+        return await _completions(srv, req)
+
+    return app
+
+
+def _stream(srv: _Server, prompt: str, params: GenParams, n_prompt: int, include_usage: bool, rid: str,
+            created: int, chat: bool, echo: str = "") -> StreamingResponse:
+    handle = srv.batcher.submit_stream(prompt, params, asyncio.get_running_loop())
+    obj = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(delta: str | None, finish: str | None = None, role: bool = False) -> dict[str, Any]:
+        if chat:
+            d: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
+            if delta is not None:
+                d["content"] = delta
+            choice: dict[str, Any] = {"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}
+        else:
+            choice = {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}
+        return {"id": rid, "object": obj, "created": created, "model": srv.model_name, "system_fingerprint": None,
+                "choices": [choice]}
+
+    async def events() -> AsyncIterator[str]:
+        result: GenResult | None = None
+        try:
+            if chat:
+                yield _sse(chunk(None, role=True))
+            if echo:
+                yield _sse(chunk(echo))
+            async for item in handle.events():
+                if isinstance(item, str):
+                    yield _sse(chunk(item))
+                else:
+                    result = item
+            yield _sse(chunk(None, finish=result.finish_reason if result else "stop"))
+            if include_usage and result is not None:
+                yield _sse({"id": rid, "object": obj, "created": created, "model": srv.model_name, "choices": [],
+                            "usage": srv.usage(n_prompt, [result])})
+        except Exception as e:  # noqa: BLE001 - headers are sent: report in-band, OpenAI style
+            yield _sse(error_body(f"generation failed ({type(e).__name__}: {e})", type="server_error"))
+        finally:
+            # Normal end: a no-op. Client gone (the generator is cancelled/closed): the
+            # worker drops the stream at its next turn, freeing the slot and its KV cache.
+            handle.cancel()
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def served_name(ref: str) -> str:
+    """The model id clients send: the folder name for paths, else the reference itself."""
+    p = Path(ref)
+    return p.resolve().name if p.exists() else ref
+
+
+def serve(engine: Engine, ref: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          max_batch: int = 16, max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT, log_level: str = "info") -> None:
+    """Run the server in the foreground until interrupted."""
+    import uvicorn
+
+    name = served_name(ref)
+    app = create_app(engine, name, api_key=api_key, max_tokens_limit=max_tokens_limit, max_batch=max_batch,
+                     aliases={ref})
+    uvicorn.run(app, host=host, port=port, log_level=log_level)

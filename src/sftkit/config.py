@@ -164,6 +164,10 @@ class TrainConfig(_Section):
     """Optimizer name as in TrainingArguments (adamw_torch, adamw_8bit, paged_adamw_8bit, ...)."""
     dataloader_num_workers: int = 0
     """Worker processes for data loading."""
+    deepspeed: str | None = None
+    """DeepSpeed ZeRO: zero2, zero3, zero3_offload (shipped configs) or a path to a DeepSpeed JSON; GPUs only."""
+    fsdp: str | None = None
+    """FSDP options as in TrainingArguments.fsdp (e.g. "full_shard auto_wrap"); GPUs only."""
 
     @model_validator(mode="after")
     def _one_precision(self) -> TrainConfig:

@@ -32,6 +32,29 @@ def quantization_config(method: MethodConfig) -> Any | None:
     )
 
 
+DEEPSPEED_PRESETS = ("zero2", "zero3", "zero3_offload")
+
+
+def deepspeed_config(name: str | None) -> str | None:
+    """Path of the DeepSpeed JSON for ``train.deepspeed`` (a shipped preset or a file)."""
+    if not name:
+        return None
+    if importlib.util.find_spec("deepspeed") is None:
+        raise MethodUnavailable(
+            f"train.deepspeed={name} needs DeepSpeed: `pip install 'sftkit[gpu]'` (or `pip install deepspeed`); "
+            "on a single device leave train.deepspeed unset"
+        )
+    if name in DEEPSPEED_PRESETS:
+        from importlib.resources import files
+
+        return str(files("sftkit") / "assets" / "deepspeed" / f"{name}.json")
+    from pathlib import Path
+
+    if not Path(name).is_file():
+        raise MethodUnavailable(f"train.deepspeed={name}: not a preset ({', '.join(DEEPSPEED_PRESETS)}) nor a file")
+    return name
+
+
 def _decoder_layers(model: Any) -> Any:
     for name, mod in model.named_modules():
         if name.endswith("layers") and hasattr(mod, "__len__") and len(mod) > 0:

@@ -22,7 +22,7 @@ from sftkit.config import Method, RunConfig, config_to_yaml
 from sftkit.data import write_rejects
 from sftkit.dataset import Prepared, prepare
 from sftkit.fingerprint import differences, fingerprint
-from sftkit.methods import attach, count_parameters, quantization_config
+from sftkit.methods import attach, count_parameters, deepspeed_config, quantization_config
 from sftkit.progress import CheckpointMarker, MetricsLogger, RichProgress, last_complete_checkpoint, plot_loss
 from sftkit.templates.registry import load_template
 from sftkit.templates.render import Renderer
@@ -119,6 +119,9 @@ def _training_args(cfg: RunConfig, run_dir: Path, has_val: bool) -> Any:
     from transformers import TrainingArguments
 
     t = cfg.train
+    if t.fsdp and not torch.cuda.is_available():
+        raise TrainError("train.fsdp needs GPUs: on CPU accelerate silently replaces FSDP with plain DDP; "
+                         "leave train.fsdp unset here (use `sft train --nproc N` for data parallelism)")
     strategy = ("steps" if t.eval_steps else "epoch") if has_val else "no"
     save_strategy = "steps" if t.save_steps else "epoch"
     if has_val and strategy != save_strategy:  # best-checkpoint tracking needs them aligned
@@ -156,6 +159,8 @@ def _training_args(cfg: RunConfig, run_dir: Path, has_val: bool) -> Any:
         optim=t.optim,
         dataloader_num_workers=t.dataloader_num_workers,
         remove_unused_columns=False,
+        deepspeed=deepspeed_config(t.deepspeed),
+        fsdp=t.fsdp or "",
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
     )

@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 STAMP  := $(VENV)/.setup-done
-EXTRAS ?= dev,serve
+EXTRAS ?= dev,serve,track
 
 .PHONY: setup demo test test-fast lint clean
 

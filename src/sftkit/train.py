@@ -16,7 +16,7 @@ from typing import Any
 
 from rich.console import Console
 
-from sftkit import models
+from sftkit import models, tracking
 from sftkit.batching import Collator, Examples, pack
 from sftkit.config import Method, RunConfig, config_to_yaml
 from sftkit.data import write_rejects
@@ -114,7 +114,7 @@ def _load_base(cfg: RunConfig, path: Path) -> Any:
     return AutoModelForCausalLM.from_pretrained(path, **kw)
 
 
-def _training_args(cfg: RunConfig, run_dir: Path, has_val: bool) -> Any:
+def _training_args(cfg: RunConfig, run_dir: Path, has_val: bool, report_to: list[str]) -> Any:
     import torch
     from transformers import TrainingArguments
 
@@ -154,7 +154,7 @@ def _training_args(cfg: RunConfig, run_dir: Path, has_val: bool) -> Any:
         fp16=t.fp16,
         activation_checkpointing=t.gradient_checkpointing,
         neftune_noise_alpha=t.neftune_noise_alpha,
-        report_to=t.report_to or "none",
+        report_to=report_to or "none",
         train_sampling_strategy="group_by_length" if t.group_by_length and not t.packing else "random",
         optim=t.optim,
         dataloader_num_workers=t.dataloader_num_workers,
@@ -222,6 +222,7 @@ def run(
     console = console or Console(stderr=True)
     run_dir = _prepare_run_dir(cfg, resume)
     _write_environment(run_dir)
+    report_to, tracker_callbacks = tracking.setup(cfg.train.report_to, run_dir, cfg.name)
 
     resolved = models.resolve(cfg.model.name_or_path)
     tokenizer = models.load_tokenizer(resolved.path, cfg.model.trust_remote_code)
@@ -255,12 +256,13 @@ def run(
                       f"{cfg.data.cutoff_len} tokens")
     mean_tokens = r["train_tokens"] / max(1, len(train_rows))
     callbacks = [MetricsLogger(run_dir / "metrics.jsonl", mean_tokens * eff),
-                 RichProgress(console, mean_tokens * eff), CheckpointMarker(), *(callbacks or [])]
+                 RichProgress(console, mean_tokens * eff), CheckpointMarker(),
+                 *tracker_callbacks, *(callbacks or [])]
     if cfg.train.early_stopping_patience and data.val.examples:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     trainer = Trainer(
         model=model,
-        args=_training_args(cfg, run_dir, bool(data.val.examples)),
+        args=_training_args(cfg, run_dir, bool(data.val.examples), report_to),
         train_dataset=train_rows,
         eval_dataset=Examples.from_rendered(data.val.examples) if data.val.examples else None,
         data_collator=Collator(tokenizer.pad_token_id),

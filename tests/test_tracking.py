@@ -1,0 +1,44 @@
+"""Trackers work with no network: tensorboard event files, wandb and swanlab offline runs
+land in the run folder; a missing tracker package fails before any work."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from sftkit.config import load_config
+from sftkit.methods import MethodUnavailable
+from sftkit.tracking import setup
+from sftkit.train import run
+
+
+def _cfg(tmp_path, tiny_model_dir, trackers):
+    rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+            for i in range(8)]
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "c.yaml").write_text(
+        f"model:\n  name_or_path: {tiny_model_dir}\ndata:\n  train: t.jsonl\n"
+        f"train:\n  max_steps: 2\n  logging_steps: 1\n  report_to: {json.dumps(trackers)}\n")
+    return load_config(tmp_path / "c.yaml", [f"output_dir={tmp_path / 'run'}"])
+
+
+def test_unknown_tracker_is_refused(tmp_path):
+    with pytest.raises(MethodUnavailable, match="unknown tracker"):
+        setup(["neptune"], tmp_path, "x")
+
+
+@pytest.mark.parametrize("name", ["tensorboard", "wandb", "swanlab"])
+def test_tracker_offline(tmp_path, tiny_model_dir, monkeypatch, name):
+    if importlib.util.find_spec(name) is None:
+        pytest.skip(f"{name} not installed (pip install 'sftkit[track]')")
+    for var in ("WANDB_API_KEY", "SWANLAB_API_KEY", "WANDB_MODE", "SWANLAB_MODE", "TENSORBOARD_LOGGING_DIR",
+                "WANDB_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    result = run(_cfg(tmp_path, tiny_model_dir, [name]))
+    folder = {"tensorboard": "tensorboard", "wandb": "wandb", "swanlab": "swanlab"}[name]
+    files = [p for p in (result.run_dir / folder).rglob("*") if p.is_file()]
+    assert files, f"no {name} files under {result.run_dir / folder}"
+    if name == "tensorboard":
+        assert any("tfevents" in p.name for p in files)

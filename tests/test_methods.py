@@ -73,5 +73,5 @@ def test_fsdp_on_cpu_is_refused_before_training(tmp_path, tiny_model_dir):
                                      "train:\n  fsdp: full_shard auto_wrap\n")
     if torch.cuda.is_available():
         pytest.skip("GPU present")
-    with pytest.raises(TrainError, match="train.fsdp needs GPUs"):
+    with pytest.raises(TrainError, match=r"train\.fsdp needs GPUs"):
         run(load_config(tmp_path / "c.yaml", [f"output_dir={tmp_path / 'r'}"]))

@@ -85,7 +85,7 @@ def test_packing_does_not_leak_between_examples(tokenizer, tiny_model_dir):
     base = _logits(model, collate([row]))[0]
     # change the first example: the logits of the others must not move
     changed = list(ex)
-    changed[0] = type(ex[0])(ex[0].input_ids[:-3] + [100, 200, 300], ex[0].labels, ex[0].text)
+    changed[0] = type(ex[0])([*ex[0].input_ids[:-3], 100, 200, 300], ex[0].labels, ex[0].text)
     other = _logits(model, collate([pack(changed, 4096)[0]]))[0]
     assert torch.allclose(base[n0:len(row["input_ids"])], other[n0:len(row["input_ids"])], atol=1e-5)
     # and each packed example sees exactly what it sees alone
@@ -134,8 +134,9 @@ def test_resume_after_sigkill_matches_uninterrupted(workdir):
     killed = workdir / "killed"
     script = workdir / "killer.py"
     script.write_text(_KILLER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.run([sys.executable, str(script), str(workdir / "cfg.yaml"), str(killed), "5"],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+                          check=False, capture_output=True, text=True, env=env)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert not (killed / "model").exists()
     resumed = run(load_config(workdir / "cfg.yaml", [*over, f"output_dir={killed}"]), resume="auto")
@@ -143,8 +144,12 @@ def test_resume_after_sigkill_matches_uninterrupted(workdir):
 
     wa, wb = _weights(full.run_dir), _weights(resumed.run_dir)
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-6
-    curve = lambda d: [(r["step"], round(r["loss"], 5)) for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if "loss" in r]  # noqa: E731
-    assert curve(full.run_dir) == curve(killed)
+    assert _curve(full.run_dir) == _curve(killed)
+
+
+def _curve(run_dir):
+    rows = map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+    return [(r["step"], round(r["loss"], 5)) for r in rows if "loss" in r]
 
 
 def test_resume_ignores_incomplete_checkpoint_and_refuses_changed_data(workdir):

@@ -21,8 +21,8 @@ def test_two_process_data_parallel(tmp_path, tiny_model_dir):
         "train:\n  max_steps: 2\n  per_device_train_batch_size: 4\n  logging_steps: 1\n")
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "sftkit.cli", "train", str(tmp_path / "c.yaml"),
-                           f"output_dir={out}", "--nproc", "2"], capture_output=True, text=True, env=env, timeout=600)
+    cmd = [sys.executable, "-m", "sftkit.cli", "train", str(tmp_path / "c.yaml"), f"output_dir={out}", "--nproc", "2"]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "x 2 device(s) = 8 sequences/step" in proc.stderr
     summary = json.loads((out / "train_summary.json").read_text())

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -34,9 +35,15 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     a = ap.parse_args()
 
     import torch
+
+    if a.threads:
+        # On a shared machine one thread per process avoids OpenMP threads spinning
+        # while their partner is descheduled, which makes timings erratic.
+        torch.set_num_threads(a.threads)
 
     from sftkit.conversation import Conversation
     from sftkit.generate import Engine, GenParams
@@ -51,8 +58,13 @@ def main() -> None:
     batched = engine.generate(prompts, params)
     t_batched = time.perf_counter() - t0
 
+    print(f"batched: {t_batched:.1f}s", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    single = [engine.generate([p], params)[0] for p in prompts]
+    single = []
+    for i, p in enumerate(prompts):
+        single.append(engine.generate([p], params)[0])
+        if (i + 1) % 8 == 0:
+            print(f"single: {i + 1}/{len(prompts)} {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
     t_single = time.perf_counter() - t0
 
     n_tokens = sum(r.completion_tokens for r in batched)

@@ -102,13 +102,13 @@ def chat(
         raise fail(str(e)) from None
 
 
-def _pipeline(config: Path, overrides: list[str] | None, as_json: bool) -> None:
+def _pipeline(config: Path, overrides: list[str] | None, as_json: bool, fresh: bool = False) -> None:
     import json
 
     from sftkit.pipeline import run_pipeline
 
     try:
-        out = run_pipeline(config, overrides or [], console=err)
+        out = run_pipeline(config, overrides or [], console=err, fresh=fresh)
     except (*_user_errors(), FileNotFoundError, ValueError) as e:
         raise fail(str(e)) from None
     if as_json:
@@ -144,7 +144,7 @@ def demo(
     except FileNotFoundError as e:
         raise fail(str(e)) from None
     has_out = any(o.startswith("output_dir=") for o in overrides or [])
-    _pipeline(config, [*(overrides or []), *([] if has_out else ["output_dir=runs/demo"])], as_json)
+    _pipeline(config, [*(overrides or []), *([] if has_out else ["output_dir=runs/demo"])], as_json, fresh=True)
 
 
 def _normalise_argv(argv: list[str]) -> list[str]:

@@ -65,7 +65,10 @@ def _accuracy_like(scores: dict[str, Any]) -> float | None:
     return None
 
 
-def run_pipeline(config: Path, overrides: list[str] | None = None, console: Console | None = None) -> dict[str, Any]:
+def run_pipeline(
+    config: Path, overrides: list[str] | None = None, console: Console | None = None, fresh: bool = False
+) -> dict[str, Any]:
+    """The whole workflow; ``fresh`` first removes an earlier run in the same output folder."""
     from sftkit.cli_eval import comparison_table
     from sftkit.evaluate import evaluate
     from sftkit.report import write_report
@@ -77,6 +80,11 @@ def run_pipeline(config: Path, overrides: list[str] | None = None, console: Cons
         raise ValueError(f"{config}: data.test is empty; the before/after comparison needs a held-out test file")
     test = str(cfg.data.test[0].path)
     e = cfg.eval
+    if fresh and cfg.run_dir().is_dir():
+        import shutil
+
+        console.print(f"[dim]removing the previous run in {cfg.run_dir()}[/]")
+        shutil.rmtree(cfg.run_dir())
 
     console.rule("[bold]1/5 data check")
     _check_data(cfg, console)

@@ -116,9 +116,8 @@ def test_chat_and_server_accept_run_and_export(lora_run, exported):
     assert outs[0] == outs[1], "the merged model answers like base+adapter (greedy)"
 
     openai = pytest.importorskip("openai")
-    from test_serve import LiveServer
-
     from sftkit.serve import create_app, served_name
+    from test_serve import LiveServer
 
     answers = []
     for ref in (lora_run, exported):

@@ -1,6 +1,8 @@
 """``sft generate``: answer every prompt of a data file, resumably.
 
-The prompt of a row is its conversation without the final assistant reply (the
+Prompt-only rows (a conversation ending on a user turn, an alpaca row without
+``output``) are accepted for JSON/JSONL input, although the training loader
+rejects them (see ``load_prompts``). The prompt of a row is its conversation without the final assistant reply (the
 reply, when the conversation ends with one, is kept as ``reference``); ``prompt``
 in the output is the exact text the model saw (template applied). Output is JSON Lines, one
 row per input row::
@@ -18,13 +20,14 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sftkit.conversation import Conversation, Message
-from sftkit.data import Reject, load_file
+from sftkit.data import LoadResult, Reject, load_file
 from sftkit.generate import Engine, GenParams
 
 
@@ -78,6 +81,69 @@ def _prompt_conv(conv: Conversation) -> Conversation:
     return Conversation(messages=split_reply(conv)[0], tools=conv.tools, source=conv.source)
 
 
+_PLACEHOLDER = "(sftkit: reply to generate)"
+_TURN_KEYS = ("messages", "conversations", "conversation", "turns", "dialog")
+
+
+def _with_placeholder(row: object) -> dict[str, object] | None:
+    """``row`` with a placeholder reply appended, so that the loader (which needs
+    training rows to end on a reply) validates a prompt-only row like any other;
+    None when the row has no recognisable prompt shape."""
+    if not isinstance(row, dict):
+        return None
+    row = dict(row)
+    for key in _TURN_KEYS:
+        turns = row.get(key)
+        if isinstance(turns, list) and turns and isinstance(turns[-1], dict):
+            sharegpt = "from" in turns[-1]
+            reply = ({"from": "gpt", "value": _PLACEHOLDER} if sharegpt
+                     else {"role": "assistant", "content": _PLACEHOLDER})
+            row[key] = [*turns, reply]
+            return row
+    if "instruction" in row and not row.get("output"):
+        row["output"] = _PLACEHOLDER
+        return row
+    return None
+
+
+def load_prompts(data: Path, format: str | None = None) -> LoadResult:
+    """``load_file``, plus prompt-only rows (no final reply), which the training
+    loader rejects: they are re-checked with a placeholder reply that is then
+    removed. Rows that still fail keep their original reject reason."""
+    res = load_file(data, format=format)
+    retry: dict[int, Reject] = {}
+    patched: list[str] = []
+    for rej in res.rejects:
+        try:
+            row = _with_placeholder(json.loads(rej.raw)) if isinstance(rej.raw, str) else None
+        except json.JSONDecodeError:
+            row = None
+        if row is not None:
+            retry[len(patched) + 1] = rej
+            patched.append(json.dumps(row, ensure_ascii=False))
+    if not patched:
+        return res
+    with tempfile.TemporaryDirectory(prefix="sftkit-gen-") as tmp:
+        path = Path(tmp) / "prompts.jsonl"
+        path.write_text("\n".join(patched) + "\n", encoding="utf-8")
+        fmt = format or (res.format if res.format != "unknown" else None)
+        again = load_file(path, format=fmt)
+    recovered: set[int] = set()
+    for conv in again.conversations:
+        line = int((conv.source or ":0").rsplit(":", 1)[-1])
+        if conv.messages and conv.messages[-1].content == _PLACEHOLDER:
+            conv.messages.pop()
+            orig = retry[line]
+            conv.source = f"{data}:{orig.line}"
+            res.conversations.append(conv)
+            recovered.add(line)
+    res.rejects = [r for i, r in retry.items() if i not in recovered] + [
+        r for r in res.rejects if r not in retry.values()]
+    res.conversations.sort(key=lambda c: int((c.source or ":0").rsplit(":", 1)[-1]))
+    res.rejects.sort(key=lambda r: r.line)
+    return res
+
+
 def _usable(conv: Conversation) -> str | None:
     """Why a loaded conversation cannot be a prompt (None when it can)."""
     if conv.is_text:
@@ -99,7 +165,7 @@ def run_generate(
 ) -> GenerateSummary:
     """Generate the missing rows of ``out`` for ``data``. ``on_total(n)`` is called
     once with the number of rows to generate, ``on_progress(done, n)`` after each batch."""
-    res = load_file(data, format=format)
+    res = load_prompts(data, format=format)
     rejects = list(res.rejects)
     todo: list[tuple[str, Conversation]] = []
     seen = done_sources(out)

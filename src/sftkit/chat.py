@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import TextIO
 
 from rich.console import Console
 
@@ -12,8 +13,9 @@ from sftkit.generate import Engine, GenParams
 _HELP = "commands: /reset clears the history, /exit (or Ctrl-D) quits"
 
 
-def answer(engine: Engine, history: list[Message], params: GenParams, out=sys.stdout) -> str:
-    """Stream one reply to ``out`` and return it."""
+def answer(engine: Engine, history: list[Message], params: GenParams, out: TextIO | None = None) -> str:
+    """Stream one reply to ``out`` (default: the current stdout) and return it."""
+    out = out or sys.stdout
     prompt = engine.prompt_for(Conversation(messages=list(history)))
     parts = []
     for delta in engine.stream(prompt, params):

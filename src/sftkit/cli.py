@@ -15,6 +15,7 @@ from rich.console import Console
 from sftkit.cli_data import app as data_app
 from sftkit.cli_eval import eval_cmd, report_cmd
 from sftkit.cli_template import app as template_app
+from sftkit.cli_use import export_cmd, generate_cmd, serve_cmd
 from sftkit.config import field_docs
 
 err = Console(stderr=True)
@@ -29,6 +30,9 @@ app.add_typer(data_app, name="data", help="Check, analyse, de-duplicate, lint an
 app.add_typer(template_app, name="template", help="List, render, show and check chat templates.")
 app.command("eval", help="Evaluate a model or run on a test file, optionally against a baseline.")(eval_cmd)
 app.command("report", help="Write report.html for a run folder.")(report_cmd)
+app.command("generate", help="Answer every prompt of a data file (resumable).")(generate_cmd)
+app.command("serve", help="OpenAI-compatible HTTP server for a model or run.")(serve_cmd)
+app.command("export", help="Merge a run into a standalone, verified model folder.")(export_cmd)
 
 
 def fail(msg: str, code: int = 2) -> typer.Exit:

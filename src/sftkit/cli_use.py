@@ -51,13 +51,9 @@ def _user_errors() -> Iterator[None]:
 
 
 def load_engine(ref: str, dtype: str = "float32", batch_size: int = 16, template: str | None = None) -> Engine:
-    """``Engine.from_ref`` plus full fine-tuning run folders (``config.yaml`` + ``model/``),
-    which ``models.resolve`` only knows as LoRA runs: their ``model/`` with the run's template."""
-    from sftkit.generate import Engine, _run_template
+    """A model reference, exported folder or run folder (LoRA or full), with the run's template."""
+    from sftkit.generate import Engine
 
-    p = Path(ref)
-    if (p / "config.yaml").is_file() and (p / "model" / "config.json").is_file() and not (p / "adapter").is_dir():
-        return Engine.from_ref(str(p / "model"), dtype, batch_size, template or _run_template(p))
     return Engine.from_ref(ref, dtype, batch_size, template)
 
 
@@ -103,7 +99,7 @@ def generate_cmd(
         rej_path = out.with_name(out.name + ".rejects.jsonl")
         write_rejects(summary.rejects, rej_path)
         for r in summary.rejects[:5]:
-            err.print(f"[yellow]rejected[/] {r.where()}: {r.reason}", highlight=False, soft_wrap=True)
+            err.print(f"[yellow]rejected[/] {r.where}: {r.reason}", highlight=False, soft_wrap=True)
         if len(summary.rejects) > 5:
             err.print(f"[yellow]... and {len(summary.rejects) - 5} more[/]")
         rej_note = f", {len(summary.rejects)} rejected (see {rej_path})"

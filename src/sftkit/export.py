@@ -275,6 +275,11 @@ def export_run(run: Path, out: Path, dtype: str | None = None, force: bool = Fal
         model, reference, merge_diff = _load_merged(info, batch, log)
         template_note, stops = _template_files(info, tokenizer, tmp)
         eos_ids = _stop_ids(tokenizer, stops)  # before _set_eos: the original eos stays a stop too
+        multi = [x for x in stops if len(tokenizer(x, add_special_tokens=False)["input_ids"]) != 1]
+        if multi:
+            # generation_config can only stop on token ids; say which stops need string matching.
+            template_note += (f" Stop strings that are not single tokens in this vocabulary (use them as `stop` "
+                              f"strings, as sft chat/serve do): {', '.join(map(repr, multi))}.")
         _set_eos(tokenizer, stops)
         _generation_config(model, tokenizer, eos_ids)
         model = model.to(getattr(torch, dt))

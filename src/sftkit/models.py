@@ -65,7 +65,7 @@ def resolve(ref: str | os.PathLike[str]) -> ResolvedModel:
     if ref == BUNDLED_ALIAS:
         return ResolvedModel(ref, gguf_to_folder(bundled_gguf(), name=BUNDLED_ALIAS))
     p = Path(ref).expanduser()
-    if p.is_dir() and (p / "adapter").is_dir() and (p / "config.yaml").is_file():
+    if p.is_dir() and (p / "config.yaml").is_file() and ((p / "adapter").is_dir() or (p / "model").is_dir()):
         return _resolve_run(p)
     if p.is_dir() and (p / "config.json").is_file():
         return ResolvedModel(ref, p.resolve())
@@ -86,6 +86,8 @@ def resolve(ref: str | os.PathLike[str]) -> ResolvedModel:
 def _resolve_run(run: Path) -> ResolvedModel:
     import yaml
 
+    if (run / "model" / "config.json").is_file():  # full / freeze fine-tuning: a complete model
+        return ResolvedModel(str(run), (run / "model").resolve(), run_dir=run.resolve())
     cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
     base = (cfg.get("model") or {}).get("name_or_path", BUNDLED_ALIAS)
     return ResolvedModel(str(run), resolve(base).path, adapter=(run / "adapter").resolve(), run_dir=run.resolve())

@@ -1,0 +1,110 @@
+"""``sft generate``: every prompt answered once, resumable by source line, rejects reported."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from sftkit.batch_generate import done_sources, run_generate
+from sftkit.generate import Engine, GenParams, build_renderer
+
+ROWS = [
+    {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]},
+    {"instruction": "Add", "input": "2 and 2", "output": "4"},
+    {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why?"}]},
+    {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                  {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]},
+]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir) -> Engine:
+    from sftkit.models import load_model, load_tokenizer, resolve
+
+    tok = load_tokenizer(tiny_model_dir)
+    return Engine(load_model(resolve(str(tiny_model_dir))), tok, build_renderer(tok), batch_size=2)
+
+
+def _write(path: Path, rows: list, extra: list[str] = ()) -> Path:
+    lines = [json.dumps(r) for r in rows] + list(extra)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _rows(out: Path) -> list[dict]:
+    return [json.loads(ln) for ln in out.read_text().splitlines()]
+
+
+class Counter:
+    def __init__(self, engine: Engine) -> None:
+        self.engine, self.prompts = engine, 0
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def generate(self, prompts, params=None):
+        self.prompts += len(prompts)
+        return self.engine.generate(prompts, params)
+
+
+def test_resumable(engine, tmp_path):
+    # Mixed layouts in one file are a DataError; use one layout per file.
+    data = _write(tmp_path / "data.jsonl", [r for r in ROWS if "messages" in r])
+    out = tmp_path / "out.jsonl"
+    params = GenParams(max_new_tokens=4)
+    first = Counter(engine)
+    s1 = run_generate(first, data, out, params)
+    assert (s1.generated, s1.skipped, first.prompts) == (3, 0, 3)
+    rows = _rows(out)
+    assert [r["source"] for r in rows] == ["data.jsonl:1", "data.jsonl:2", "data.jsonl:3"]
+    assert rows[0]["reference"] == "Hello!" and "reference" not in rows[1]
+    assert rows[2]["messages"][-1] == {"role": "user", "content": "c"} and rows[2]["reference"] == "d"
+    assert rows[0]["prompt"].endswith("<|im_start|>assistant\n") and rows[0]["finish_reason"] in ("stop", "length")
+    assert all(set(r) >= {"source", "prompt", "messages", "output", "finish_reason"} for r in rows)
+
+    again = Counter(engine)
+    s2 = run_generate(again, data, out, params)
+    assert (s2.generated, s2.skipped, again.prompts) == (0, 3, 0)
+    assert _rows(out) == rows
+
+    # Delete one line (and tear the last one, as a crash mid-write would): only those come back.
+    lines = out.read_text().splitlines()
+    out.write_text(lines[0] + "\n" + lines[2] + "\n" + lines[1][:10])
+    third = Counter(engine)
+    s3 = run_generate(third, data, out, params)
+    assert (s3.generated, third.prompts) == (1, 1)
+    final = _rows(out)
+    assert sorted(r["source"] for r in final) == ["data.jsonl:1", "data.jsonl:2", "data.jsonl:3"]
+    assert {r["source"]: r["output"] for r in final} == {r["source"]: r["output"] for r in rows}, "greedy: same answers"
+
+
+def test_rejects_are_reported(engine, tmp_path):
+    data = _write(tmp_path / "d.jsonl", [ROWS[0], {"messages": [{"role": "assistant", "content": "orphan"}]}],
+                  extra=["{broken json", '{"messages": "nope"}'])
+    out = tmp_path / "o.jsonl"
+    s = run_generate(engine, data, out, GenParams(max_new_tokens=2))
+    assert s.generated == 1 and s.total == 4
+    assert sorted(r.line for r in s.rejects) == [2, 3, 4]
+    assert done_sources(out) == {"d.jsonl:1"}
+
+
+def test_cli(tiny_model_dir, tmp_path):
+    from sftkit.cli_use import generate_cmd
+
+    app = typer.Typer()
+    app.command()(generate_cmd)
+    data = _write(tmp_path / "alpaca.jsonl", [ROWS[1], ROWS[1]], extra=["not json"])
+    out = tmp_path / "answers.jsonl"
+    args = [str(tiny_model_dir), "--data", str(data), "--out", str(out), "--max-new-tokens", "3"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "2 generated" in r.output and "1 rejected" in r.output and "alpaca.jsonl:3" in r.output
+    assert len(_rows(out)) == 2 and (tmp_path / "answers.jsonl.rejects.jsonl").is_file()
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0 and "0 generated, 2 already" in r.output
+    r = CliRunner().invoke(app, [str(tiny_model_dir), "--data", str(tmp_path / "missing.jsonl"), "--out", str(out)])
+    assert r.exit_code == 2 and "no such file" in r.output and "Traceback" not in r.output

@@ -26,13 +26,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-app.add_typer(data_app, name="data", help="Check, analyse, de-duplicate, lint and split data files.")
-app.add_typer(template_app, name="template", help="List, render, show and check chat templates.")
-app.command("eval", help="Evaluate a model or run on a test file, optionally against a baseline.")(eval_cmd)
-app.command("report", help="Write report.html for a run folder.")(report_cmd)
-app.command("generate", help="Answer every prompt of a data file (resumable).")(generate_cmd)
-app.command("serve", help="OpenAI-compatible HTTP server for a model or run.")(serve_cmd)
-app.command("export", help="Merge a run into a standalone, verified model folder.")(export_cmd)
 
 
 def fail(msg: str, code: int = 2) -> typer.Exit:
@@ -149,6 +142,16 @@ def demo(
         raise fail(str(e)) from None
     has_out = any(o.startswith("output_dir=") for o in overrides or [])
     _pipeline(config, [*(overrides or []), *([] if has_out else ["output_dir=runs/demo"])], as_json, fresh=True)
+
+
+# Registered after train/run/demo/chat so that `sft --help` lists the workflow in order.
+app.add_typer(data_app, name="data", help="Check, analyse, de-duplicate, lint and split data files.")
+app.add_typer(template_app, name="template", help="List, render, show and check chat templates.")
+app.command("eval", help="Evaluate a model or run on a test file, optionally against a baseline.")(eval_cmd)
+app.command("report", help="Write report.html for a run folder.")(report_cmd)
+app.command("generate", help="Answer every prompt of a data file (resumable).")(generate_cmd)
+app.command("serve", help="OpenAI-compatible HTTP server for a model or run.")(serve_cmd)
+app.command("export", help="Merge a run into a standalone, verified model folder.")(export_cmd)
 
 
 def _normalise_argv(argv: list[str]) -> list[str]:

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from sftkit.cli_data import app as data_app
+from sftkit.cli_estimate import estimate_cmd
 from sftkit.cli_eval import eval_cmd, report_cmd
 from sftkit.cli_template import app as template_app
 from sftkit.cli_use import export_cmd, generate_cmd, serve_cmd
@@ -43,12 +44,13 @@ def _config_help() -> str:
 def _user_errors() -> tuple[type[BaseException], ...]:
     from sftkit.config import ConfigError
     from sftkit.data import DataError
+    from sftkit.estimate import DoesNotFit
     from sftkit.methods import MethodUnavailable
     from sftkit.models import ModelNotFound
     from sftkit.templates.base import TemplateError
     from sftkit.train import TrainError
 
-    return (ConfigError, DataError, MethodUnavailable, ModelNotFound, TemplateError, TrainError)
+    return (ConfigError, DataError, DoesNotFit, MethodUnavailable, ModelNotFound, TemplateError, TrainError)
 
 
 @app.command(epilog=_config_help())
@@ -57,7 +59,8 @@ def train(
     overrides: Annotated[list[str] | None, typer.Argument(help="Dotted overrides: train.max_steps=2 ...")] = None,
     resume: Annotated[str | None, typer.Option(help="Continue from the last checkpoint ('auto') or a path.")] = None,
     nproc: Annotated[int, typer.Option(help="Data-parallel processes on this machine (torchrun).")] = 1,
-    force: Annotated[bool, typer.Option(help="Resume even if data, template, model or config changed.")] = False,
+    force: Annotated[bool, typer.Option(
+        help="Train even if the memory estimate says it will not fit; resume even if inputs changed.")] = False,
 ) -> None:
     """Fine-tune a model as the config says and write a run folder."""
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
@@ -152,6 +155,7 @@ app.command("report", help="Write report.html for a run folder.")(report_cmd)
 app.command("generate", help="Answer every prompt of a data file (resumable).")(generate_cmd)
 app.command("serve", help="OpenAI-compatible HTTP server for a model or run.")(serve_cmd)
 app.command("export", help="Merge a run into a standalone, verified model folder.")(export_cmd)
+app.command("estimate", help="Memory and time before you train, with recommendations.")(estimate_cmd)
 
 
 def _normalise_argv(argv: list[str]) -> list[str]:

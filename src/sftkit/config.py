@@ -160,8 +160,8 @@ class TrainConfig(_Section):
     """Pack several examples into rows of data.cutoff_len tokens, each attending only to itself."""
     early_stopping_patience: int | None = None
     """Stop when eval loss has not improved for N evaluations."""
-    optim: str = "adamw_torch"
-    """Optimizer name as in TrainingArguments (adamw_torch, adamw_8bit, paged_adamw_8bit, ...)."""
+    optim: str = "adamw_torch_fused"
+    """Optimizer name as in TrainingArguments (adamw_torch_fused: one kernel for all tensors, CPU and GPU; adamw_8bit, paged_adamw_8bit need bitsandbytes)."""
     dataloader_num_workers: int = 0
     """Worker processes for data loading."""
     deepspeed: str | None = None

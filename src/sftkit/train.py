@@ -179,6 +179,21 @@ def _save_final(model: Any, tokenizer: Any, cfg: RunConfig, run_dir: Path) -> Pa
     return out
 
 
+def _preflight(cfg: RunConfig, force: bool, console: Console) -> None:
+    """Refuse a run that will not fit the device, before anything is loaded (``--force`` overrides)."""
+    from sftkit.estimate import DoesNotFit, preflight
+
+    try:
+        est = preflight(cfg)
+    except DoesNotFit as e:
+        if not force:
+            raise
+        console.print(f"[yellow]--force: training although the estimate ({e.estimate.total_gb:.1f} GB) "
+                      "says it will not fit[/]")
+        return
+    console.print(f"memory estimate: {est.total_gb:.2f} GB of {est.device.memory_gb:.1f} GB available")
+
+
 def _check_fingerprint(run_dir: Path, current: dict[str, Any], resume: str | None, force: bool) -> None:
     path = run_dir / "fingerprint.json"
     if resume and path.exists():
@@ -220,6 +235,7 @@ def run(
     from transformers import EarlyStoppingCallback, Trainer
 
     console = console or Console(stderr=True)
+    _preflight(cfg, force, console)
     run_dir = _prepare_run_dir(cfg, resume)
     _write_environment(run_dir)
     report_to, tracker_callbacks = tracking.setup(cfg.train.report_to, run_dir, cfg.name)

@@ -26,7 +26,7 @@ from sftkit.estimate.device import (
     detect_device,
     gpu,
 )
-from sftkit.estimate.memory import GB, Setup
+from sftkit.estimate.memory import Setup
 from sftkit.estimate.recommend import Recommendation, all_for, cheapest_fix
 from sftkit.estimate.shape import LINEARS, SIZES, ModelShape, from_hf_config, from_path, from_size
 

@@ -83,7 +83,8 @@ print(json.dumps({"rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss *
 def _cpu_key() -> str:
     import torch
 
-    return f"{platform.processor() or platform.machine()}|{os.cpu_count()}|{torch.get_num_threads()}|{torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}|{os.cpu_count()}|{torch.get_num_threads()}|{torch.__version__}"
 
 
 def cpu_profile(refresh: bool = False) -> CpuProfile:

@@ -159,6 +159,7 @@ def param_state_bytes(shape: ModelShape, setup: Setup) -> dict[str, float]:
         "gradients": n * pb,
         "master_weights": n * 4 if master else 0.0,
         "optimizer_states": n * state_b * OPTIM_STATES.get(setup.optim, 2),
-        # foreach AdamW materialises sqrt(v) for all params at once during step()
-        "optimizer_step_temp": n * state_b if setup.optim == "adamw" else 0.0,
+        # torch's foreach AdamW materialises sqrt(v) for all params at once during step();
+        # the master-copy recipes (DeepSpeed, fused Adam) update in place
+        "optimizer_step_temp": n * state_b if setup.optim == "adamw" and not master else 0.0,
     }

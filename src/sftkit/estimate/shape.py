@@ -118,7 +118,8 @@ def parse_size(text: str) -> float:
 def from_size(text: str) -> ModelShape:
     """The table's shape nearest in parameters to ``text`` (layers scaled when it is off by > 15%)."""
     want = parse_size(text)
-    shapes = {k: ModelShape(n, h, i, layer, hd, kv, h // hd, v, t) for k, (n, h, i, layer, hd, kv, v, t) in SIZES.items()}
+    shapes = {k: ModelShape(n, h, i, layer, hd, kv, h // hd, v, t)
+              for k, (n, h, i, layer, hd, kv, v, t) in SIZES.items()}
     best = min(shapes.values(), key=lambda s: abs(s.n_params - want) / want)
     if abs(best.n_params - want) / want > 0.15:
         layers = max(1, round((want - best.embed_params) / best.layer_params))

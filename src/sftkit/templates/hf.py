@@ -51,24 +51,26 @@ class HFChatTemplate:
 
     def _text(self, conv: Conversation, upto: int, gen: bool) -> str:
         if upto == 0 and not gen:
-            return ""
+            return ""  # the text before any message (templates may add a default system prompt later)
         return self.tokenizer.apply_chat_template(
             _to_hf(conv, upto), tools=conv.tools, tokenize=False, add_generation_prompt=gen
         )
 
     def segments(self, conv: Conversation, add_generation_prompt: bool = False) -> list[Segment]:
+        # Two renders per reply (the prompt up to it, and the text through it); the
+        # text between replies is prompt. No render is spent on user/system turns.
         segs: list[Segment] = []
         done = ""  # text covered by the segments so far
+        n = len(conv.messages)
         for i, m in enumerate(conv.messages):
-            if m.role == "assistant":
-                head = self._text(conv, i, gen=True)
-                self._extend(segs, done, head, "prompt", i, conv)
-                done = head
-            full = self._text(conv, i + 1, gen=False)
-            self._extend(segs, done, full, "reply" if m.role == "assistant" else "prompt", i, conv)
-            done = full
-        if add_generation_prompt:
-            self._extend(segs, done, self._text(conv, len(conv.messages), gen=True), "prompt", None, conv)
+            if m.role != "assistant":
+                continue
+            head = self._text(conv, i, gen=True)
+            self._extend(segs, done, head, "prompt", None, conv)
+            done = self._text(conv, i + 1, gen=False)
+            self._extend(segs, head, done, "reply", i, conv)
+        if add_generation_prompt or not n or conv.messages[-1].role != "assistant":
+            self._extend(segs, done, self._text(conv, n, gen=add_generation_prompt), "prompt", None, conv)
         return segs
 
     def _extend(

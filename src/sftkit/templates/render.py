@@ -9,6 +9,7 @@ tokenized pieces), and a token carries loss when it starts inside a trained span
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -62,13 +63,16 @@ def trained_spans(segs: Sequence[Segment], policy: MaskPolicy, stops: Sequence[s
 
 
 def _labels_from_offsets(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
+    """A token is trained when its first character lies inside a trained span.
+
+    Token start offsets are sorted, so each span maps to one slice of tokens found
+    by bisection: no per-token Python loop (this runs over every training token).
+    """
+    starts = [a for a, _ in offsets]
     labels = [IGNORE] * len(ids)
-    j = 0
-    for k, (a, b) in enumerate(offsets):
-        while j < len(spans) and spans[j][1] <= a:
-            j += 1
-        if j < len(spans) and spans[j][0] <= a < spans[j][1] and b > a:
-            labels[k] = ids[k]
+    for a, b in spans:
+        i, j = bisect_left(starts, a), bisect_left(starts, b)
+        labels[i:j] = ids[i:j]
     return labels
 
 
@@ -123,15 +127,27 @@ class Renderer:
             policy = MaskPolicy.all if c.is_text else self.policy
             texts.append("".join(s.text for s in segs))
             spans.append(trained_spans(segs, policy, [*stops, self.tokenizer.eos_token or ""]))
-        enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
         out = []
-        for c, text, sp, ids, offs in zip(convs, texts, spans, enc["input_ids"], enc["offset_mapping"], strict=True):
-            r = Rendered(list(ids), _labels_from_offsets(list(ids), list(offs), sp), text, c.source)
+        for c, text, sp, (ids, offs) in zip(convs, texts, spans, self._encode(texts), strict=True):
+            r = Rendered(ids, _labels_from_offsets(ids, offs, sp), text, c.source)
             try:
                 out.append(self._fit(r))
             except RowRejected as e:
                 out.append(e)
         return out
+
+    def _encode(self, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        """Token ids and character offsets, tokenized in one batch. Fast tokenizers are
+        called directly (their Rust batch encoder); the transformers wrapper around it
+        spends as long converting results to dicts as the tokenizer spends encoding."""
+        rust = getattr(self.tokenizer, "_tokenizer", None)
+        # only when the tokenizer.json itself carries no truncation/padding, which the
+        # wrapper would switch off per call but the raw encoder would apply silently
+        if rust is not None and hasattr(rust, "encode_batch") and not rust.truncation and not rust.padding:
+            encs = rust.encode_batch(texts, add_special_tokens=False)
+            return [(e.ids, e.offsets) for e in encs]
+        enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        return list(zip(enc["input_ids"], enc["offset_mapping"], strict=True))
 
     def _fit(self, r: Rendered) -> Rendered:
         n = self.cutoff_len

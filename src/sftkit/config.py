@@ -161,7 +161,8 @@ class TrainConfig(_Section):
     early_stopping_patience: int | None = None
     """Stop when eval loss has not improved for N evaluations."""
     optim: str = "adamw_torch_fused"
-    """Optimizer name as in TrainingArguments (adamw_torch_fused: one kernel for all tensors, CPU and GPU; adamw_8bit, paged_adamw_8bit need bitsandbytes)."""
+    """Optimizer name as in TrainingArguments: adamw_torch_fused (one kernel for all tensors, CPU and GPU),
+    adamw_torch, adamw_8bit / paged_adamw_8bit (need bitsandbytes)."""
     dataloader_num_workers: int = 0
     """Worker processes for data loading."""
     deepspeed: str | None = None

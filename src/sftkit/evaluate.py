@@ -325,7 +325,7 @@ def _default_data(run_dir: Path) -> str:
     return str(path)
 
 
-def evaluate(  # noqa: PLR0917 - the positional order is the documented API
+def evaluate(
     model_ref: str,
     data_path: str | Path | None = None,
     baseline_ref: str | None = None,

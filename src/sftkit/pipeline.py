@@ -92,7 +92,8 @@ def run_pipeline(
     console.rule("[bold]2/5 baseline: the base model on the held-out test set")
     base = evaluate(cfg.model.name_or_path, test, "none", e.metrics, e.max_new_tokens, e.limit,
                     forgetting=False, latency_samples=0, batch_size=e.batch_size, write=False)
-    console.print(f"baseline {base['primary']}: {base['model'].get(base['primary'])}")
+    console.print(f"baseline on {base['n']} test prompts: " + ", ".join(
+        f"{k} {v:.3f}" for k, v in base["model"].items() if k in ("accuracy", "exact_match", "bleu", "rougeL")))
 
     console.rule("[bold]3/5 LoRA training" if cfg.method.type.value in ("lora", "qlora") else "[bold]3/5 training")
     trained = run(cfg, console=console)

@@ -66,6 +66,8 @@ def test_overrides_are_typed_and_nested(tmp_path):
     assert cfg.train.max_steps == 2
     assert cfg.output_dir == Path("/tmp/run")
     assert cfg.method.target_modules == ["q_proj", "v_proj"]
+    cfg = load_config(write(tmp_path, "data:\n  train: t.jsonl\n  test: x.jsonl\n"), ["data.cutoff_len=64"])
+    assert cfg.data.cutoff_len == 64 and cfg.data.test[0].path == tmp_path / "x.jsonl"
     with pytest.raises(ConfigError, match="expected dotted key=value"):
         parse_overrides(["train.max_steps"])
 

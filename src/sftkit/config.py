@@ -301,7 +301,9 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     data = raw.get("data")
     if isinstance(data, dict):
         for split in ("train", "val", "test"):
-            srcs = _as_sources(data.get(split))
+            if split not in data:
+                continue
+            srcs = _as_sources(data[split])
             if isinstance(srcs, list):
                 fixed = []
                 for s in srcs:

@@ -42,3 +42,17 @@ def test_tracker_offline(tmp_path, tiny_model_dir, monkeypatch, name):
     assert files, f"no {name} files under {result.run_dir / folder}"
     if name == "tensorboard":
         assert any("tfevents" in p.name for p in files)
+
+
+def test_generate_every_logs_a_task_metric(tmp_path, tiny_model_dir):
+    cfg = _cfg(tmp_path, tiny_model_dir, [])
+    cfg = cfg.model_copy(update={
+        "data": cfg.data.model_copy(update={"val_size": 0.25}),
+        "eval": cfg.eval.model_copy(update={"generate_every": 1, "generate_samples": 2, "max_new_tokens": 4,
+                                            "metrics": ["exact_match"]}),
+    })
+    result = run(cfg)
+    rows = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    gen = [r for r in rows if "gen_exact_match" in r]
+    assert [r["step"] for r in gen] == [1, 2]
+    assert all(0.0 <= r["gen_exact_match"] <= 1.0 for r in gen)

@@ -188,6 +188,10 @@ class EvalConfig(_Section):
     """Evaluate only the first N test rows."""
     forgetting_check: bool = True
     """Also score the shipped general-ability set before and after, to show what tuning cost."""
+    generate_every: int | None = Field(default=None, gt=0)
+    """During training, every N steps generate answers for a few validation prompts and log the task metric."""
+    generate_samples: int = Field(default=16, gt=0)
+    """How many validation prompts generate_every scores."""
 
 
 class RunConfig(_Section):

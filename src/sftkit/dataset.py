@@ -31,6 +31,7 @@ class Prepared:
     report: dict[str, Any]
     rejects: list[Reject]
     sample: list[Conversation] = field(default_factory=list)  # for the template contract check
+    val_conversations: list[Conversation] = field(default_factory=list)  # for scoring by generation
 
 
 def read_sources(sources: list[DataSource], on_error: str, seed: int) -> tuple[list[Conversation], list[Reject], dict]:
@@ -81,4 +82,4 @@ def prepare(data: DataConfig, renderer: Renderer, seed: int) -> Prepared:
         "train_tokens": sum(len(e.input_ids) for e in train.examples),
         "train_trainable_tokens": sum(e.n_trainable for e in train.examples),
     }
-    return Prepared(train, val, report, rejects, sample=train_convs[:32])
+    return Prepared(train, val, report, rejects, sample=train_convs[:32], val_conversations=val_convs)

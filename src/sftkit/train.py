@@ -22,6 +22,7 @@ from sftkit.config import Method, RunConfig, config_to_yaml
 from sftkit.data import write_rejects
 from sftkit.dataset import Prepared, prepare
 from sftkit.fingerprint import differences, fingerprint
+from sftkit.gen_eval import GenerationEval
 from sftkit.methods import attach, count_parameters, deepspeed_config, quantization_config
 from sftkit.progress import CheckpointMarker, MetricsLogger, RichProgress, last_complete_checkpoint, plot_loss
 from sftkit.templates.registry import load_template
@@ -274,6 +275,10 @@ def run(
     callbacks = [MetricsLogger(run_dir / "metrics.jsonl", mean_tokens * eff),
                  RichProgress(console, mean_tokens * eff), CheckpointMarker(),
                  *tracker_callbacks, *(callbacks or [])]
+    if cfg.eval.generate_every and data.val_conversations:
+        callbacks.append(GenerationEval(renderer, data.val_conversations[: cfg.eval.generate_samples],
+                                        cfg.eval.metrics, cfg.eval.generate_every, cfg.eval.max_new_tokens,
+                                        run_dir / "metrics.jsonl"))
     if cfg.train.early_stopping_patience and data.val.examples:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     trainer = Trainer(

@@ -56,6 +56,22 @@ def _render(convs: list[Conversation], renderer: Renderer, rejects: list[Reject]
     return SplitData(kept)  # type: ignore[arg-type]
 
 
+def quality_summary(convs: list[Conversation]) -> dict[str, Any]:
+    """What `sft data lint` and the exact part of `sft data dedup` would say about the
+    training rows: counts plus the first few places, so the run folder records it."""
+    from sftkit.data.dedup import conv_text, exact_groups
+    from sftkit.data.lint import lint
+
+    found = lint(convs)
+    groups = exact_groups([conv_text(c) for c in convs])
+    return {
+        "lint": found["counts"],
+        "lint_examples": [f"{i['kind']}: {i['source']}" for i in found["issues"][:10]],
+        "exact_duplicate_groups": len(groups),
+        "exact_duplicate_rows": sum(len(g) - 1 for g in groups),
+    }
+
+
 def prepare(data: DataConfig, renderer: Renderer, seed: int) -> Prepared:
     train_convs, rejects, train_info = read_sources(data.train, data.on_error, seed)
     val_convs, val_rejects, val_info = read_sources(data.val, data.on_error, seed)
@@ -72,6 +88,7 @@ def prepare(data: DataConfig, renderer: Renderer, seed: int) -> Prepared:
         first = f" (first: {rejects[0].where}: {rejects[0].reason})" if rejects else ""
         raise DataError(f"no usable training example: {len(rejects)} row(s) rejected{first}")
     report = {
+        "quality": quality_summary(train_convs),
         "train": train_info,
         "val": val_info,
         "train_examples": len(train.examples),

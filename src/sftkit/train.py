@@ -253,6 +253,11 @@ def run(
     r = data.report
     console.print(f"data: {r['train_examples']} train / {r['val_examples']} val examples, "
                   f"{r['rejected']} rejected (see {run_dir / 'rejected.jsonl'}), {r['truncated']} truncated")
+    q = r["quality"]
+    issues = {k: v for k, v in q["lint"].items() if v}
+    if issues or q["exact_duplicate_rows"]:
+        console.print(f"[yellow]data quality:[/] {q['exact_duplicate_rows']} exact duplicate rows, lint {issues} "
+                      "(details: `sft data lint` / `sft data dedup`)")
 
     _check_template(template, tokenizer, data, resolved.path, run_dir, console)
     base = _load_base(cfg, resolved.path)

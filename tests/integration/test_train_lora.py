@@ -67,6 +67,10 @@ def test_five_lora_steps_end_to_end(tmp_path):
     for name in ("config.yaml", "metrics.jsonl", "data_report.json", "loss.png", "adapter/adapter_config.json"):
         assert (run_dir / name).exists(), name
     assert list((run_dir / "checkpoints").glob("checkpoint-*"))
+    report = json.loads((run_dir / "data_report.json").read_text())
+    assert report["train_examples"] == 16 and report["rejected"] == 0
+    # 16 rows but only 4 distinct answers to distinct prompts: no duplicates, no conflicts
+    assert report["quality"]["exact_duplicate_rows"] == 0 and report["quality"]["lint"]["conflicting_answer"] == 0
 
     reloaded = load_model(resolve(run_dir))
     trained = snap.model.eval()

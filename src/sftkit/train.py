@@ -225,6 +225,56 @@ def _resume_point(run_dir: Path, resume: str | None, console: Console) -> str | 
     return str(last)
 
 
+def _report_data(data: Prepared, run_dir: Path, console: Console) -> None:
+    _write_data_report(run_dir, data)
+    r = data.report
+    console.print(f"data: {r['train_examples']} train / {r['val_examples']} val examples, "
+                  f"{r['rejected']} rejected (see {run_dir / 'rejected.jsonl'}), {r['truncated']} truncated")
+    q = r["quality"]
+    issues = {k: v for k, v in q["lint"].items() if v}
+    if issues or q["exact_duplicate_rows"]:
+        console.print(f"[yellow]data quality:[/] {q['exact_duplicate_rows']} exact duplicate rows, lint {issues} "
+                      "(details: `sft data lint` / `sft data dedup`)")
+
+
+def _build_model(cfg: RunConfig, path: Path, console: Console) -> tuple[Any, int, int]:
+    base = _load_base(cfg, path)
+    base.config.use_cache = False  # no KV cache in training: memory, and packing masks need it off
+    model = attach(base, cfg.method, cfg.train.gradient_checkpointing)
+    trainable, total = count_parameters(model)
+    console.print(f"model: {path.name} method={cfg.method.type.value} trainable {trainable:,} / "
+                  f"{total:,} parameters ({100 * trainable / total:.2f}%)")
+    return model, trainable, total
+
+
+def _train_rows(cfg: RunConfig, data: Prepared, console: Console) -> Examples:
+    t = cfg.train
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    eff = t.per_device_train_batch_size * t.gradient_accumulation_steps * world
+    console.print(f"effective batch = {t.per_device_train_batch_size} per device x "
+                  f"{t.gradient_accumulation_steps} accumulation x {world} device(s) = {eff} sequences/step")
+    if not t.packing:
+        return Examples.from_rendered(data.train.examples)
+    rows = pack(data.train.examples, cfg.data.cutoff_len)
+    console.print(f"packing: {len(data.train.examples)} examples into {len(rows)} rows of <= "
+                  f"{cfg.data.cutoff_len} tokens")
+    return rows
+
+
+def _callbacks(cfg: RunConfig, run_dir: Path, data: Prepared, renderer: Renderer, tokens_per_step: float,
+               console: Console, extra: list[Any]) -> list[Any]:
+    from transformers import EarlyStoppingCallback
+
+    out = [MetricsLogger(run_dir / "metrics.jsonl", tokens_per_step), RichProgress(console, tokens_per_step),
+           CheckpointMarker(), *extra]
+    if cfg.eval.generate_every and data.val_conversations:
+        out.append(GenerationEval(renderer, data.val_conversations[: cfg.eval.generate_samples], cfg.eval.metrics,
+                                  cfg.eval.generate_every, cfg.eval.max_new_tokens, run_dir / "metrics.jsonl"))
+    if cfg.train.early_stopping_patience and data.val.examples:
+        out.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
+    return out
+
+
 def run(
     cfg: RunConfig,
     resume: str | None = None,
@@ -233,8 +283,11 @@ def run(
     force: bool = False,
 ) -> TrainResult:
     """Train as ``cfg`` says; extra Trainer ``callbacks`` may observe the run (tests, the console)."""
-    from transformers import EarlyStoppingCallback, Trainer
+    from transformers import Trainer
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+    if int(os.environ.get("RANK", "0")) != 0:
+        console = Console(stderr=True, quiet=True)  # one voice under torchrun: rank 0
     console = console or Console(stderr=True)
     _preflight(cfg, force, console)
     run_dir = _prepare_run_dir(cfg, resume)
@@ -249,43 +302,14 @@ def run(
     checkpoint = _resume_point(run_dir, resume, console)
 
     data = prepare(cfg.data, renderer, cfg.train.seed)
-    _write_data_report(run_dir, data)
-    r = data.report
-    console.print(f"data: {r['train_examples']} train / {r['val_examples']} val examples, "
-                  f"{r['rejected']} rejected (see {run_dir / 'rejected.jsonl'}), {r['truncated']} truncated")
-    q = r["quality"]
-    issues = {k: v for k, v in q["lint"].items() if v}
-    if issues or q["exact_duplicate_rows"]:
-        console.print(f"[yellow]data quality:[/] {q['exact_duplicate_rows']} exact duplicate rows, lint {issues} "
-                      "(details: `sft data lint` / `sft data dedup`)")
-
+    _report_data(data, run_dir, console)
     _check_template(template, tokenizer, data, resolved.path, run_dir, console)
-    base = _load_base(cfg, resolved.path)
-    base.config.use_cache = False  # no KV cache in training: memory, and packing masks need it off
-    model = attach(base, cfg.method, cfg.train.gradient_checkpointing)
-    trainable, total = count_parameters(model)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    eff = cfg.train.per_device_train_batch_size * cfg.train.gradient_accumulation_steps * world
-    console.print(f"model: {resolved.path.name} method={cfg.method.type.value} trainable {trainable:,} / "
-                  f"{total:,} parameters ({100 * trainable / total:.2f}%)")
-    console.print(f"effective batch = {cfg.train.per_device_train_batch_size} per device x "
-                  f"{cfg.train.gradient_accumulation_steps} accumulation x {world} device(s) = {eff} sequences/step")
+    model, trainable, total = _build_model(cfg, resolved.path, console)
+    train_rows = _train_rows(cfg, data, console)
 
-    train_rows = (pack(data.train.examples, cfg.data.cutoff_len) if cfg.train.packing
-                  else Examples.from_rendered(data.train.examples))
-    if cfg.train.packing:
-        console.print(f"packing: {r['train_examples']} examples into {len(train_rows)} rows of <= "
-                      f"{cfg.data.cutoff_len} tokens")
-    mean_tokens = r["train_tokens"] / max(1, len(train_rows))
-    callbacks = [MetricsLogger(run_dir / "metrics.jsonl", mean_tokens * eff),
-                 RichProgress(console, mean_tokens * eff), CheckpointMarker(),
-                 *tracker_callbacks, *(callbacks or [])]
-    if cfg.eval.generate_every and data.val_conversations:
-        callbacks.append(GenerationEval(renderer, data.val_conversations[: cfg.eval.generate_samples],
-                                        cfg.eval.metrics, cfg.eval.generate_every, cfg.eval.max_new_tokens,
-                                        run_dir / "metrics.jsonl"))
-    if cfg.train.early_stopping_patience and data.val.examples:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
+    tokens_per_step = data.report["train_tokens"] / max(1, len(train_rows)) * (
+        cfg.train.per_device_train_batch_size * cfg.train.gradient_accumulation_steps
+        * int(os.environ.get("WORLD_SIZE", "1")))
     trainer = Trainer(
         model=model,
         args=_training_args(cfg, run_dir, bool(data.val.examples), report_to),
@@ -293,10 +317,9 @@ def run(
         eval_dataset=Examples.from_rendered(data.val.examples) if data.val.examples else None,
         data_collator=Collator(tokenizer.pad_token_id),
         processing_class=tokenizer,
-        callbacks=callbacks,
+        callbacks=_callbacks(cfg, run_dir, data, renderer, tokens_per_step, console,
+                             [*tracker_callbacks, *(callbacks or [])]),
     )
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
 

@@ -180,12 +180,15 @@ def _save_final(model: Any, tokenizer: Any, cfg: RunConfig, run_dir: Path) -> Pa
     return out
 
 
-def _preflight(cfg: RunConfig, force: bool, console: Console) -> None:
-    """Refuse a run that will not fit the device, before anything is loaded (``--force`` overrides)."""
+def _preflight(cfg: RunConfig, data: Prepared, force: bool, console: Console) -> None:
+    """Refuse a run that will not fit the device, before the weights load (``--force`` overrides).
+    Batches are padded to their longest row, so the real longest row sets the activations."""
     from sftkit.estimate import DoesNotFit, preflight
 
+    rows = data.train.examples + data.val.examples
+    longest = cfg.data.cutoff_len if cfg.train.packing else max(len(e.input_ids) for e in rows)
     try:
-        est = preflight(cfg)
+        est = preflight(cfg, max_len=longest)
     except DoesNotFit as e:
         if not force:
             raise
@@ -289,7 +292,6 @@ def run(
     if int(os.environ.get("RANK", "0")) != 0:
         console = Console(stderr=True, quiet=True)  # one voice under torchrun: rank 0
     console = console or Console(stderr=True)
-    _preflight(cfg, force, console)
     run_dir = _prepare_run_dir(cfg, resume)
     _write_environment(run_dir)
     report_to, tracker_callbacks = tracking.setup(cfg.train.report_to, run_dir, cfg.name)
@@ -303,6 +305,7 @@ def run(
 
     data = prepare(cfg.data, renderer, cfg.train.seed)
     _report_data(data, run_dir, console)
+    _preflight(cfg, data, force, console)
     _check_template(template, tokenizer, data, resolved.path, run_dir, console)
     model, trainable, total = _build_model(cfg, resolved.path, console)
     train_rows = _train_rows(cfg, data, console)

@@ -91,10 +91,13 @@ def _data_info(cfg: Any, lengths: bool) -> tuple[int | None, list[int] | None]:
     return rows, lens
 
 
-def estimate_run(cfg: Any, device: Device | None = None, count_data: bool = True, lengths: bool = False) -> Estimate:
+def estimate_run(cfg: Any, device: Device | None = None, count_data: bool = True, lengths: bool = False,
+                 max_len: int | None = None) -> Estimate:
     """Estimate for a RunConfig on ``device`` (default: this machine's first GPU, else its CPU)."""
     shape = from_path(cfg.model.name_or_path, cfg.model.trust_remote_code)
     setup = setup_from_config(cfg)
+    if max_len:
+        setup = replace(setup, seq_len=min(setup.seq_len, max_len))
     device = device or detect_device()
     rows, lens = None, None
     if count_data:
@@ -128,16 +131,18 @@ def format_breakdown(est: Estimate) -> str:
     return "\n".join([*rows, f"  {'total':<24} {est.total_gb:8.2f} GB  (device {est.device.memory_gb:.1f} GB)"])
 
 
-def preflight(cfg: Any, device_memory_gb: float | None = None) -> Estimate:
+def preflight(cfg: Any, device_memory_gb: float | None = None, max_len: int | None = None) -> Estimate:
     """Check a run before any weights load. Returns the Estimate when it fits; raises
     ``DoesNotFit`` (message: breakdown + cheapest fix) when it does not.
 
     ``device_memory_gb`` None: the first CUDA GPU's free memory, or on CPU the available RAM.
+    ``max_len``: the longest row that will really be trained, when the data is already
+    tokenized (batches are padded to their longest row, not to ``cutoff_len``).
     """
     device = detect_device()
     if device_memory_gb is not None:
         device = replace(device, memory_gb=device_memory_gb)
-    est = estimate_run(cfg, device, count_data=False)
+    est = estimate_run(cfg, device, count_data=False, max_len=max_len)
     if est.fits:
         return est
     fix = cheapest_fix(est.shape, est.setup, device)

@@ -56,6 +56,15 @@ def _render(convs: list[Conversation], renderer: Renderer, rejects: list[Reject]
     return SplitData(kept)  # type: ignore[arg-type]
 
 
+def length_histogram(lengths: list[int], cutoff_len: int, bins: int = 12) -> dict[str, list[int]]:
+    """Token lengths of the training rows in equal-width bins up to ``cutoff_len`` (for the report)."""
+    width = max(1, -(-cutoff_len // bins))
+    counts = [0] * bins
+    for n in lengths:
+        counts[min(n // width, bins - 1)] += 1
+    return {"edges": [i * width for i in range(bins + 1)], "counts": counts}
+
+
 def quality_summary(convs: list[Conversation]) -> dict[str, Any]:
     """What `sft data lint` and the exact part of `sft data dedup` would say about the
     training rows: counts plus the first few places, so the run folder records it."""
@@ -98,5 +107,6 @@ def prepare(data: DataConfig, renderer: Renderer, seed: int) -> Prepared:
         "cutoff_len": data.cutoff_len,
         "train_tokens": sum(len(e.input_ids) for e in train.examples),
         "train_trainable_tokens": sum(e.n_trainable for e in train.examples),
+        "length_histogram": length_histogram([len(e.input_ids) for e in train.examples], data.cutoff_len),
     }
     return Prepared(train, val, report, rejects, sample=train_convs[:32], val_conversations=val_convs)

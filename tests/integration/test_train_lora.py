@@ -69,6 +69,7 @@ def test_five_lora_steps_end_to_end(tmp_path):
     assert list((run_dir / "checkpoints").glob("checkpoint-*"))
     report = json.loads((run_dir / "data_report.json").read_text())
     assert report["train_examples"] == 16 and report["rejected"] == 0
+    assert sum(report["length_histogram"]["counts"]) == 16
     # 16 rows but only 4 distinct answers to distinct prompts: no duplicates, no conflicts
     assert report["quality"]["exact_duplicate_rows"] == 0 and report["quality"]["lint"]["conflicting_answer"] == 0
 

@@ -64,8 +64,9 @@ def train(
 ) -> None:
     """Fine-tune a model as the config says and write a run folder."""
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "-m", "sftkit.cli",
-               "train", str(config), *(overrides or [])]
+        # --standalone: a local rendezvous on a free port (no clash with another run on 29500)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "sftkit.cli", "train", str(config), *(overrides or [])]
         if resume:
             cmd += ["--resume", resume]
         if force:

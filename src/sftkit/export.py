@@ -350,7 +350,7 @@ def to_gguf(folder: Path, dtype: str) -> Path:
 
 
 def _lit(s: str) -> str:
-    # A JSON string literal is a valid Jinja string literal (Jinja decodes \n, \uXXXX).
+    # A JSON string literal is a valid Jinja string literal (Jinja decodes the same backslash escapes).
     return json.dumps(s, ensure_ascii=False)
 
 

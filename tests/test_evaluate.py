@@ -145,3 +145,22 @@ def test_cli_eval_json_last_line(tiny_model_dir, other_tiny_dir, eval_file, tmp_
     (tmp_path / "config.yaml").write_text("model: {name_or_path: x}\n")
     rep = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert rep.exit_code == 0 and (tmp_path / "report.html").is_file()
+
+
+def test_baseline_first_scores_equal_the_adapter_off_baseline(tiny_run, tiny_model_dir, eval_file):
+    """The pipeline measures the base model before training and reuses it in the comparison: that is
+    only honest if the plain base model and the run's adapter-off base score identically."""
+    from sftkit.evaluate import load_sides, metric_names, run_side, side_scores
+
+    convs = load_conversations(eval_file)
+    names = metric_names(None, convs)
+    first = run_side(load_sides(str(tiny_model_dir), "none")[0], convs, names, 4)
+    fresh = evaluate(str(tiny_run), eval_file, None, max_new_tokens=4, forgetting=False, latency_samples=0,
+                     write=False)
+    reused = evaluate(str(tiny_run), eval_file, None, max_new_tokens=4, forgetting=False, latency_samples=0,
+                      write=False, done={"baseline": first})
+    first_scores = side_scores(first)
+    for k in ("loss", "accuracy", "macro_f1"):
+        assert math.isclose(fresh["baseline"][k], first_scores[k], rel_tol=1e-6, abs_tol=1e-9)
+    assert fresh["flips"] == reused["flips"]
+    assert fresh["model"]["loss"] == reused["model"]["loss"]

@@ -14,7 +14,7 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -54,14 +54,15 @@ def _adapter_off(model: Any) -> Callable[[], contextlib.AbstractContextManager[A
     return model.disable_adapter  # PeftModel: a context manager that bypasses the LoRA layers
 
 
-def load_sides(model_ref: str, baseline_ref: str | None, dtype: str = "float32", batch_size: int = 16) -> list[Side]:
+def load_sides(model_ref: str, baseline_ref: str | None, dtype: str = "float32", batch_size: int = 16,
+               template: str | None = None) -> list[Side]:
     """The model and, if any, its baseline (``None``: the base model of a run;
-    ``"none"``: no baseline)."""
+    ``"none"``: no baseline). ``template`` applies to a plain model (a run keeps its own)."""
     from sftkit.models import load_model, load_tokenizer, resolve
 
     resolved = resolve(model_ref)
     tok = load_tokenizer(resolved.path)
-    template = (_run_config(resolved.run_dir).get("template") if resolved.run_dir else None) or None
+    template = (_run_config(resolved.run_dir).get("template") if resolved.run_dir else template) or None
     model = load_model(resolved, dtype=dtype)
     engine = Engine(model, tok, build_renderer(tok, template), batch_size=batch_size)
     sides = [Side("model", model_ref, engine)]
@@ -203,6 +204,16 @@ class SideRun:
     wall_s: float
 
 
+def metric_names(metrics: Sequence[str] | None, convs: Sequence[Conversation]) -> list[str]:
+    """The metrics asked for, or those that fit the references."""
+    return [M.canonical(n) for n in metrics] if metrics else M.infer_metrics([c.final_reply() or "" for c in convs])
+
+
+def run_side(side: Side, convs: Sequence[Conversation], names: Sequence[str], max_new_tokens: int) -> SideRun:
+    """One model on the test conversations, greedy (both sides of a comparison decode identically)."""
+    return _run_side(side, convs, names, GenParams(max_new_tokens=max_new_tokens))
+
+
 def _run_side(side: Side, convs: Sequence[Conversation], names: Sequence[str], params: GenParams) -> SideRun:
     refs = [c.final_reply() or "" for c in convs]
     prompts = [side.engine.prompt_for(c) for c in convs]
@@ -215,7 +226,7 @@ def _run_side(side: Side, convs: Sequence[Conversation], names: Sequence[str], p
     return SideRun(preds, results, M.compute(names, preds, refs), loss, wall)
 
 
-def _scores(run: SideRun) -> dict[str, float]:
+def side_scores(run: SideRun) -> dict[str, float]:
     out = dict(run.metrics.scores)
     out["loss"], out["ppl"] = run.loss["loss"], run.loss["ppl"]
     toks = sum(r.completion_tokens for r in run.results)
@@ -269,17 +280,20 @@ def evaluate_sides(
     max_new_tokens: int = 128,
     forgetting: bool = True,
     latency_samples: int = 4,
+    done: Mapping[str, SideRun] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The evaluation on already loaded models: (result dict, prediction rows)."""
+    """The evaluation on already loaded models: (result dict, prediction rows). ``done`` holds sides
+    already scored on the same conversations and metrics (the pipeline's baseline-first step)."""
     refs = [c.final_reply() or "" for c in convs]
-    names = [M.canonical(n) for n in metrics] if metrics else M.infer_metrics(refs)
+    names = metric_names(metrics, convs)
     params = GenParams(max_new_tokens=max_new_tokens)  # greedy: both sides decode identically
-    runs = {s.name: _run_side(s, convs, names, params) for s in sides}
+    done = done or {}
+    runs = {s.name: done.get(s.name) or _run_side(s, convs, names, params) for s in sides}
     model = runs["model"]
     base = runs.get("baseline")
     result: dict[str, Any] = {
-        "model": _scores(model),
-        "baseline": _scores(base) if base else {},
+        "model": side_scores(model),
+        "baseline": side_scores(base) if base else {},
         "delta": {},
         "n": len(convs),
         "metrics": names,
@@ -338,6 +352,7 @@ def evaluate(
     dtype: str = "float32",
     batch_size: int = 16,
     write: bool = True,
+    done: Mapping[str, SideRun] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model_ref`` (model reference or run folder) on ``data_path``.
 
@@ -355,7 +370,8 @@ def evaluate(
     convs = load_conversations(data_path, limit)
     sides = load_sides(model_ref, baseline_ref, dtype=dtype, batch_size=batch_size)
     result, rows = evaluate_sides(
-        sides, convs, metrics, max_new_tokens=max_new_tokens, forgetting=forgetting, latency_samples=latency_samples
+        sides, convs, metrics, max_new_tokens=max_new_tokens, forgetting=forgetting, latency_samples=latency_samples,
+        done=done,
     )
     result["data"] = str(data_path)
     if write and run_dir is not None:

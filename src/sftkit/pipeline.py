@@ -58,11 +58,44 @@ def _check_data(cfg: RunConfig, console: Console) -> dict[str, Any]:
     return out
 
 
-def _accuracy_like(scores: dict[str, Any]) -> float | None:
-    for key in ("accuracy", "exact_match", "rougeL", "bleu"):
+_HEADLINE = ("accuracy", "exact_match", "rougeL", "bleu")
+
+
+def _headline(scores: dict[str, Any]) -> tuple[str | None, float | None]:
+    """The metric the summary shows (accuracy where the task has one) and its value."""
+    for key in _HEADLINE:
         if isinstance(scores.get(key), int | float):
-            return float(scores[key])
-    return None
+            return key, float(scores[key])
+    return None, None
+
+
+def _clear_previous(run_dir: Path, console: Console) -> None:
+    """``fresh``: remove an earlier run in the same folder, and nothing that is not a run."""
+    import shutil
+
+    if not run_dir.is_dir():
+        return
+    markers = ("fingerprint.json", "config.yaml", "train_summary.json")
+    if any(run_dir.iterdir()) and not any((run_dir / m).exists() for m in markers):
+        raise ValueError(f"output_dir {run_dir} exists and is not an sftkit run folder; refusing to delete it "
+                         "(choose another output_dir)")
+    console.print(f"[dim]removing the previous run in {run_dir}[/]")
+    shutil.rmtree(run_dir)
+
+
+def _baseline_first(cfg: RunConfig, test: str, console: Console) -> Any:
+    """Step 2: the base model on the held-out set, before any training. Its scores are reused in the
+    comparison (same weights, template, prompts and greedy decoding), so they are measured once."""
+    from sftkit import evaluate as E
+
+    e = cfg.eval
+    convs = E.load_conversations(test, e.limit)
+    side = E.load_sides(cfg.model.name_or_path, "none", batch_size=e.batch_size, template=cfg.template)[0]
+    scored = E.run_side(side, convs, E.metric_names(e.metrics, convs), e.max_new_tokens)
+    scores = E.side_scores(scored)
+    console.print(f"baseline on {len(convs)} test prompts: " + ", ".join(
+        f"{k} {v:.3f}" for k, v in scores.items() if k in _HEADLINE and isinstance(v, int | float)))
+    return scored
 
 
 def run_pipeline(
@@ -80,27 +113,21 @@ def run_pipeline(
         raise ValueError(f"{config}: data.test is empty; the before/after comparison needs a held-out test file")
     test = str(cfg.data.test[0].path)
     e = cfg.eval
-    if fresh and cfg.run_dir().is_dir():
-        import shutil
-
-        console.print(f"[dim]removing the previous run in {cfg.run_dir()}[/]")
-        shutil.rmtree(cfg.run_dir())
+    if fresh:
+        _clear_previous(cfg.run_dir(), console)
 
     console.rule("[bold]1/5 data check")
     _check_data(cfg, console)
 
     console.rule("[bold]2/5 baseline: the base model on the held-out test set")
-    base = evaluate(cfg.model.name_or_path, test, "none", e.metrics, e.max_new_tokens, e.limit,
-                    forgetting=False, latency_samples=0, batch_size=e.batch_size, write=False)
-    console.print(f"baseline on {base['n']} test prompts: " + ", ".join(
-        f"{k} {v:.3f}" for k, v in base["model"].items() if k in ("accuracy", "exact_match", "bleu", "rougeL")))
+    baseline = _baseline_first(cfg, test, console)
 
     console.rule("[bold]3/5 LoRA training" if cfg.method.type.value in ("lora", "qlora") else "[bold]3/5 training")
     trained = run(cfg, console=console)
 
     console.rule("[bold]4/5 tuned vs base on the same prompts")
     result = evaluate(str(trained.run_dir), test, None, e.metrics, e.max_new_tokens, e.limit,
-                      batch_size=e.batch_size, forgetting=e.forgetting_check)
+                      batch_size=e.batch_size, forgetting=e.forgetting_check, done={"baseline": baseline})
     console.print(comparison_table(result))
     flips = result.get("flips", [])
     up = sum(1 for f in flips if f.get("direction") == "wrong_to_right")
@@ -110,13 +137,16 @@ def run_pipeline(
     report = write_report(trained.run_dir)
     _sample(trained.run_dir, console)
     console.print(f"report: {report}")
+    metric, before = _headline(result["baseline"])
+    _, after = _headline(result["model"])
     return {
-        "baseline": {"accuracy": _accuracy_like(result["baseline"])},
-        "tuned": {"accuracy": _accuracy_like(result["model"])},
+        "baseline": {"accuracy": before},
+        "tuned": {"accuracy": after},
         "train_seconds": round(trained.train_seconds, 1),
         "report": str(report),
         "run_dir": str(trained.run_dir),
         "primary_metric": result.get("primary"),
+        "metric": metric,  # what "accuracy" holds: accuracy, or exact_match/rougeL/bleu for generative tasks
     }
 
 

@@ -289,11 +289,21 @@ def _modelscope_download(ref: HubRef) -> Path:
     return Path(path)
 
 
+def _chain_names(e: BaseException) -> set[str]:
+    """Class names of an exception and of its causes (modelscope re-raises its errors as requests errors)."""
+    names: set[str] = set()
+    cur: BaseException | None = e
+    while cur is not None and len(names) < 50:
+        names |= {c.__name__ for c in type(cur).__mro__}
+        cur = cur.__cause__ or cur.__context__
+    return names
+
+
 def _modelscope_error(ref: HubRef, e: BaseException) -> str:
-    names = {c.__name__ for c in type(e).__mro__}
-    if "NotExistError" in names or ("HTTPError" in names and "404" in str(e)):
+    names = _chain_names(e)
+    if "NotExistError" in names:
         return f"ModelScope has no model {ref.repo_id!r}{_rev_note(ref)}; check the name (it is case-sensitive)"
-    if _is_connection_error(e) or names & {"ConnectTimeout", "ReadTimeout"}:
+    if names & {"ConnectionError", "ConnectError", "Timeout", "TimeoutException", "NetworkError"}:
         return (f"cannot reach ModelScope to download {ref} ({_short(e)}); check the network or "
                 f"MODELSCOPE_ENDPOINT, try the Hugging Face id {ref.repo_id}, or pass a local model folder")
     return f"the download of {ref} from ModelScope stopped ({_short(e)}); run `sft download {ref}` again to resume"

@@ -165,3 +165,33 @@ def test_flat_collator_only_for_flash_attention_with_packing(cfg_file):
                                          "model.attn_implementation=flash_attention_2"), 0), FlatCollator)
     assert isinstance(train_collator(cfg(cfg_file, "train.packing=true"), 0), Collator)
     assert isinstance(train_collator(cfg(cfg_file, "model.attn_implementation=flash_attention_2"), 0), Collator)
+
+
+def test_gpu_quickstart_config_is_valid_and_passes_the_checks_on_a_gpu():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "gpu_qwen2_7b_qlora.yaml"
+    c = load_config(path)
+    assert c.model.name_or_path == "Qwen/Qwen2-7B-Instruct" and c.method.type.value == "qlora"
+    assert all(s.path.is_file() for s in [*c.data.train, *c.data.val, *c.data.test])
+    assert check_train(c, A100) == []
+    assert check_train(load_config(path, ["train.backend=unsloth"]), A100) == []
+    zero3 = load_config(path, ["method.type=full", "train.deepspeed=zero3", "train.optim=adamw_torch"])
+    assert check_train(zero3, A100) == []
+    with pytest.raises(AcceleratorUnavailable, match=r"use train\.fp16=true"):
+        check_train(c, V100)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes not installed")
+def test_qlora_with_paged_8bit_adamw_trains_on_cpu(cfg_file, tmp_path):
+    """The GPU quick-start's method and optimizer, on the tiny model: 4-bit NF4 base + LoRA + 8-bit AdamW."""
+    from sftkit.train import run
+
+    seen = _Seen()
+    res = run(cfg(cfg_file, "method.type=qlora", "train.optim=paged_adamw_8bit", f"output_dir={tmp_path / 'q'}"),
+              callbacks=[seen.callback])
+    assert res.global_step == 2 and res.final_loss == res.final_loss  # trained, loss not NaN
+    assert (res.run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert type(getattr(seen.optimizer, "optimizer", seen.optimizer)).__module__.startswith("bitsandbytes")
+    summary = json.loads((res.run_dir / "train_summary.json").read_text())
+    assert 0 < summary["trainable_parameters"] < summary["total_parameters"] / 2

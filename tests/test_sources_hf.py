@@ -83,6 +83,22 @@ def test_download_then_resolve_and_load_from_cache(hub, hf_home, tiny_model_dir)
     assert model(ids).logits.shape[-1] == model.config.vocab_size
 
 
+def test_train_with_the_hub_reference_after_download(hub, hf_home, tmp_path):
+    from sftkit.config import load_config
+    from sftkit.train import run
+
+    with HubServer(hub) as url:
+        assert sft(["download", REPO], url, hf_home).returncode == 0
+    rows = [{"messages": [{"role": "user", "content": f"问题{i}"}, {"role": "assistant", "content": "答案。"}]}
+            for i in range(4)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    (tmp_path / "cfg.yaml").write_text(f"model:\n  name_or_path: {REPO}\ndata:\n  train: train.jsonl\n"
+                                       "train:\n  max_steps: 1\n  per_device_train_batch_size: 2\n")
+    res = run(load_config(tmp_path / "cfg.yaml", [f"output_dir={tmp_path / 'run'}"]))  # the server is gone
+    assert res.global_step == 1 and (res.run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert resolve(str(res.run_dir)).path == hf_home / "hub" / "models--tiny-org--tiny-llama" / "snapshots" / COMMIT
+
+
 def test_revision_suffix_and_option(hub, hf_home):
     with HubServer(hub) as url:
         r = sft(["download", REPO, "--revision", "v1", "--json"], url, hf_home)

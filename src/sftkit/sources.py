@@ -167,8 +167,9 @@ def check_snapshot(ref: HubRef, folder: Path) -> Snapshot:
             raise SourceUnavailable(f"{where}: {len(missing)} weight shard(s) missing ({', '.join(missing[:3])}); "
                                     f"run `sft download {ref}` again to finish the download")
     elif not any(folder.glob("*.safetensors")):
-        raise SourceUnavailable(f"{where}: no .safetensors weights (sftkit loads safetensors only); "
-                                f"run `sft download {ref}` again, or convert the weights to safetensors")
+        raise SourceUnavailable(f"{where}: no .safetensors weights; sftkit loads safetensors only, so if the "
+                                f"repository ships only .bin weights convert them (save_pretrained in a local "
+                                f"folder), else run `sft download {ref}` again to finish an interrupted download")
     tok_files = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
     if not any((folder / f).is_file() for f in tok_files):
         raise SourceUnavailable(f"{where}: no tokenizer files (tokenizer.json / tokenizer.model / vocab.json)")

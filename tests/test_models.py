@@ -54,7 +54,8 @@ def test_hub_id_offline_is_one_clear_sentence(monkeypatch, tmp_path):
     with pytest.raises(ModelNotFound) as e:
         resolve("some-org/some-model-that-is-not-cached")
     msg = str(e.value)
-    assert "not available offline" in msg and "local folder" in msg
+    assert "not available offline" in msg and "local model folder" in msg
+    assert "sft download some-org/some-model-that-is-not-cached" in msg and "HF_ENDPOINT" in msg
     assert "\n" not in msg and "Traceback" not in msg
 
 

@@ -98,3 +98,27 @@ class Collator:
             # KV cache exists; with use_cache on it silently builds a plain causal mask.
             out["use_cache"] = False
         return out
+
+
+class FlatCollator:
+    """Padding-free batches for flash attention: the rows of a batch become one row.
+
+    transformers' flash-attention path treats a batch as packed sequences only when it
+    is a single row whose position ids restart (``_is_packed_sequence``); a batch of
+    several packed rows would let examples inside a row attend to each other. So the
+    batch is concatenated, position ids restart per row (packed rows keep their own),
+    and the first label of every row is masked (no row learns its start from the
+    previous row's end). sdpa/eager get the same block-diagonal mask from the
+    position ids, which is how this is tested on CPU.
+    """
+
+    def __init__(self, pad_id: int, multiple: int = 8) -> None:
+        self.inner = Collator(pad_id, multiple)
+
+    def __call__(self, rows: list[Row]) -> dict[str, Any]:
+        flat: Row = {"input_ids": [], "labels": [], "position_ids": []}
+        for r in rows:
+            flat["input_ids"] += r["input_ids"]
+            flat["labels"] += [IGNORE, *r["labels"][1:]]
+            flat["position_ids"] += r.get("position_ids") or list(range(len(r["input_ids"])))
+        return self.inner([flat])

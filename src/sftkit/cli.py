@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from sftkit.cli_data import app as data_app
+from sftkit.cli_download import download_cmd
 from sftkit.cli_estimate import estimate_cmd
 from sftkit.cli_eval import eval_cmd, report_cmd
 from sftkit.cli_template import app as template_app
@@ -157,6 +158,7 @@ app.command("generate", help="Answer every prompt of a data file (resumable).")(
 app.command("serve", help="OpenAI-compatible HTTP server for a model or run.")(serve_cmd)
 app.command("export", help="Merge a run into a standalone, verified model folder.")(export_cmd)
 app.command("estimate", help="Memory and time before you train, with recommendations.")(estimate_cmd)
+app.command("download", help="Fetch a hub model (HF, mirror, ModelScope) into the local cache.")(download_cmd)
 
 
 def _normalise_argv(argv: list[str]) -> list[str]:

@@ -119,9 +119,24 @@ def eval_cmd(
         bool, typer.Option("--forgetting/--no-forgetting", help="Also score the shipped general-ability set.")
     ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line of stdout.")] = False,
+    engine: Annotated[str, typer.Option(help="Generation engine: transformers (built in) or vllm (CUDA GPU; "
+                                             "no loss/ppl).")] = "transformers",
 ) -> None:
     """Evaluate a model or run (loss, perplexity, generation metrics), against a baseline."""
+    from sftkit.accel import AcceleratorUnavailable, check_vllm
     from sftkit.evaluate import evaluate
+
+    try:  # before any model is loaded
+        if engine not in ("transformers", "vllm"):
+            raise AcceleratorUnavailable(f"--engine {engine}: use transformers or vllm")
+        if engine == "vllm":
+            check_vllm()
+            if baseline is not None and baseline.strip().lower() not in ("none", "no", "off", ""):
+                raise AcceleratorUnavailable("--engine vllm compares a run with its own base model (adapter on "
+                                             "and off); for another --baseline use --engine transformers")
+    except AcceleratorUnavailable as e:
+        err_console.print(f"[red]error:[/] {e}", soft_wrap=True, highlight=False)
+        raise typer.Exit(2) from None
 
     cfg = _run_eval_defaults(model_or_run)
     names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else cfg.get("metrics")
@@ -136,6 +151,7 @@ def eval_cmd(
             limit=limit or cfg.get("limit"),
             forgetting=forgetting,
             batch_size=cfg.get("batch_size") or 16,
+            engine=engine,
         )
     console.print(comparison_table(result))
     _extras(console, result)

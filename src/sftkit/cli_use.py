@@ -146,11 +146,13 @@ def serve_cmd(
 
 
 def _exec_vllm(model: str, host: str, port: int, api_key: str | None, max_batch: int) -> None:
-    from sftkit.serve import vllm_available, vllm_command
+    from sftkit.accel import AcceleratorUnavailable, check_vllm
+    from sftkit.serve import vllm_command
 
-    if not vllm_available():
-        raise _fail("--engine vllm: vllm is not installed (pip install vllm; it needs a supported GPU); "
-                    "use --engine transformers")
+    try:  # the same check as `sft eval --engine vllm`: the package and a CUDA GPU
+        check_vllm()
+    except AcceleratorUnavailable as e:
+        raise _fail(str(e)) from None
     with _user_errors():
         cmd = vllm_command(model, host, port, api_key, max_batch)
     shown = [("***" if i and cmd[i - 1] == "--api-key" else c) for i, c in enumerate(cmd)]

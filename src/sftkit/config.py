@@ -42,14 +42,16 @@ class Method(StrEnum):
 
 class ModelConfig(_Section):
     name_or_path: str = BUNDLED_ALIAS
-    """Model reference: the bundled alias, a local HF folder, a .gguf file, a run folder, or a hub id
-    already in the local cache."""
+    """Model reference: the bundled alias, a local HF folder, a .gguf file, a run folder, or a hub id already
+    in the local cache: ORG/NAME[@REV] (Hugging Face / HF_ENDPOINT mirror) or modelscope:ORG/NAME[@REV]
+    (fetch it first with `sft download REF`)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """dtype the base weights are loaded in (mixed precision is train.bf16 / train.fp16)."""
     trust_remote_code: bool = False
     """Run Python code shipped with the model. Off unless you trust its source."""
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = None
-    """Attention kernel; None lets transformers choose (sdpa)."""
+    """Attention kernel; None lets transformers choose (sdpa). flash_attention_2 needs a CUDA GPU (Ampere or
+    newer) and the flash-attn package; with train.packing it trains padding-free (one row per batch)."""
 
 
 class DataSource(_Section):
@@ -169,6 +171,11 @@ class TrainConfig(_Section):
     """DeepSpeed ZeRO: zero2, zero3, zero3_offload (shipped configs) or a path to a DeepSpeed JSON; GPUs only."""
     fsdp: str | None = None
     """FSDP options as in TrainingArguments.fsdp (e.g. "full_shard auto_wrap"); GPUs only."""
+    backend: Literal["transformers", "unsloth"] = "transformers"
+    """Training backend: transformers, or unsloth (Unsloth's FastLanguageModel for lora/qlora; one CUDA GPU
+    and the unsloth package)."""
+    use_liger_kernel: bool = False
+    """Liger's fused Triton kernels (less activation memory); needs a CUDA GPU and the liger-kernel package."""
 
     @model_validator(mode="after")
     def _one_precision(self) -> TrainConfig:

@@ -218,7 +218,9 @@ def _run_side(side: Side, convs: Sequence[Conversation], names: Sequence[str], p
     refs = [c.final_reply() or "" for c in convs]
     prompts = [side.engine.prompt_for(c) for c in convs]
     with side.mode():
-        loss = reference_loss(side.engine, convs)
+        # --engine vllm has no transformers model to score the references with
+        loss = reference_loss(side.engine, convs) if side.engine.model is not None else {"loss": math.nan,
+                                                                                          "ppl": math.nan}
         t0 = time.perf_counter()
         results = side.engine.generate(prompts, params)
         wall = time.perf_counter() - t0
@@ -353,6 +355,7 @@ def evaluate(
     batch_size: int = 16,
     write: bool = True,
     done: Mapping[str, SideRun] | None = None,
+    engine: str = "transformers",
 ) -> dict[str, Any]:
     """Evaluate ``model_ref`` (model reference or run folder) on ``data_path``.
 
@@ -368,7 +371,12 @@ def evaluate(
             raise ValueError("no data file given (--data FILE)")
         data_path = _default_data(run_dir)
     convs = load_conversations(data_path, limit)
-    sides = load_sides(model_ref, baseline_ref, dtype=dtype, batch_size=batch_size)
+    if engine == "vllm":
+        from sftkit import vllm_engine
+
+        sides = vllm_engine.load_sides(model_ref, baseline_ref, batch_size=batch_size)
+    else:
+        sides = load_sides(model_ref, baseline_ref, dtype=dtype, batch_size=batch_size)
     result, rows = evaluate_sides(
         sides, convs, metrics, max_new_tokens=max_new_tokens, forgetting=forgetting, latency_samples=latency_samples,
         done=done,

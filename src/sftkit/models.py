@@ -5,7 +5,9 @@ A reference is one of:
   * a local Hugging Face folder (``config.json`` inside);
   * a local ``.gguf`` file (de-quantised once into the cache);
   * a run folder (``runs/x``): its base model plus its ``adapter/``;
-  * a hub id (``org/name``), used only when it is already in the local HF cache.
+  * a hub id: ``org/name[@rev]`` (Hugging Face or its ``HF_ENDPOINT`` mirror) or
+    ``modelscope:org/name[@rev]``, used only when already in the local cache
+    (``sft download REF`` fetches it; see ``sftkit.sources``).
 """
 
 from __future__ import annotations
@@ -78,7 +80,9 @@ def resolve(ref: str | os.PathLike[str]) -> ResolvedModel:
         raise ModelNotFound(
             f"{ref}: not a model (expected a folder with config.json, a run folder with adapter/, or a .gguf file)"
         )
-    if ref.count("/") == 1 and not ref.startswith((".", "/")):
+    from sftkit.sources import looks_like_hub_ref
+
+    if looks_like_hub_ref(ref):
         return _resolve_hub(ref)
     raise ModelNotFound(f"{ref}: no such file or folder, and not the bundled alias {BUNDLED_ALIAS!r}")
 
@@ -93,18 +97,11 @@ def _resolve_run(run: Path) -> ResolvedModel:
     return ResolvedModel(str(run), resolve(base).path, adapter=(run / "adapter").resolve(), run_dir=run.resolve())
 
 
-def _resolve_hub(repo_id: str) -> ResolvedModel:
-    try:
-        from huggingface_hub import snapshot_download
+def _resolve_hub(ref: str) -> ResolvedModel:
+    """A hub reference, from the local cache only (nothing is downloaded implicitly)."""
+    from sftkit.sources import parse_ref, resolve_cached
 
-        path = snapshot_download(repo_id, local_files_only=True)
-    except Exception as e:
-        raise ModelNotFound(
-            f"model {repo_id!r} is not available offline (not in the local Hugging Face cache) and "
-            f"sftkit does not download implicitly; put the model in a local folder and pass its path "
-            f"(model.name_or_path: /path/to/{repo_id.rsplit('/', maxsplit=1)[-1]}), or use {BUNDLED_ALIAS!r}"
-        ) from e
-    return ResolvedModel(repo_id, Path(path))
+    return ResolvedModel(ref, resolve_cached(parse_ref(ref)).path)
 
 
 def gguf_to_folder(gguf: Path, name: str | None = None) -> Path:

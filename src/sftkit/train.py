@@ -16,8 +16,8 @@ from typing import Any
 
 from rich.console import Console
 
-from sftkit import models, tracking
-from sftkit.batching import Collator, Examples, pack
+from sftkit import accel, models, tracking
+from sftkit.batching import Examples, pack
 from sftkit.config import Method, RunConfig, config_to_yaml
 from sftkit.data import write_rejects
 from sftkit.dataset import Prepared, prepare
@@ -170,6 +170,7 @@ def _training_args(cfg: RunConfig, run_dir: Path, has_val: bool, report_to: list
         remove_unused_columns=False,
         deepspeed=deepspeed_config(t.deepspeed),
         fsdp=t.fsdp or "",
+        use_liger_kernel=t.use_liger_kernel,
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
     )
@@ -253,9 +254,13 @@ def _report_data(data: Prepared, run_dir: Path, console: Console) -> None:
 
 
 def _build_model(cfg: RunConfig, path: Path, console: Console) -> tuple[Any, int, int]:
-    base = _load_base(cfg, path)
-    base.config.use_cache = False  # no KV cache in training: memory, and packing masks need it off
-    model = attach(base, cfg.method, cfg.train.gradient_checkpointing)
+    if cfg.train.backend == "unsloth":  # Unsloth loads and attaches LoRA itself (GPU only)
+        model = accel.unsloth_model(cfg, path)
+        model.config.use_cache = False
+    else:
+        base = _load_base(cfg, path)
+        base.config.use_cache = False  # no KV cache in training: memory, and packing masks need it off
+        model = attach(base, cfg.method, cfg.train.gradient_checkpointing)
     trainable, total = count_parameters(model)
     console.print(f"model: {path.name} method={cfg.method.type.value} trainable {trainable:,} / "
                   f"{total:,} parameters ({100 * trainable / total:.2f}%)")
@@ -298,12 +303,15 @@ def run(
     force: bool = False,
 ) -> TrainResult:
     """Train as ``cfg`` says; extra Trainer ``callbacks`` may observe the run (tests, the console)."""
+    accel_warnings = accel.check_train(cfg)  # GPU switches: refuse what this machine cannot do, before any work
     from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     if not _is_main():
         console = Console(stderr=True, quiet=True)  # one voice under torchrun: rank 0
     console = console or Console(stderr=True)
+    for w in accel_warnings:
+        console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
     run_dir = _prepare_run_dir(cfg, resume)
     if _is_main():
         _write_environment(run_dir)
@@ -331,7 +339,7 @@ def run(
         args=_training_args(cfg, run_dir, bool(data.val.examples), report_to),
         train_dataset=train_rows,
         eval_dataset=Examples.from_rendered(data.val.examples) if data.val.examples else None,
-        data_collator=Collator(tokenizer.pad_token_id),
+        data_collator=accel.train_collator(cfg, tokenizer.pad_token_id),
         processing_class=tokenizer,
         callbacks=_callbacks(cfg, run_dir, data, renderer, tokens_per_step, console,
                              [*tracker_callbacks, *(callbacks or [])]),

@@ -29,7 +29,8 @@ def test_check_clean_and_rejected(tmp_path) -> None:
     r = runner.invoke(app, ["check", good, "--json"])
     assert r.exit_code == 0
     assert last_json(r.output) | {"files": None} == {"total": 1, "valid": 1, "rejected": 0, "rejects": [],
-                                                     "format": "alpaca", "files": None}  # fmt: skip
+                                                     "format": "alpaca", "files": None, "fatal": [],
+                                                     "warnings": []}  # fmt: skip
     r = runner.invoke(
         app, ["check", str(BROKEN / "roles.jsonl"), good, "--json", "--rejects", str(tmp_path / "q.jsonl")]
     )
@@ -90,3 +91,29 @@ def test_stats_json_and_plot(tmp_path) -> None:
     assert png.read_bytes()[:4] == b"\x89PNG"
     r = runner.invoke(app, ["stats", data, "--model", "/nonexistent/model"])
     assert r.exit_code == 2 and "Traceback" not in r.output
+
+
+def test_check_reports_every_file_even_when_one_is_fatal(tmp_path) -> None:
+    good = _rows(tmp_path, [{"instruction": "问题", "output": "回答"}])
+    unknown = _rows(tmp_path, [{"foo": 1}, {"bar": 2}], "unknown.jsonl")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    r = runner.invoke(app, ["check", good, str(tmp_path / "missing.jsonl"), unknown, str(empty), "--json"])
+    assert r.exit_code == 2
+    out = last_json(r.output)
+    assert [f["path"] for f in out["fatal"]] == [str(tmp_path / "missing.jsonl"), unknown]
+    assert "known layout" in out["fatal"][1]["error"]
+    assert out["total"] == 3 and out["valid"] == 1 and out["rejected"] == 2  # the unknown rows are still listed
+    assert out["warnings"] == [f"{empty}: empty file (no rows)"]
+    r = runner.invoke(app, ["check", str(empty), "--json"])
+    assert r.exit_code == 0 and "empty file" in r.output
+
+
+def test_leak_exact_only_and_split_label_field(tmp_path) -> None:
+    data = _rows(tmp_path, [{"instruction": f"q{i}", "output": "a"} for i in range(5)])
+    r = runner.invoke(app, ["leak", data, data, "--json"])
+    out = last_json(r.output)
+    assert r.exit_code == 1 and out["leaked"] == 5
+    assert all("_order" not in x for x in out["leaks"])
+    r = runner.invoke(app, ["split", data, "--label-field", "nosuch"])
+    assert r.exit_code == 2 and "nosuch" in r.output

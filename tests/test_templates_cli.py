@@ -119,3 +119,13 @@ def test_render_json_labels_match_training(messages_file, tokenizer) -> None:
         app, ["render", "--template", "chatglm3", "--messages", str(messages_file), "--json", "--generation-prompt"]
     )
     assert set(json.loads(gen.stdout.strip().splitlines()[-1])["labels"][-3:]) == {-100}
+
+
+def test_show_prints_chinese_once(tmp_path) -> None:
+    """Byte-level BPE splits one CJK character over several tokens with the same offsets."""
+    msgs = [{"role": "user", "content": "舌苔发白怎么办？"}, {"role": "assistant", "content": "建议健脾祛湿。"}]
+    p = tmp_path / "zh.jsonl"
+    p.write_text(json.dumps({"messages": msgs}, ensure_ascii=False) + "\n", encoding="utf-8")
+    r = runner.invoke(app, ["show", "--model", "smollm2-135m-instruct", "--data", str(p)])
+    assert r.exit_code == 0, r.output
+    assert "舌苔发白怎么办？" in r.stdout and "建议健脾祛湿。<|im_end|>" in r.stdout

@@ -71,6 +71,19 @@ def _rejects_table(rejects: list[Reject]) -> Table:
 # --- check ---------------------------------------------------------------------
 
 
+def _check_one(path: str, fmt: str | None) -> tuple[LoadResult | None, str | None, str | None]:
+    """(result, fatal error, warning) for one file; a fatal file does not stop the others."""
+    try:
+        res = _load(path, fmt)
+    except (DataError, ValueError, OSError) as e:
+        return None, str(e), None
+    if res.total == 0:
+        return res, None, f"{path}: empty file (no rows)"
+    if res.valid == 0 and res.format == "unknown":
+        return res, f"{path}: no row is in a known layout (see the rejects; map columns or pass --format)", None
+    return res, None, None
+
+
 @app.command()
 def check(
     files: Annotated[list[str], typer.Argument(help="Data files (.jsonl .json .csv .tsv .parquet).")],
@@ -80,10 +93,13 @@ def check(
 ) -> None:
     """Validate files: every row accepted or rejected with file:line and a reason.
 
-    With several files, "format" in --json is the common layout, or the
+    Exit 0: every row valid; 1: rows rejected; 2: a file is unusable (missing, unreadable, unknown
+    or mixed layout). With several files, "format" in --json is the common layout, or the
     comma-joined per-file layouts when they differ."""
-    with _fatal():
-        results = [_load(f, format) for f in files]
+    checked = [(f, *_check_one(f, format)) for f in files]
+    results = [res for _, res, _, _ in checked if res is not None]
+    fatal = [{"path": f, "error": e} for f, _, e, _ in checked if e]
+    warnings = [w for _, _, _, w in checked if w]
     rejects = [r for res in results for r in res.rejects]
     formats = list(dict.fromkeys(r.format for r in results))
     out = {
@@ -93,19 +109,23 @@ def check(
         "rejects": [r.to_dict(with_raw=False) for r in rejects],
         "format": ",".join(formats),
         "files": [{"path": r.path, "format": r.format, "total": r.total, "valid": r.valid} for r in results],
+        "fatal": fatal,
+        "warnings": warnings,
     }
     if rejects_out:
         from sftkit.data import write_rejects
 
         write_rejects(rejects, rejects_out)
+    for msg in [*(f"[red]error:[/] {x['error']}" for x in fatal), *(f"[yellow]warning:[/] {w}" for w in warnings)]:
+        err_console.print(msg, soft_wrap=True)
     if as_json:
         _emit(out)
-    else:
+    elif results:
         rows = [[r.path, r.format, r.total, r.valid, r.rejected] for r in results]
         console.print(_table("Data check", ["file", "format", "rows", "valid", "rejected"], rows))
         if rejects:
             console.print(_rejects_table(rejects))
-    raise typer.Exit(1 if rejects else 0)
+    raise typer.Exit(2 if fatal else 1 if rejects else 0)
 
 
 # --- stats ---------------------------------------------------------------------
@@ -251,6 +271,9 @@ def split(
 
     with _fatal():
         res = _load(file, format, columns={"label": label_field} if label_field else None)
+        if label_field and res.valid and all(c.label is None for c in res.conversations):
+            raise ValueError(f"{file}: --label-field {label_field!r}: no row has this field; name the label "
+                             "column (e.g. output, label, category)")
         share, why = recommend_val_share(res.valid)
         parts = run_split(res.conversations, share if val is None else val, test, seed, bool(label_field))
         written = {k: write_jsonl(v, Path(out_dir) / f"{k}.jsonl") for k, v in parts.items()} if out_dir else {}

@@ -194,8 +194,11 @@ def show(
         raise _fail(str(e)) from None
     offs = tok([r.text], add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"][0]
     shown = Text()
+    done = 0  # byte-level tokens of one CJK character share its offsets: print each character once
     for (a, b), lab in zip(offs, r.labels, strict=False):
-        shown.append(r.text[a:b], style="bold green" if lab != IGNORE else "dim")
+        if b > done:
+            shown.append(r.text[max(a, done):b], style="bold green" if lab != IGNORE else "dim")
+            done = b
     out.print(Text(f"{r.source or data} — {len(r.input_ids)} tokens, {r.n_trainable} trained (green)", style="bold"))
     out.print(shown)
 

@@ -12,8 +12,6 @@ from sftkit.data.text import normalize, prompt_of
 
 def find_leaks(train: Sequence[Conversation], test: Sequence[Conversation], threshold: float = 0.85) -> list[dict]:
     """One entry per leaked test row: ``{"test", "train", "kind": exact|near, "similarity"}``."""
-    from datasketch import MinHashLSH
-
     train_p = [prompt_of(c) for c in train]
     test_p = [prompt_of(c) for c in test]
     exact: dict[str, int] = {}
@@ -27,8 +25,19 @@ def find_leaks(train: Sequence[Conversation], test: Sequence[Conversation], thre
             pending.append(j)
         else:
             out.append(_leak(test[j], train[i], "exact", 1.0))
-    if not pending or not train:
-        return out
+    if pending and train:
+        out += _near(train, test, train_p, test_p, pending, threshold)
+    out.sort(key=lambda d: d["_order"])
+    for d in out:
+        d.pop("_order")
+    return out
+
+
+def _near(train: Sequence[Conversation], test: Sequence[Conversation], train_p: list[str], test_p: list[str],
+          pending: list[int], threshold: float) -> list[dict[str, Any]]:
+    from datasketch import MinHashLSH
+
+    out: list[dict[str, Any]] = []
     lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
     train_h = minhashes(train_p)
     for i, h in enumerate(train_h):
@@ -37,9 +46,6 @@ def find_leaks(train: Sequence[Conversation], test: Sequence[Conversation], thre
         best = max(((train_h[i].jaccard(h), i) for i in lsh.query(h)), default=(0.0, -1))
         if best[0] >= threshold:
             out.append(_leak(test[j], train[best[1]], "near", round(best[0], 3)))
-    out.sort(key=lambda d: d["_order"])
-    for d in out:
-        d.pop("_order")
     return out
 
 

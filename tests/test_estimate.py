@@ -152,9 +152,35 @@ def test_preflight_refuses_with_breakdown(tmp_path, bundled_path):
                                     "data": {"train": [str(tmp_path / "x.jsonl")]}, "method": {"type": "full"}})
     with pytest.raises(DoesNotFit) as e:
         preflight(cfg, device_memory_gb=0.5)
-    assert "optimizer_states" in str(e.value) and "no single change fits" in str(e.value)
+    assert "optimizer_states" in str(e.value) and "together do not fit" in str(e.value)
     total = e.value.estimate.total_gb
     with pytest.raises(DoesNotFit) as e:
         preflight(cfg, device_memory_gb=total * 0.8)
     assert "cheapest fix: enable train.gradient_checkpointing" in str(e.value)
     assert preflight(cfg, device_memory_gb=1000).fits
+
+
+def test_cheapest_fix_combines_changes_when_no_single_one_fits():
+    from sftkit.estimate.recommend import cheapest_fix
+
+    setup = Setup(method="lora", seq_len=2048, micro_batch=8)
+    dev = Device("small", 1.0, 100.0)
+    shape = from_size("1.5B")
+    singles = [estimate(shape, replace(setup, gradient_checkpointing=True), dev).total_gb,
+               estimate(shape, replace(setup, micro_batch=4, grad_accum=2), dev).total_gb]
+    big = Device("mid", min(singles) * 0.6, 100.0)
+    fix = cheapest_fix(shape, setup, big)
+    assert fix is not None and " + " in fix[0] and fix[1] <= big.memory_gb
+    assert cheapest_fix(shape, setup, Device("tiny", 0.01, 100.0)) is None
+
+
+def test_cli_config_keeps_data_lengths(tmp_path):
+    """`sft estimate CONFIG` recommends a cutoff from the data and skips val_size when a val file exists."""
+    from pathlib import Path
+
+    cfg = Path(__file__).resolve().parents[1] / "examples" / "api_assistant" / "config.yaml"
+    res = CliRunner().invoke(_app(), [str(cfg), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    whats = [r["what"] for r in out["recommendations"]]
+    assert "cutoff_len" in whats and "val_size" not in whats

@@ -112,11 +112,8 @@ def estimate_cmd(
         if config is not None:
             from sftkit.config import load_config
 
-            cfg = load_config(config)
-            base = estimate_run(cfg, dev, count_data=True, lengths=True)
-            setup = _apply(base.setup, gpus=gpus, **changes, **deepspeed)
-            est = estimate_for(base.shape, setup, dev, rows=None if base.time_basis.startswith(("1000", "max")) else
-                               _rows(base), epochs=cfg.train.num_train_epochs, max_steps=cfg.train.max_steps)
+            est = estimate_run(load_config(config), dev, count_data=True, lengths=True,
+                               changes={"gpus": gpus, **changes, **deepspeed})
         elif model_size is not None:
             # No config: the usual GPU recipe - bf16 weights, LoRA unless told otherwise.
             setup = _apply(Setup(weight_dtype="bfloat16" if dev.bf16 else "float16", gpus=gpus,
@@ -139,7 +136,3 @@ def estimate_cmd(
         return
     _print(est, fix)
 
-
-def _rows(est: Estimate) -> int | None:
-    head = est.time_basis.split(" rows", 1)[0].replace(",", "")
-    return int(head) if head.isdigit() else None

@@ -92,10 +92,11 @@ def _data_info(cfg: Any, lengths: bool) -> tuple[int | None, list[int] | None]:
 
 
 def estimate_run(cfg: Any, device: Device | None = None, count_data: bool = True, lengths: bool = False,
-                 max_len: int | None = None) -> Estimate:
-    """Estimate for a RunConfig on ``device`` (default: this machine's first GPU, else its CPU)."""
+                 max_len: int | None = None, changes: dict[str, Any] | None = None) -> Estimate:
+    """Estimate for a RunConfig on ``device`` (default: this machine's first GPU, else its CPU).
+    ``changes``: Setup fields to override (what-if questions from the command line)."""
     shape = from_path(cfg.model.name_or_path, cfg.model.trust_remote_code)
-    setup = setup_from_config(cfg)
+    setup = replace(setup_from_config(cfg), **{k: v for k, v in (changes or {}).items() if v is not None})
     if max_len:
         setup = replace(setup, seq_len=min(setup.seq_len, max_len))
     device = device or detect_device()
@@ -106,11 +107,12 @@ def estimate_run(cfg: Any, device: Device | None = None, count_data: bool = True
         except (OSError, ValueError):  # unreadable data is `sft data check`'s job; estimate without it
             rows, lens = None, None
     return estimate_for(shape, setup, device, rows=rows, lengths=lens, epochs=cfg.train.num_train_epochs,
-                        max_steps=cfg.train.max_steps)
+                        max_steps=cfg.train.max_steps, has_val=bool(cfg.data.val))
 
 
 def estimate_for(shape: ModelShape | str, setup: Setup, device: Device, rows: int | None = None,
-                 lengths: list[int] | None = None, epochs: float = 3.0, max_steps: int = -1) -> Estimate:
+                 lengths: list[int] | None = None, epochs: float = 3.0, max_steps: int = -1,
+                 has_val: bool = False) -> Estimate:
     shape = shape if isinstance(shape, ModelShape) else shape_for(shape)
     if max_steps > 0:
         steps, basis = max_steps, f"max_steps={max_steps}"
@@ -122,7 +124,7 @@ def estimate_for(shape: ModelShape | str, setup: Setup, device: Device, rows: in
     if lengths:  # time follows the real mean length (padding to the batch's longest is ignored)
         mean = min(setup.seq_len, max(8, round(sum(lengths) / len(lengths))))
         est.step_seconds = estimate(shape, replace(setup, seq_len=mean), device).step_seconds
-    est.recommendations = all_for(shape, est.setup, device, rows, lengths)
+    est.recommendations = all_for(shape, est.setup, device, rows, lengths, has_val)
     return est
 
 
@@ -147,8 +149,8 @@ def preflight(cfg: Any, device_memory_gb: float | None = None, max_len: int | No
         return est
     fix = cheapest_fix(est.shape, est.setup, device)
     hint = (f"cheapest fix: {fix[0]} (-> {fix[1]:.1f} GB)" if fix else
-            "no single change fits: combine LoRA/QLoRA, gradient checkpointing and a shorter cutoff_len, or use "
-            "more/larger devices")
+            "even gradient checkpointing, smaller micro-batches, LoRA/QLoRA and a shorter cutoff_len together do "
+            "not fit: use more or larger devices (DeepSpeed ZeRO shards the states across them)")
     raise DoesNotFit(f"estimated peak {est.total_gb:.1f} GB per device exceeds {device.name} "
                      f"{device.memory_gb:.1f} GB:\n{format_breakdown(est)}\n{hint} "
                      f"(`sft estimate CONFIG` explains; --force to train anyway)", est)

@@ -119,34 +119,53 @@ def grad_accum(setup: Setup, target: int = 32) -> Recommendation:
 
 
 def all_for(shape: ModelShape, setup: Setup, device: Device, rows: int | None = None,
-            lengths: list[int] | None = None) -> list[Recommendation]:
-    recs = [method(shape, setup, device), learning_rate(shape, setup.method), epochs(rows),
-            lora_rank(rows, setup.method), cutoff(lengths, setup.seq_len), val_share(rows), grad_accum(setup)]
+            lengths: list[int] | None = None, has_val: bool = False) -> list[Recommendation]:
+    """Every recommendation; the learning rate and rank follow the recommended method, and no
+    validation share is suggested when the run already has a validation file."""
+    m = method(shape, setup, device)
+    chosen = m.value if m.value in ("full", "lora", "qlora") else setup.method
+    recs = [m, learning_rate(shape, chosen), epochs(rows), lora_rank(rows, chosen), cutoff(lengths, setup.seq_len),
+            None if has_val else val_share(rows), grad_accum(setup)]
     return [r for r in recs if r is not None]
 
 
-def cheapest_fix(shape: ModelShape, setup: Setup, device: Device) -> tuple[str, float] | None:
-    """First change, in order of least quality/speed cost, whose peak fits; (description, GB)."""
-    candidates: list[tuple[str, Setup]] = []
+def _fix_candidates(setup: Setup) -> list[tuple[str, Setup]]:
+    """Single changes, in order of least quality/speed cost."""
+    out: list[tuple[str, Setup]] = []
     if not setup.gradient_checkpointing:
-        candidates.append(("enable train.gradient_checkpointing (~30% slower)",
-                           replace(setup, gradient_checkpointing=True)))
+        out.append(("enable train.gradient_checkpointing (~30% slower)", replace(setup, gradient_checkpointing=True)))
     if setup.micro_batch > 1:
         half = setup.micro_batch // 2
-        candidates.append((f"per_device_train_batch_size={half}, gradient_accumulation_steps="
-                           f"{setup.grad_accum * 2} (same effective batch)",
-                           replace(setup, micro_batch=half, grad_accum=setup.grad_accum * 2)))
+        out.append((f"per_device_train_batch_size={half}, gradient_accumulation_steps={setup.grad_accum * 2} "
+                    "(same effective batch)", replace(setup, micro_batch=half, grad_accum=setup.grad_accum * 2)))
     if setup.method == "full":
-        candidates.append(("method.type=lora", replace(setup, method="lora", master_copy=False)))
+        out.append(("method.type=lora", replace(setup, method="lora", master_copy=False)))
     if setup.method in ("full", "lora"):
-        candidates.append(("method.type=qlora (needs a CUDA GPU + bitsandbytes)",
-                           replace(setup, method="qlora", master_copy=False, gradient_checkpointing=True)))
+        out.append(("method.type=qlora (needs bitsandbytes)",
+                    replace(setup, method="qlora", master_copy=False, gradient_checkpointing=True)))
     if setup.seq_len > 512:
-        candidates.append((f"data.cutoff_len={setup.seq_len // 2}", replace(setup, seq_len=setup.seq_len // 2)))
-    for desc, s in candidates:
+        out.append((f"data.cutoff_len={setup.seq_len // 2}", replace(setup, seq_len=setup.seq_len // 2)))
+    return out
+
+
+def cheapest_fix(shape: ModelShape, setup: Setup, device: Device) -> tuple[str, float] | None:
+    """The first single change whose peak fits; else the changes applied one after another (in the same
+    order) until it fits; (description, GB), or None when even all of them together do not fit."""
+    for desc, s in _fix_candidates(setup):
         gb = _fits(shape, s, device)
         if gb <= device.memory_gb:
             return desc, gb
+    steps: list[str] = []
+    current = setup
+    for _ in range(8):  # each round applies the cheapest remaining change; halving can repeat
+        options = _fix_candidates(current)
+        if not options:
+            return None
+        desc, current = options[0]
+        steps.append(desc)
+        gb = _fits(shape, current, device)
+        if gb <= device.memory_gb:
+            return " + ".join(steps), gb
     return None
 
 

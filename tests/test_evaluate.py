@@ -164,3 +164,25 @@ def test_baseline_first_scores_equal_the_adapter_off_baseline(tiny_run, tiny_mod
         assert math.isclose(fresh["baseline"][k], first_scores[k], rel_tol=1e-6, abs_tol=1e-9)
     assert fresh["flips"] == reused["flips"]
     assert fresh["model"]["loss"] == reused["model"]["loss"]
+
+
+def test_cli_eval_on_a_run_writes_report_and_names_skipped_rows(tiny_run, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from sftkit.cli_eval import eval_cmd
+
+    data = tmp_path / "t.jsonl"
+    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in ROWS[:2]]
+    rows.append({"messages": [{"role": "user", "content": "no answer here"}]})  # nothing to compare with
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows) + "not json\n")
+    app = typer.Typer()
+    app.command("eval")(eval_cmd)
+    app.command("x")(lambda: None)
+    res = CliRunner().invoke(app, ["eval", str(tiny_run), "--data", str(data), "--max-new-tokens", "2",
+                                   "--no-forgetting", "--json"])
+    assert res.exit_code == 0, res.output
+    assert "2 test row(s) not scored" in res.output and f"{data}:4" in res.output
+    saved = json.loads((tiny_run / "eval.json").read_text())
+    assert saved["n"] == 2 and len(saved["skipped"]) == 2
+    assert (tiny_run / "report.html").is_file()

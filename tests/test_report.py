@@ -83,7 +83,10 @@ def run_dir(tmp_path: Path) -> Path:
                     "per_label": {
                         "positive": {"precision": 0.8, "recall": 1.0, "f1": 0.89, "support": 4},
                         "neutral": {"precision": 1.0, "recall": 0.5, "f1": 0.67, "support": 2},
-                    }
+                        "": {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0},
+                    },
+                    "labels": ["neutral", "positive", ""],
+                    "confusion": [[1, 1, 0], [0, 3, 1], [0, 0, 0]],
                 }
             }
         },
@@ -108,6 +111,7 @@ def test_report_contents(run_dir):
     assert "empty reply" in page and "&lt;b&gt;hi&lt;/b&gt;" in page
     assert "t = k·x + b" in page
     assert "General-ability check" in page
+    assert "Confusion matrix" in page and "(empty)" in page  # an empty answer is a visible label
 
 
 def test_report_without_eval(tmp_path):
@@ -146,9 +150,17 @@ def test_report_screenshot(run_dir):
         browser = p.chromium.launch(executable_path=chromium, args=args)
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 900})
+            problems: list[str] = []
+            page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
             page.goto(page_path.as_uri())
             assert page.locator("svg").count() >= 4
+            loss_chart = page.locator("svg", has_text="validation loss").first
+            assert loss_chart.is_visible() and loss_chart.bounding_box()["height"] > 100
+            table = page.locator("table", has_text="baseline (before)").first
+            assert table.is_visible() and "accuracy" in table.inner_text()
             page.screenshot(path=str(shot), full_page=True)
+            assert problems == []
         finally:
             browser.close()
     assert shot.stat().st_size > 10_000

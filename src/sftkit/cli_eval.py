@@ -93,12 +93,29 @@ def _extras(console: Console, result: dict[str, Any]) -> None:
         console.print(
             f"latency: t ≈ {lat['k_s_per_token']:.4f}·tokens + {lat['b_s']:.3f} s (fit over {lat['n']} requests)"
         )
+    _per_label(console, result)
+    skipped = result.get("skipped") or []
+    if skipped:
+        first = "; ".join(f"{x['source']}: {x['reason']}" for x in skipped[:3])
+        console.print(f"[yellow]{len(skipped)} test row(s) not scored[/] ({first}{' ...' if len(skipped) > 3 else ''})")
     fg = result.get("forgetting") or {}
     if "model" in fg:
         line = f"general check ({fg['n']} questions): model {fg['model']:.0%}"
         if "baseline" in fg:
             line += f", baseline {fg['baseline']:.0%}"
         console.print(line)
+
+
+def _per_label(console: Console, result: dict[str, Any]) -> None:
+    cls = ((result.get("details") or {}).get("model") or {}).get("classification")
+    if not cls or not cls.get("per_label"):
+        return
+    t = Table(title="Per label (model)", title_justify="left")
+    for c in ("label", "precision", "recall", "F1", "support"):
+        t.add_column(c, justify="left" if c == "label" else "right")
+    for lab, v in cls["per_label"].items():
+        t.add_row(lab or "(empty)", *(f"{v[k]:.3f}" for k in ("precision", "recall", "f1")), f"{int(v['support'])}")
+    console.print(t)
 
 
 def eval_cmd(
@@ -155,10 +172,21 @@ def eval_cmd(
         )
     console.print(comparison_table(result))
     _extras(console, result)
+    _write_run_report(model_or_run, console)
     if as_json:
         keep = {k: result.get(k) for k in ("model", "baseline", "delta", "n")}
         sys.stdout.write(json.dumps(keep, ensure_ascii=False) + "\n")
         sys.stdout.flush()
+
+
+def _write_run_report(ref: str, console: Console) -> None:
+    """A run folder gets its report.html refreshed with the new evaluation."""
+    from sftkit.models import resolve
+    from sftkit.report import write_report
+
+    run_dir = resolve(ref).run_dir
+    if run_dir is not None:
+        console.print(f"report: {write_report(run_dir)}")
 
 
 def report_cmd(run: Annotated[str, typer.Argument(help="Run folder.")]) -> None:

@@ -79,15 +79,27 @@ def load_sides(model_ref: str, baseline_ref: str | None, dtype: str = "float32",
     return sides
 
 
-def load_conversations(path: str | Path, limit: int | None = None) -> list[Conversation]:
-    """Conversations that end with an assistant reply (the reference answer)."""
+def load_test(path: str | Path, limit: int | None = None) -> tuple[list[Conversation], list[dict[str, str]]]:
+    """Conversations that end with an assistant reply (the reference answer), and every row that
+    cannot be scored with its reason (``{"source", "reason"}``), so nothing is dropped silently."""
     from sftkit.data import load_file
 
     res = load_file(path)
-    convs = [c for c in res.conversations if not c.is_text and c.final_reply() is not None]
+    skipped = [{"source": f"{r.file}:{r.line}", "reason": r.reason} for r in res.rejects]
+    convs = []
+    for c in res.conversations:
+        if c.is_text or c.final_reply() is None:
+            skipped.append({"source": c.source or str(path), "reason": "no final assistant reply to compare with"})
+        else:
+            convs.append(c)
     if not convs:
         raise ValueError(f"{path}: no conversation ending with an assistant reply to evaluate against")
-    return convs[:limit] if limit else convs
+    return (convs[:limit] if limit else convs), skipped
+
+
+def load_conversations(path: str | Path, limit: int | None = None) -> list[Conversation]:
+    """``load_test`` without the skipped rows."""
+    return load_test(path, limit)[0]
 
 
 def general_check_path() -> Path:
@@ -370,7 +382,7 @@ def evaluate(
         if run_dir is None:
             raise ValueError("no data file given (--data FILE)")
         data_path = _default_data(run_dir)
-    convs = load_conversations(data_path, limit)
+    convs, skipped = load_test(data_path, limit)
     if engine == "vllm":
         from sftkit import vllm_engine
 
@@ -382,6 +394,7 @@ def evaluate(
         done=done,
     )
     result["data"] = str(data_path)
+    result["skipped"] = skipped
     if write and run_dir is not None:
         write_outputs(run_dir, result, rows)
     return result

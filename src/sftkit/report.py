@@ -386,7 +386,7 @@ def _eval_section(ev: dict[str, Any]) -> str:
 
         series = {"baseline": [pct(base, k) for k in cats]} if base else {}
         series["model"] = [pct(model, k) for k in cats]
-        out.append(svg_bar_chart(cats, series, "Quality metrics (0-100; 0-1 metrics shown as %)"))
+        out.append(svg_bar_chart(cats, series, "Quality metrics (%; BLEU and ROUGE on their own 0-100 scale)"))
     cls = ((ev.get("details") or {}).get("model") or {}).get("classification")
     if cls:
         per = cls.get("per_label") or {}
@@ -395,13 +395,32 @@ def _eval_section(ev: dict[str, Any]) -> str:
             _table(
                 ["label", "precision", "recall", "F1", "support"],
                 [
-                    [_e(k)] + [_fmt(v.get(c)) for c in ("precision", "recall", "f1")] + [_fmt(int(v.get("support", 0)))]
+                    [_label(k)] + [_fmt(v.get(c)) for c in ("precision", "recall", "f1")] + [_fmt(int(v.get("support", 0)))]
                     for k, v in per.items()
                 ],
                 (1, 2, 3, 4),
             )
         )
+        out.append(_confusion(cls))
     return "".join(out)
+
+
+_MAX_CONFUSION = 30
+
+
+def _label(x: str) -> str:
+    return _e(x) if x else "<span class='muted'>(empty)</span>"
+
+
+def _confusion(cls: dict[str, Any]) -> str:
+    """Rows: the reference label; columns: what the model answered (stray answers included)."""
+    labels, conf = cls.get("labels") or [], cls.get("confusion") or []
+    if not labels or len(labels) > _MAX_CONFUSION:
+        return ""
+    head = ["reference ↓ / answer →", *(x or "(empty)" for x in labels)]
+    rows = [[f"<b>{_label(lab)}</b>", *(str(n) if n else "<span class='muted'>0</span>" for n in row)]
+            for lab, row in zip(labels, conf, strict=False)]
+    return "<h3>Confusion matrix (model)</h3>" + _table(head, rows, tuple(range(1, len(labels) + 1)))
 
 
 def _flips_section(ev: dict[str, Any]) -> str:

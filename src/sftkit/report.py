@@ -395,7 +395,8 @@ def _eval_section(ev: dict[str, Any]) -> str:
             _table(
                 ["label", "precision", "recall", "F1", "support"],
                 [
-                    [_label(k)] + [_fmt(v.get(c)) for c in ("precision", "recall", "f1")] + [_fmt(int(v.get("support", 0)))]
+                    [_label(k), *(_fmt(v.get(c)) for c in ("precision", "recall", "f1")),
+                     _fmt(int(v.get("support", 0)))]
                     for k, v in per.items()
                 ],
                 (1, 2, 3, 4),

@@ -185,3 +185,12 @@ def test_jinja_conversion_matches_every_shipped_template(tokenizer):
         assert check.passed
     broken = verify(load_template("chatml"), "{{ 'x' }}", tokenizer)
     assert not broken.basic_ok
+
+
+def test_model_card_formats_both_columns(tmp_path):
+    from sftkit.export import ExportResult, RunInfo, model_card
+
+    (tmp_path / "eval.json").write_text(json.dumps({"model": {"loss": 0.123456789}, "baseline": {"loss": 10.836133}}))
+    info = RunInfo(tmp_path, tmp_path, tmp_path, "lora", None, {"method": {"type": "lora"}})
+    res = ExportResult(tmp_path, "lora", "float32", "the tokenizer's own", [2], 1e-7, 1e-7, True)
+    assert "| loss | 0.1235 | 10.84 |" in model_card(info, res, "out")

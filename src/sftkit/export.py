@@ -206,7 +206,8 @@ def model_card(info: RunInfo, res: ExportResult, name: str) -> str:
         model_m, base_m = ev.get("model") or {}, ev.get("baseline") or {}
         for k, v in model_m.items():
             if isinstance(v, int | float):
-                lines.append(f"| {k} | {v:.4g} | {base_m.get(k, '')} |")
+                b = base_m.get(k)
+                lines.append(f"| {k} | {v:.4g} | {f'{b:.4g}' if isinstance(b, int | float) else ''} |")
     lines += ["", "## Chat template", "", res.template_note, "",
               f"`generation_config.json` stops on token ids {res.eos_token_ids}.", "",
               "## Verification", ""]

@@ -101,3 +101,32 @@ def test_every_shipped_config_validates():
     assert files, "no shipped configs found"
     for p in files:
         assert isinstance(load_config(p), RunConfig), p
+
+
+def test_override_errors_name_the_override_not_the_file(tmp_path):
+    p = write(tmp_path, "data:\n  train: t.jsonl\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p, ["trian.max_steps=2"])
+    msg = str(e.value)
+    assert msg.startswith("command-line override trian=...") and "did you mean 'train'?" in msg
+    with pytest.raises(ConfigError, match=r"^command-line override train.learning_rate=\.\.\.: train.learning_rate"):
+        load_config(p, ["train.learning_rate=-1"])
+
+
+def test_typo_inside_a_list_item_gets_a_suggestion(tmp_path):
+    p = write(tmp_path, "data:\n  train:\n    - path: t.jsonl\n      wieght: 2\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert f"{p}:4" in str(e.value) and "did you mean 'data.train.0.weight'?" in str(e.value)
+
+
+def test_missing_data_file_is_named_before_training(tmp_path):
+    from sftkit.config import check_data_files
+    from sftkit.train import run
+
+    cfg = load_config(write(tmp_path, "data:\n  train: nosuch.jsonl\n"), [f"output_dir={tmp_path / 'run'}"])
+    with pytest.raises(ConfigError, match=r"data.train\[0\]: .*nosuch.jsonl does not exist"):
+        check_data_files(cfg)
+    with pytest.raises(ConfigError, match="does not exist"):
+        run(cfg)
+    assert not (tmp_path / "run").exists()  # nothing written

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from sftkit.cli_data import app as data_app
 from sftkit.cli_download import download_cmd
@@ -38,18 +39,18 @@ def fail(msg: str, code: int = 2) -> typer.Exit:
 def _config_help() -> str:
     lines = ["Config fields (YAML keys; override any with dotted key=value after CONFIG):\n\n"]
     for fd in field_docs():
-        lines.append(f"  {fd.key} ({fd.type}, default {fd.default_text()}): {fd.doc}\n\n")
+        lines.append(escape(f"  {fd.key} ({fd.type}, default {fd.default_text()}): {fd.doc}\n\n"))
     return "".join(lines)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from sftkit.config import ConfigError
     from sftkit.data import DataError
+    from sftkit.errors import TrainError
     from sftkit.estimate import DoesNotFit
     from sftkit.methods import MethodUnavailable
     from sftkit.models import ModelNotFound
     from sftkit.templates.base import TemplateError
-    from sftkit.train import TrainError
 
     return (ConfigError, DataError, DoesNotFit, MethodUnavailable, ModelNotFound, TemplateError, TrainError)
 
@@ -74,10 +75,11 @@ def train(
             cmd.append("--force")
         raise typer.Exit(subprocess.call(cmd))
     from sftkit.config import load_config
-    from sftkit.train import run
 
     try:
-        cfg = load_config(config, overrides or [])
+        cfg = load_config(config, overrides or [])  # a bad config is reported before the slow imports
+        from sftkit.train import run
+
         run(cfg, resume=resume, console=err, force=force)
     except _user_errors() as e:
         raise fail(str(e)) from None

@@ -276,26 +276,43 @@ def _key_lines(text: str) -> dict[tuple[str, ...], int]:
     return lines
 
 
+def _item_model(ann: Any) -> Any:
+    """The pydantic model inside ``X | None`` or ``list[X]`` (or the annotation itself)."""
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    return next((m for m in map(_item_model, get_args(ann)) if m is not None), None)
+
+
 def _section_fields(loc: tuple[Any, ...]) -> list[str]:
+    """Valid keys next to the offending one (list items such as data.train[0] included)."""
     model: Any = RunConfig
     for part in loc[:-1]:
+        if isinstance(part, int):  # an index into a list of sections: stay on the item model
+            continue
         field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
+        model = _item_model(field.annotation) if field is not None else None
+        if model is None:
             return []
-        ann = field.annotation
-        model = next((a for a in getattr(ann, "__args__", (ann,)) if hasattr(a, "model_fields")), ann)
-        if isinstance(model, type) and issubclass(model, list):
-            return []
-    return list(getattr(model, "model_fields", {}))
+    return list(model.model_fields)
 
 
-def _describe(err: ValidationError, where: str, lines: dict[tuple[str, ...], int]) -> str:
+def _from_override(loc: tuple[Any, ...], over_keys: set[tuple[str, ...]]) -> str | None:
+    parts = tuple(str(x) for x in loc)
+    for n in range(len(parts), 0, -1):
+        if parts[:n] in over_keys:
+            return ".".join(parts[:n])
+    return None
+
+
+def _describe(err: ValidationError, where: str, lines: dict[tuple[str, ...], int],
+              over_keys: set[tuple[str, ...]] | None = None) -> str:
     msgs = []
     for e in err.errors():
         loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x.startswith("function-")))
         key = ".".join(str(x) for x in loc) or "(top level)"
         line = lines.get(tuple(str(x) for x in loc))
-        place = f"{where}:{line}" if line else where
+        over = _from_override(loc, over_keys or set())
+        place = f"command-line override {over}=..." if over else f"{where}:{line}" if line else where
         if e["type"] == "extra_forbidden":
             valid = _section_fields(loc)
             close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.6)
@@ -305,6 +322,25 @@ def _describe(err: ValidationError, where: str, lines: dict[tuple[str, ...], int
         else:
             msgs.append(f"{place}: {key}: {e['msg']} (got {e.get('input')!r})")
     return "\n".join(msgs)
+
+
+def _dotted_keys(d: dict[str, Any], prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    out: set[tuple[str, ...]] = set()
+    for k, v in d.items():
+        out.add((*prefix, k))
+        if isinstance(v, dict):
+            out |= _dotted_keys(v, (*prefix, k))
+    return out
+
+
+def check_data_files(cfg: RunConfig) -> None:
+    """A data file that does not exist stops a run before anything else happens (not at load time:
+    a config may be written before its data, and `sft train --help`-style checks should not need it)."""
+    for split in ("train", "val", "test"):
+        for i, src in enumerate(getattr(cfg.data, split)):
+            if not src.path.is_file():
+                raise ConfigError(f"config data.{split}[{i}]: {src.path} does not exist (paths in a config file are "
+                                  "relative to the file; in a command-line override, to the current folder)")
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -354,10 +390,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     over = parse_overrides(overrides or [])
     over = _resolve_paths(over, Path.cwd())
     merged = _merge(raw, over)
+    lines = _key_lines(text)
     try:
-        return RunConfig.model_validate(merged)
+        cfg = RunConfig.model_validate(merged)
     except ValidationError as e:
-        raise ConfigError(_describe(e, str(path), _key_lines(text))) from None
+        raise ConfigError(_describe(e, str(path), lines, _dotted_keys(over))) from None
+    return cfg
 
 
 def config_to_yaml(cfg: RunConfig) -> str:

@@ -18,19 +18,16 @@ from rich.console import Console
 
 from sftkit import accel, models, tracking
 from sftkit.batching import Examples, pack
-from sftkit.config import Method, RunConfig, config_to_yaml
+from sftkit.config import Method, RunConfig, check_data_files, config_to_yaml
 from sftkit.data import write_rejects
 from sftkit.dataset import Prepared, prepare
+from sftkit.errors import TrainError
 from sftkit.fingerprint import differences, fingerprint
 from sftkit.gen_eval import GenerationEval
 from sftkit.methods import attach, count_parameters, deepspeed_config, quantization_config
 from sftkit.progress import CheckpointMarker, MetricsLogger, RichProgress, last_complete_checkpoint, plot_loss
 from sftkit.templates.registry import load_template
 from sftkit.templates.render import Renderer
-
-
-class TrainError(RuntimeError):
-    """A run that cannot start or continue; the message says why and what to do."""
 
 
 @dataclass
@@ -303,6 +300,7 @@ def run(
     force: bool = False,
 ) -> TrainResult:
     """Train as ``cfg`` says; extra Trainer ``callbacks`` may observe the run (tests, the console)."""
+    check_data_files(cfg)  # a missing file is named before anything else happens
     accel_warnings = accel.check_train(cfg)  # GPU switches: refuse what this machine cannot do, before any work
     from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback

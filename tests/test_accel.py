@@ -48,6 +48,7 @@ CPU_REFUSALS = [
     ("train.use_liger_kernel=true", "Liger's Triton kernels fail on CPU"),
     ("model.attn_implementation=flash_attention_2", "flash_attention_2 needs a CUDA GPU of compute capability 8.0+"),
     ("train.optim=adamw_8bt", "did you mean 'adamw_8bit'?"),
+    ("train.fp16=true", "on a CPU use train.bf16=true"),
 ]
 
 
@@ -89,7 +90,7 @@ def test_gpu_decisions_with_stated_capabilities(cfg_file):
     with pytest.raises(AcceleratorUnavailable) as e:
         check_train(cfg(cfg_file, "train.backend=unsloth", "train.use_liger_kernel=true"), CPU_NO_PKGS)
     assert len(str(e.value).splitlines()) == 2
-    assert check_train(cfg(cfg_file, "train.bf16=true"), CPU_NO_PKGS) == []  # bf16 autocast is fine on CPU
+    assert check_train(cfg(cfg_file, "train.bf16=true"), Capabilities(cuda=False, cpu_bf16=True)) == []  # native bf16
 
 
 def test_liger_goes_to_training_arguments(cfg_file, tmp_path):
@@ -195,3 +196,10 @@ def test_qlora_with_paged_8bit_adamw_trains_on_cpu(cfg_file, tmp_path):
     assert type(getattr(seen.optimizer, "optimizer", seen.optimizer)).__module__.startswith("bitsandbytes")
     summary = json.loads((res.run_dir / "train_summary.json").read_text())
     assert 0 < summary["trainable_parameters"] < summary["total_parameters"] / 2
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(cfg_file):
+    c = cfg(cfg_file, "train.bf16=true")
+    assert check_train(c, Capabilities(cuda=False, cpu_bf16=True)) == []
+    warnings = check_train(c, Capabilities(cuda=False, cpu_bf16=False))
+    assert len(warnings) == 1 and "emulated" in warnings[0]

@@ -9,7 +9,8 @@ sentence saying what it needs, instead of a crash deep inside a library:
   * ``model.attn_implementation: flash_attention_2`` — a CUDA GPU of compute
     capability 8.0+, flash-attn, fp16/bf16;
   * ``train.optim`` 8-bit / paged — bitsandbytes (paged falls back on CPU);
-  * ``train.bf16`` on a CUDA GPU without bf16 (V100, T4) — use fp16.
+  * ``train.bf16`` on a CUDA GPU without bf16 (V100, T4) — use fp16; ``train.fp16`` on a CPU — use bf16
+    (a warning where the CPU has no native bf16).
 
 ``check_vllm()`` does the same for ``--engine vllm`` in ``sft eval`` / ``sft serve``.
 ``Capabilities`` is what the checks read; tests pass their own to exercise the
@@ -42,6 +43,7 @@ class Capabilities:
     cuda: bool
     capability: tuple[int, int] | None = None  # CUDA compute capability of device 0
     bf16: bool = False  # the CUDA GPU computes in bf16 natively
+    cpu_bf16: bool = False  # the CPU has native bf16 instructions (AVX512-BF16 / AMX)
     packages: frozenset[str] = field(default_factory=frozenset)
 
     def has(self, package: str) -> bool:
@@ -61,8 +63,9 @@ def detect() -> Capabilities:
     cuda = torch.cuda.is_available()
     cap = tuple(torch.cuda.get_device_capability(0)) if cuda else None
     bf16 = bool(cuda and torch.cuda.is_bf16_supported())
+    cpu_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     found = frozenset(p for p in _PACKAGES if importlib.util.find_spec(p) is not None)
-    return Capabilities(cuda, cap, bf16, found)  # type: ignore[arg-type]
+    return Capabilities(cuda, cap, bf16, cpu_bf16, found)  # type: ignore[arg-type]
 
 
 # -- the checks ------------------------------------------------------------------------------
@@ -116,11 +119,18 @@ def _attention(cfg: RunConfig, caps: Capabilities) -> list[str]:
     return []
 
 
-def _precision(cfg: RunConfig, caps: Capabilities) -> list[str]:
+def _precision(cfg: RunConfig, caps: Capabilities) -> tuple[list[str], list[str]]:
+    """(errors, warnings) for train.bf16 / train.fp16."""
     if cfg.train.bf16 and caps.cuda and not caps.bf16:
         return [f"train.bf16 needs a GPU with native bf16 (Ampere or newer) and {caps.device()}; "
-                "use train.fp16=true instead"]
-    return []
+                "use train.fp16=true instead"], []
+    if cfg.train.fp16 and not caps.cuda:
+        return [f"train.fp16 is GPU mixed precision ({caps.device()}); on a CPU use train.bf16=true "
+                "(fast where the CPU has AVX512-BF16 or AMX) or neither (fp32)"], []
+    if cfg.train.bf16 and not caps.cuda and not caps.cpu_bf16:
+        return [], ["train.bf16 on a CPU without native bf16 instructions runs emulated and is usually slower "
+                    "than fp32; consider train.bf16=false"]
+    return [], []
 
 
 def _optimizer(cfg: RunConfig, caps: Capabilities) -> tuple[list[str], list[str]]:
@@ -153,9 +163,11 @@ def check_train(cfg: RunConfig, caps: Capabilities | None = None) -> list[str]:
     errors = _unsloth(cfg, caps)
     if real and not errors and cfg.train.backend == "unsloth":
         import unsloth  # noqa: F401  (it patches transformers on import: as early as sftkit can)
-    errors += [*_liger(cfg, caps), *_attention(cfg, caps), *_precision(cfg, caps)]
+    errors += [*_liger(cfg, caps), *_attention(cfg, caps)]
+    prec_errors, prec_warnings = _precision(cfg, caps)
     opt_errors, warnings = _optimizer(cfg, caps)
-    errors += opt_errors
+    errors += prec_errors + opt_errors
+    warnings += prec_warnings
     if errors:
         raise AcceleratorUnavailable("\n".join(errors))
     if cfg.train.backend == "unsloth" and cfg.model.attn_implementation:

@@ -111,8 +111,18 @@ class MethodConfig(_Section):
     """Rank-stabilised LoRA scaling (alpha / sqrt(r))."""
     use_dora: bool = False
     """Weight-decomposed LoRA (DoRA)."""
-    freeze_trainable_layers: int = Field(default=2, gt=0)
+    freeze_trainable_layers: int = Field(default=2, ge=0)
     """For type=freeze: how many of the last decoder layers are trained."""
+    freeze_trainable_modules: list[str] = Field(default_factory=list)
+    """For type=freeze: also train the parameters whose name contains one of these, e.g. [lm_head, model.norm]
+    (with freeze_trainable_layers=0: only these)."""
+
+    @model_validator(mode="after")
+    def _something_trains(self) -> MethodConfig:
+        if self.type is Method.freeze and not self.freeze_trainable_layers and not self.freeze_trainable_modules:
+            raise ValueError("method.type=freeze with freeze_trainable_layers=0 and no freeze_trainable_modules "
+                             "trains nothing; train some layers or name modules")
+        return self
 
 
 class TrainConfig(_Section):

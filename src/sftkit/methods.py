@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 from typing import Any
 
 from sftkit.config import Method, MethodConfig
@@ -80,22 +81,39 @@ def attach(model: Any, method: MethodConfig, gradient_checkpointing: bool = Fals
         )
         return get_peft_model(model, cfg)
     if method.type is Method.freeze:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for layer in list(_decoder_layers(model))[-method.freeze_trainable_layers:]:
-            for p in layer.parameters():
-                p.requires_grad_(True)
-        return model
+        return _freeze(model, method)
     for p in model.parameters():
         p.requires_grad_(True)
     return model
 
 
+def _freeze(model: Any, method: MethodConfig) -> Any:
+    for p in model.parameters():
+        p.requires_grad_(False)
+    n = method.freeze_trainable_layers
+    for layer in list(_decoder_layers(model))[-n:] if n else []:
+        for p in layer.parameters():
+            p.requires_grad_(True)
+    named = method.freeze_trainable_modules
+    matched: set[str] = set()
+    for name, p in model.named_parameters():
+        hits = [m for m in named if m in name]
+        if hits:
+            p.requires_grad_(True)
+            matched.update(hits)
+    unknown = [m for m in named if m not in matched]
+    if unknown:
+        raise MethodUnavailable(f"method.freeze_trainable_modules {unknown}: no parameter name contains it "
+                                f"(names look like {next(iter(dict(model.named_parameters())))!r})")
+    return model
+
+
 def count_parameters(model: Any) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
+    """(trainable, total) parameter counts; a 4-bit weight counts its real elements, not its packed bytes."""
     trainable = total = 0
     for p in model.parameters():
-        n = p.numel()
+        qs = getattr(p, "quant_state", None)
+        n = math.prod(qs.shape) if qs is not None else p.numel()
         total += n
         if p.requires_grad:
             trainable += n

@@ -300,8 +300,8 @@ def run(
     force: bool = False,
 ) -> TrainResult:
     """Train as ``cfg`` says; extra Trainer ``callbacks`` may observe the run (tests, the console)."""
-    check_data_files(cfg)  # a missing file is named before anything else happens
     accel_warnings = accel.check_train(cfg)  # GPU switches: refuse what this machine cannot do, before any work
+    check_data_files(cfg)  # then a missing data file is named, before anything is written
     from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 

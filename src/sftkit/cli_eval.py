@@ -94,6 +94,7 @@ def _extras(console: Console, result: dict[str, Any]) -> None:
             f"latency: t ≈ {lat['k_s_per_token']:.4f}·tokens + {lat['b_s']:.3f} s (fit over {lat['n']} requests)"
         )
     _per_label(console, result)
+    _per_task(console, result)
     skipped = result.get("skipped") or []
     if skipped:
         first = "; ".join(f"{x['source']}: {x['reason']}" for x in skipped[:3])
@@ -104,6 +105,25 @@ def _extras(console: Console, result: dict[str, Any]) -> None:
         if "baseline" in fg:
             line += f", baseline {fg['baseline']:.0%}"
         console.print(line)
+
+
+def _per_task(console: Console, result: dict[str, Any]) -> None:
+    from sftkit.metrics import headline_metric
+
+    tasks = result.get("per_task") or {}
+    if not tasks:
+        return
+    base = bool(result.get("baseline"))
+    t = Table(title="Per task", title_justify="left")
+    for c in ("task", "n", "metric", *(["baseline"] if base else []), "model"):
+        t.add_column(c, justify="left" if c in ("task", "metric") else "right")
+    for task, e in tasks.items():
+        k = headline_metric(e["model"])
+        if k is None:
+            continue
+        row = [task, str(e["n"]), k, *([_num(e["baseline"].get(k), k)] if base else []), _num(e["model"][k], k)]
+        t.add_row(*row)
+    console.print(t)
 
 
 def _per_label(console: Console, result: dict[str, Any]) -> None:

@@ -319,6 +319,7 @@ def evaluate_sides(
     }
     if base:
         result["delta"] = {k: v - result["baseline"][k] for k, v in result["model"].items() if k in result["baseline"]}
+    result["per_task"] = per_task(convs, runs, metrics)
     prompts = [sides[0].engine.prompt_for(c) for c in convs]
     result["latency"] = measure_latency(sides[0], prompts, params, latency_samples)
     result["forgetting"] = forgetting_check(sides) if forgetting else {}
@@ -331,6 +332,26 @@ def evaluate_sides(
             row[f"{name}_finish"] = r.results[i].finish_reason
         rows.append(row)
     return _finite(result), rows
+
+
+def per_task(convs: Sequence[Conversation], runs: Mapping[str, SideRun],
+             metrics: Sequence[str] | None) -> dict[str, dict[str, Any]]:
+    """Metrics for each ``task`` of the rows (general assistants mix 10+ task types): each task is scored
+    with the metrics that fit its own references unless ``metrics`` were named."""
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(convs):
+        if "task" in c.meta:
+            groups.setdefault(c.meta["task"], []).append(i)
+    out: dict[str, dict[str, Any]] = {}
+    for task, idx in sorted(groups.items()):
+        sub = [convs[i] for i in idx]
+        names = metric_names(metrics, sub)
+        refs = [c.final_reply() or "" for c in sub]
+        entry: dict[str, Any] = {"n": len(idx)}
+        for side, run in runs.items():
+            entry[side] = M.compute(names, [run.preds[i] for i in idx], refs).scores
+        out[task] = entry
+    return out
 
 
 def _finite(obj: Any) -> Any:

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sftkit.config import RunConfig, load_config
+from sftkit.metrics import HEADLINE, headline_metric
 
 DEMO_EXAMPLE = "api_assistant"
 
@@ -58,15 +59,10 @@ def _check_data(cfg: RunConfig, console: Console) -> dict[str, Any]:
     return out
 
 
-_HEADLINE = ("accuracy", "exact_match", "rougeL", "bleu")
-
-
 def _headline(scores: dict[str, Any]) -> tuple[str | None, float | None]:
     """The metric the summary shows (accuracy where the task has one) and its value."""
-    for key in _HEADLINE:
-        if isinstance(scores.get(key), int | float):
-            return key, float(scores[key])
-    return None, None
+    key = headline_metric(scores)
+    return key, (float(scores[key]) if key else None)
 
 
 def _clear_previous(run_dir: Path, console: Console) -> None:
@@ -94,7 +90,7 @@ def _baseline_first(cfg: RunConfig, test: str, console: Console) -> Any:
     scored = E.run_side(side, convs, E.metric_names(e.metrics, convs), e.max_new_tokens)
     scores = E.side_scores(scored)
     console.print(f"baseline on {len(convs)} test prompts: " + ", ".join(
-        f"{k} {v:.3f}" for k, v in scores.items() if k in _HEADLINE and isinstance(v, int | float)))
+        f"{k} {v:.3f}" for k, v in scores.items() if k in HEADLINE and isinstance(v, int | float)))
     return scored
 
 

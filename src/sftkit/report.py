@@ -403,7 +403,27 @@ def _eval_section(ev: dict[str, Any]) -> str:
             )
         )
         out.append(_confusion(cls))
+    out.append(_tasks(ev))
     return "".join(out)
+
+
+def _tasks(ev: dict[str, Any]) -> str:
+    from sftkit.metrics import headline_metric
+
+    tasks, base = ev.get("per_task") or {}, bool(ev.get("baseline"))
+    rows = []
+    for task, e in tasks.items():
+        k = headline_metric(e.get("model") or {})
+        if k is None:
+            continue
+        b, m = (e.get("baseline") or {}).get(k), e["model"][k]
+        d = m - b if isinstance(b, int | float) else None
+        cells = [_fmt(b), _fmt(m), _delta_cell(k, d)] if base else [_fmt(m)]
+        rows.append([_e(task), _fmt(e.get("n")), _e(k), *cells])
+    if not rows:
+        return ""
+    head = ["task", "n", "metric", *(["baseline", "model", "delta"] if base else ["model"])]
+    return "<h3>Per task</h3>" + _table(head, rows, (1, 3, 4, 5))
 
 
 _MAX_CONFUSION = 30

@@ -49,6 +49,9 @@ def _one(st: _State, row: RawRow) -> None:
     layout = _layout_for(st, row, canon, src)
     conv = check_conversation(to_conversation(canon, layout, st.cmap, src))
     conv.source = f"{st.path}:{row.line}"
+    task = row.value.get("task")
+    if isinstance(task, str) and task.strip():  # a task type: evaluation reports metrics per task
+        conv.meta["task"] = task.strip()
     st.convs.append(conv)
 
 

@@ -191,7 +191,8 @@ def test_cli_eval_on_a_run_writes_report_and_names_skipped_rows(tiny_run, tmp_pa
 def test_per_task_metrics(tiny_model_dir, tmp_path):
     """Rows with a "task" field are also scored per task, each with the metrics that fit it."""
     rows = [("情感：太好了", "positive", "classification"), ("情感：太差了", "negative", "classification"),
-            ("把'你好'翻译成英文", "Hello", "translation"), ("把'谢谢'翻译成英文", "Thank you very much", "translation")]
+            ("把'你好'翻译成英文", "Hello", "translation"),
+            ("把'谢谢'翻译成英文", "Thank you very much", "translation")]
     p = tmp_path / "t.jsonl"
     p.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
                                      "task": t}, ensure_ascii=False) + "\n" for q, a, t in rows), encoding="utf-8")

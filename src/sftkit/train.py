@@ -251,6 +251,9 @@ def _report_data(data: Prepared, run_dir: Path, console: Console) -> None:
 
 
 def _build_model(cfg: RunConfig, path: Path, console: Console) -> tuple[Any, int, int]:
+    from transformers import set_seed
+
+    set_seed(cfg.train.seed)  # the adapters' random init is part of what train.seed makes reproducible
     if cfg.train.backend == "unsloth":  # Unsloth loads and attaches LoRA itself (GPU only)
         model = accel.unsloth_model(cfg, path)
         model.config.use_cache = False

@@ -47,15 +47,30 @@ def fingerprint(cfg: RunConfig, renderer: Any, model_path: Path) -> dict[str, An
         "tokenizer": _digest([len(tok), tok.eos_token, tok.bos_token, tok.pad_token]),
         "model": _digest([cfg.model.name_or_path, str(model_path.name)]),
         "config": _digest(raw),
+        "config_values": _flatten(raw),  # so a refusal can name the key that changed
     }
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Human-readable reasons why ``new`` is not the run ``old`` describes."""
     out = []
-    for key in ("template", "tokenizer", "model", "config"):
+    for key in ("template", "tokenizer", "model"):
         if old.get(key) != new.get(key):
             out.append(f"the {key} changed")
+    if old.get("config") != new.get("config"):
+        was, now = old.get("config_values"), new.get("config_values") or {}
+        changed = sorted(k for k in set(was or {}) | set(now) if (was or {}).get(k) != now.get(k)) if was else []
+        out += [f"config {k} changed ({was.get(k)!r} -> {now.get(k)!r})" for k in changed] or ["the config changed"]
     old_data, new_data = old.get("data", {}), new.get("data", {})
     for path in sorted(set(old_data) | set(new_data)):
         if old_data.get(path) != new_data.get(path):

@@ -356,3 +356,26 @@ def test_chat_streams_both_sides(live, tiny_model_dir):
     sides = [e["side"] for e in events if "delta" in e]
     assert sides[:2] == ["model", "baseline"]  # interleaved, not one after the other
     wait_for(lambda: children() == [], 5, "no child process")
+
+
+def test_job_outcome_is_recorded_by_the_job_process(live, workdir):
+    """The job runs the CLI steps and writes their exit codes (here `sft report`, which is quick)."""
+    runs = workdir / "runs"
+    ok = _fake_run(runs, "report-ok")
+    bad = _fake_run(runs, "report-fails")
+    for run in (ok, bad):
+        (run / "config.yaml").write_text(f"name: {run.name}\ndata:\n  train: {workdir / 'train.jsonl'}\n")
+        (run / "adapter").mkdir()  # "trained": the evaluate action is offered
+    (bad / "report.html").mkdir()  # sft report cannot write its file there: it exits with code 2
+    for name in ("report-ok", "report-fails"):
+        r = live.client.post(f"/api/runs/{name}/evaluate", json={})
+        assert r.status_code == 200 and r.json()["job"]["steps"] == ["report"], r.text  # no data.test: no eval
+    done = lambda n: (d := live.client.get(f"/api/runs/{n}").json())["status"] != "running" and d  # noqa: E731
+    d_ok, d_bad = wait_for(lambda: done("report-ok"), 60, "report-ok"), wait_for(lambda: done("report-fails"), 60, "x")
+    assert d_ok["status"] == "finished" and (ok / "report.html").is_file()
+    assert d_bad["status"] == "failed" and d_bad["detail"] == "report exited with code 2"
+    state = json.loads((bad / "console_state.json").read_text())
+    assert state["returncodes"] == {"report": 2} and state["done"] and not state["stopped"]
+    log = live.client.get("/api/runs/report-fails/log?offset=0").json()["text"]
+    assert "== sftkit console: report: sft report" in log and "error:" in log  # the CLI's message is captured
+    wait_for(lambda: children() == [], 10, "the job processes to be reaped")

@@ -157,6 +157,14 @@ def _steps(cfg: RunConfig, train: bool) -> list[str]:
     return [*(["train"] if train else []), *(["eval"] if cfg.data.test else []), "report"]
 
 
+def _spec(cfg: RunConfig, cfg_file: Path, train: bool, **extra: Any) -> dict[str, Any]:
+    """What the job runs. ``sft eval RUN`` compares a LoRA run with its base by switching the
+    adapter off; a full or freeze run has no adapter, so its base model is named as --baseline."""
+    whole_model = cfg.method.type.value in ("full", "freeze")
+    return {"steps": _steps(cfg, train), "config": str(cfg_file), "forgetting": cfg.eval.forgetting_check,
+            "baseline": cfg.model.name_or_path if whole_model else None, **extra}
+
+
 @router.post("/runs", status_code=201)
 def start_run(body: StartBody, request: Request) -> dict[str, Any]:
     """Create ``runs/<name>/`` with launch.yaml and start ``sft train`` (then eval and report)."""
@@ -168,9 +176,7 @@ def start_run(body: StartBody, request: Request) -> dict[str, Any]:
         raise conflict(f"a run named {cfg.name!r} already exists in {st.ws.runs}; choose another name "
                        "(or resume that run from its page)", "name") from None
     (run_dir / LAUNCH).write_text(configs.run_yaml(cfg, run_dir), encoding="utf-8")
-    spec = {"steps": _steps(cfg, train=True), "config": str(run_dir / LAUNCH), "force": body.force,
-            "forgetting": cfg.eval.forgetting_check}
-    job = st.jobs.start(run_dir, spec)
+    job = st.jobs.start(run_dir, _spec(cfg, run_dir / LAUNCH, train=True, force=body.force))
     return {"name": cfg.name, "run_dir": str(run_dir), "job": job}
 
 
@@ -229,8 +235,7 @@ def resume_run(name: str, body: ResumeBody, request: Request) -> dict[str, Any]:
         raise conflict(f"run {name!r} has no complete checkpoint to resume from (set train.save_steps so "
                        "checkpoints are written during training)")
     cfg, cfg_file, overrides = _run_config(run_dir)
-    spec = {"steps": _steps(cfg, train=True), "config": str(cfg_file), "overrides": overrides, "resume": True,
-            "force": body.force, "forgetting": cfg.eval.forgetting_check}
+    spec = _spec(cfg, cfg_file, train=True, overrides=overrides, resume=True, force=body.force)
     return {"name": name, "job": st.jobs.start(run_dir, spec)}
 
 
@@ -244,8 +249,7 @@ def evaluate_run(name: str, request: Request) -> dict[str, Any]:
     if not ((run_dir / "adapter").is_dir() or (run_dir / "model").is_dir()):
         raise conflict(f"run {name!r} has no trained adapter/ or model/ yet")
     cfg, cfg_file, _ = _run_config(run_dir)
-    spec = {"steps": _steps(cfg, train=False), "config": str(cfg_file), "forgetting": cfg.eval.forgetting_check}
-    return {"name": name, "job": st.jobs.start(run_dir, spec)}
+    return {"name": name, "job": st.jobs.start(run_dir, _spec(cfg, cfg_file, train=False))}
 
 
 @router.get("/runs/{name}/files/{filename}", response_model=None)

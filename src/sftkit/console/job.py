@@ -45,7 +45,8 @@ def command(step: str, run_dir: Path, args: dict[str, Any]) -> list[str]:
             cmd.append("--force")
         return cmd
     if step == "eval":
-        return [*cli, "eval", str(run_dir), *([] if args.get("forgetting", True) else ["--no-forgetting"])]
+        cmd = [*cli, "eval", str(run_dir), *([] if args.get("forgetting", True) else ["--no-forgetting"])]
+        return cmd + (["--baseline", str(args["baseline"])] if args.get("baseline") else [])
     if step == "report":
         return [*cli, "report", str(run_dir)]
     raise ValueError(f"unknown step {step!r}; steps are {', '.join(STEPS)}")

@@ -78,7 +78,9 @@ class Jobs:
                 raise conflict(f"run {run_dir.name!r} is already running; stop it first")
             for stale in (STATE, STOP):
                 (run_dir / stale).unlink(missing_ok=True)
-            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            # Unbuffered, so the log follows the run; wide, so rich does not wrap paths in console.log.
+            cols = os.environ.get("COLUMNS", "")
+            env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": str(max(160, int(cols) if cols.isdigit() else 0))}
             with (run_dir / LOG).open("ab") as log:
                 # A new session: the job leads its own process group, so Stop reaches it and
                 # its children, and closing the console (Ctrl-C in its terminal) does not.

@@ -27,7 +27,7 @@ function labeller(tickList) {
   const step = tickList.length > 1 ? Math.abs(tickList[1] - tickList[0]) : Math.abs(tickList[0]) || 1;
   const big = Math.max(...tickList.map(Math.abs));
   if (big >= 1e5 || (big !== 0 && big < 1e-2)) return (v) => (v === 0 ? "0" : v.toExponential(1));
-  const dec = Math.min(6, Math.max(0, Math.ceil(-Math.log10(step) + 1e-9) + (String(step).includes("25") ? 1 : 0)));
+  const dec = Math.min(6, Math.max(0, Math.ceil(-Math.log10(step) - 1e-9) + (String(step).includes("25") ? 1 : 0)));
   return (v) => v.toFixed(dec);
 }
 
@@ -67,7 +67,7 @@ function frame(svg, b, geo, opts) {
   if (opts.title) svg.append(s("text", { x: left, y: 16, class: "title" }, opts.title));
   if (opts.xlabel) svg.append(s("text", { x: left + w / 2, y: top + hgt + 32, "text-anchor": "middle", class: "axis" }, opts.xlabel));
   if (opts.ylabel) {
-    svg.append(s("text", { x: 12, y: top + hgt / 2, transform: `rotate(-90 12 ${top + hgt / 2})`,
+    svg.append(s("text", { x: 10, y: top + hgt / 2, transform: `rotate(-90 10 ${top + hgt / 2})`,
       "text-anchor": "middle", class: "axis" }, opts.ylabel));
   }
   return { sx, sy };
@@ -84,6 +84,18 @@ function legend(svg, items, x, y) {
   }
 }
 
+// Dashed vertical lines (e.g. cutoffs); a label near the right edge goes to the left of its line.
+function markers(svg, vlines, sx, geo) {
+  vlines.forEach((v, i) => {
+    const x = sx(v.x);
+    svg.append(s("line", { x1: x, x2: x, y1: geo.top, y2: geo.top + geo.hgt, stroke: v.color || "#c44e52",
+      "stroke-dasharray": "4 3", "stroke-width": 1.5 }));
+    const right = x > geo.left + geo.w - 40;
+    svg.append(s("text", { x: right ? x - 3 : x + 3, y: geo.top + 12 + 12 * i, class: "mark",
+      "text-anchor": right ? "end" : "start" }, v.label));
+  });
+}
+
 // series: [{name, points: [[x, y], ...], color?, dash?}]; vlines: [{x, label, color?}]
 export function lineChart({ series, title, xlabel, ylabel, width = 620, height = 260, vlines = [], empty }) {
   const svg = s("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img", "aria-label": title || "" });
@@ -93,7 +105,7 @@ export function lineChart({ series, title, xlabel, ylabel, width = 620, height =
     svg.append(s("text", { x: width / 2, y: height / 2, "text-anchor": "middle", class: "muted" }, empty || "—"));
     return svg;
   }
-  const geo = { left: 56, top: 28, w: width - 72, hgt: height - 72 };
+  const geo = { left: 66, top: 28, w: width - 84, hgt: height - 72 };
   const intX = drawn.every((sr) => sr.points.every(([x]) => Number.isInteger(x)));
   const { sx, sy } = frame(svg, b, geo, { title, xlabel, ylabel, intX });
   drawn.forEach((sr, i) => {
@@ -108,12 +120,7 @@ export function lineChart({ series, title, xlabel, ylabel, width = 620, height =
     if (sr.markers) for (const [x, y] of pts) svg.append(s("circle", { cx: sx(x), cy: sy(y), r: 2.5, fill: color }));
     sr.color = color;
   });
-  for (const v of vlines) {
-    const x = sx(v.x);
-    svg.append(s("line", { x1: x, x2: x, y1: geo.top, y2: geo.top + geo.hgt, stroke: v.color || "#c44e52",
-      "stroke-dasharray": "4 3", "stroke-width": 1.5 }));
-    svg.append(s("text", { x: x + 3, y: geo.top + 12, class: "mark" }, v.label));
-  }
+  markers(svg, vlines, sx, geo);
   legend(svg, drawn.map((sr) => ({ name: sr.name, color: sr.color, dash: sr.dash })), geo.left + 160, 16);
   return svg;
 }
@@ -158,18 +165,13 @@ export function histogram({ edges, counts, title, xlabel, ylabel, vlines = [], w
   const b = { x0: edges[0], x1: Math.max(edges[edges.length - 1], ...vlines.map((v) => v.x)), y0: 0,
     y1: Math.max(...counts) * 1.1 || 1 };
   if (b.x1 === b.x0) b.x1 = b.x0 + 1;
-  const geo = { left: 56, top: 28, w: width - 72, hgt: height - 72 };
+  const geo = { left: 66, top: 28, w: width - 84, hgt: height - 72 };
   const { sx, sy } = frame(svg, b, geo, { title, xlabel, ylabel });
   counts.forEach((c, i) => {
     const x = sx(edges[i]);
     svg.append(s("rect", { x, y: sy(c), width: Math.max(1, sx(edges[i + 1]) - x - 1), height: sy(0) - sy(c),
       fill: PALETTE[0], opacity: 0.85 }));
   });
-  for (const v of vlines) {
-    const x = sx(v.x);
-    svg.append(s("line", { x1: x, x2: x, y1: geo.top, y2: geo.top + geo.hgt, stroke: v.color || "#c44e52",
-      "stroke-dasharray": "4 3", "stroke-width": 1.5 }));
-    svg.append(s("text", { x: x + 3, y: geo.top + 12, class: "mark" }, v.label));
-  }
+  markers(svg, vlines, sx, geo);
   return svg;
 }

@@ -59,7 +59,13 @@ function metricsTable(runs) {
 
 function configTable(data, showAll) {
   const keys = showAll ? data.keys : data.differ;
-  const cell = (v) => (v === undefined ? "—" : typeof v === "object" && v !== null ? JSON.stringify(v) : fmt(v));
+  const cell = (v) => {
+    if (v === undefined) return "—";
+    if (Array.isArray(v) && v.every((x) => x && typeof x === "object" && "path" in x)) {
+      return v.map((x) => x.path + (x.format ? ` [${x.format}]` : "")).join(", ") || "[]";
+    }
+    return typeof v === "object" && v !== null ? JSON.stringify(v) : fmt(v);
+  };
   return table([t("key"), ...data.runs.map((r) => r.name)],
     keys.map((k) => [h("code", null, k), ...data.runs.map((r) => cell(r.config[k]))]),
     { class: "compare config-diff" });

@@ -148,7 +148,8 @@ function statsView(s, st) {
       el.dispatchEvent(new Event("input"));
     }
   } }, `${label}: ${v}`);
-  const marks = [{ x: rec.p95, label: "p95" }, { x: rec.p99, label: "p99", color: "#9333ea" }];
+  const marks = rec.p95 === rec.p99 ? [{ x: rec.p95, label: `p95 = p99 = ${rec.p95}` }]
+    : [{ x: rec.p95, label: `p95 ${rec.p95}` }, { x: rec.p99, label: `p99 ${rec.p99}`, color: "#9333ea" }];
   const cdf = (s.cdf_total || []).map(([x, y]) => [x, y * 100]);
   return h("div", { class: "stats" },
     h("h3", null, t("lengths", { n: s.rendered })),

@@ -143,6 +143,14 @@ def _open_report(page) -> None:
     report.close()
 
 
+def _clone(page) -> None:
+    """"New run from this config": the run's YAML in the editor, under a new name."""
+    page.click("#clone")
+    editor = page.locator("#yaml-editor")
+    expect(editor).to_have_value(re.compile("name: 客服-全参-2"))
+    assert "max_steps: 12" in editor.input_value() and "output_dir" not in editor.input_value()
+
+
 def _compare(page, origin: str) -> None:
     page.goto(f"{origin}/#/runs")
     page.wait_for_selector('input[data-run="lora-b"]')
@@ -230,6 +238,7 @@ def test_console_end_to_end(console, workdir, tiny_model_dir):
             _check_and_start(page)
             _watch(page)
             _open_report(page)
+            _clone(page)
             _check_resumed(api, workdir / "runs" / "lora-b", steps_b)
             page.click("#lang")  # 中文 from here on
             _compare(page, origin)

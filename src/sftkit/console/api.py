@@ -332,7 +332,10 @@ def chat(body: ChatBody, request: Request) -> StreamingResponse:
     ref, base = _chat_refs(body, st)
     sides = st.chat.sides(ref, base)
     history = [t.model_dump() for t in body.history]
-    prompts = [s.engine.prompt_for(conversation(body.system, history, body.prompt, s.name)) for s in sides]
+    try:
+        prompts = [s.engine.prompt_for(conversation(body.system, history, body.prompt, s.name)) for s in sides]
+    except ValueError as e:  # TemplateError: e.g. a system prompt for a template without a system turn
+        raise bad_request(f"the chat template cannot render this conversation: {e}", "system") from None
     check_lengths(sides, prompts, body.max_new_tokens)
     params = GenParams(max_new_tokens=body.max_new_tokens, temperature=body.temperature, top_p=body.top_p)
     return StreamingResponse(side_by_side(st.chat, sides, prompts, params), media_type="application/x-ndjson")

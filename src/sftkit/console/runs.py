@@ -115,12 +115,24 @@ def summary(run_dir: Path, jobs: Jobs) -> dict[str, Any]:
         "loss": _last(rows, "loss"),
         "eval_loss": _last(rows, "eval_loss"),
         "tokens_per_s": _last(rows, "tokens_per_s"),
-        "updated": max((p.stat().st_mtime for p in run_dir.iterdir()), default=run_dir.stat().st_mtime),
+        "updated": _updated(run_dir),
         "has_report": (run_dir / "report.html").is_file(),
         "has_eval": (run_dir / "eval.json").is_file(),
         "trained": (run_dir / "adapter").is_dir() or (run_dir / "model").is_dir(),
         "stage": st.get("step"),
     }
+
+
+def _updated(run_dir: Path) -> float:
+    """Newest modification time in the folder; files may vanish meanwhile (checkpoint rotation,
+    the trainer's temporary folders), which must not fail the listing."""
+    newest = run_dir.stat().st_mtime
+    for p in run_dir.iterdir():
+        try:
+            newest = max(newest, p.stat().st_mtime)
+        except OSError:
+            continue
+    return newest
 
 
 def _eval_headline(ev: dict[str, Any] | None) -> dict[str, Any] | None:

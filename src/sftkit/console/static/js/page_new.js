@@ -10,6 +10,13 @@ import { pick } from "./picker.js";
 const FIRST = ["run", "model", "data"]; // sections in the first card, next to the data check
 let saved = null; // the form survives a visit to another page (same browser tab)
 
+// "New run from this config" on a run's page: its YAML, under a new name, with the run folder
+// left to the console (it is derived from the name).
+export function prefillYaml(text, name) {
+  const yaml = text.replace(/^output_dir:.*\n/m, "").replace(/^name:.*$/m, `name: ${name}`);
+  saved = { schema: saved?.schema || null, values: saved?.values || {}, tab: "yaml", yaml };
+}
+
 function fieldId(key) {
   return "f-" + key.replace(/\./g, "-");
 }
@@ -221,7 +228,6 @@ async function start(st, root, out) {
   if (!ok) return;
   try {
     const r = await post("/runs", { yaml: ok.yaml });
-    saved = null;
     location.hash = `#/run/${encodeURIComponent(r.name)}`;
   } catch (e) {
     out.prepend(h("pre", { class: "error", id: "start-error" }, e.message));

@@ -5,6 +5,7 @@ import { api, post, runFileUrl } from "./api.js";
 import { lineChart } from "./charts.js";
 import { clear, fmt, h, signed, table, fill } from "./dom.js";
 import { t } from "./i18n.js";
+import { prefillYaml } from "./page_new.js";
 import { badge, progressText } from "./page_runs.js";
 
 const POLL_MS = 1500;
@@ -78,7 +79,11 @@ function actions(d, refresh, msg) {
       t("evaluate")) : null,
     d.trained && d.status !== "running" ? h("a", { class: "button", href: `#/chat?run=${encodeURIComponent(d.name)}` }, t("chat_with")) : null,
     d.has_report ? h("a", { class: "button", id: "open-report", href: runFileUrl(d.name, "report.html"), target: "_blank" },
-      t("open_report")) : null);
+      t("open_report")) : null,
+    d.config_yaml ? h("button", { type: "button", id: "clone", onclick: () => {
+      prefillYaml(d.config_yaml, `${d.name}-2`);
+      location.hash = "#/new";
+    } }, t("clone")) : null);
 }
 
 function configBox(d) {

@@ -157,7 +157,8 @@ def _write(p: Path, text: str) -> Path:
 # -- bad input starts nothing --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", ["yaml_error", "unknown_key", "missing_file", "missing_model", "escape_name",
+@pytest.mark.parametrize("case", ["yaml_error", "unknown_key", "missing_file", "missing_model", "not_a_model",
+                                  "uncached_hub_id", "escape_name",
                                   "slash_name", "hidden_name", "empty", "extra_field", "not_json"])
 def test_bad_start_requests_start_nothing(live, workdir, tiny_model_dir, case):
     good = run_yaml("ok", tiny_model_dir, 2)
@@ -166,6 +167,8 @@ def test_bad_start_requests_start_nothing(live, workdir, tiny_model_dir, case):
         "unknown_key": {"yaml": good.replace("max_steps", "max_stepz")},
         "missing_file": {"yaml": good.replace("train.jsonl", "missing.jsonl")},
         "missing_model": {"yaml": good.replace(str(tiny_model_dir), "/no/such/model")},
+        "not_a_model": {"yaml": good.replace(str(tiny_model_dir), str(workdir))},
+        "uncached_hub_id": {"yaml": good.replace(str(tiny_model_dir), "nobody/not-cached-model")},
         "escape_name": {"yaml": good.replace("name: ok", "name: ../escaped")},
         "slash_name": {"yaml": good.replace("name: ok", "name: a/b")},
         "hidden_name": {"yaml": good.replace("name: ok", "name: .hidden")},
@@ -181,6 +184,7 @@ def test_bad_start_requests_start_nothing(live, workdir, tiny_model_dir, case):
     assert 400 <= r.status_code < 500, r.text
     msg = err(r)
     expect = {"unknown_key": "max_steps", "missing_file": "missing.jsonl", "missing_model": "/no/such/model",
+              "not_a_model": "not a model", "uncached_hub_id": "not available offline",
               "escape_name": "run name", "slash_name": "run name", "hidden_name": "run name", "yaml_error": "YAML"}
     if case in expect:
         assert expect[case] in msg, msg

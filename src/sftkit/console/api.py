@@ -80,11 +80,24 @@ def _validated(text: str, st: Any) -> tuple[RunConfig, Path]:
     except ConfigError as e:
         raise bad_request(str(e), "yaml") from None
     run_dir = st.ws.run_dir(cfg.name, "name")
-    st.ws.model_ref(cfg.model.name_or_path, "model.name_or_path")
+    _check_model(st.ws.model_ref(cfg.model.name_or_path, "model.name_or_path"))
     for split in ("train", "val", "test"):
         for i, src in enumerate(getattr(cfg.data, split)):
             st.ws.existing_file(str(src.path), f"data.{split}.{i}")
     return cfg, run_dir
+
+
+def _check_model(ref: str) -> None:
+    """The model reference names a model on this machine (files only; nothing is loaded).
+    The bundled alias is always there (its one-time conversion happens when training starts)."""
+    from sftkit.models import BUNDLED_ALIAS, ModelNotFound, resolve
+
+    if ref == BUNDLED_ALIAS:
+        return
+    try:
+        resolve(ref)
+    except (ModelNotFound, OSError, ValueError, KeyError) as e:
+        raise bad_request(f"model.name_or_path: {e}", "model.name_or_path") from None
 
 
 @router.post("/config/check")

@@ -131,7 +131,10 @@ export function renderRun(page, { arg: name }) {
     }
     if (!st.alive) return;
     draw(d);
+    // A run trained by `sft train` in a terminal reads "incomplete" until it writes its summary:
+    // keep following its files, more slowly.
     if (d.status === "running") st.timer = setTimeout(poll, POLL_MS);
+    else if (d.status === "incomplete") st.timer = setTimeout(poll, POLL_MS * 4);
   };
 
   const draw = (d) => {

@@ -49,7 +49,7 @@ export function renderRuns(page) {
     });
     fill(body, table(["", t("name"), t("status"), t("step"), t("loss"), t("eval_loss"), t("tok_s"), t("model"),
       t("method"), t("updated")], rows, { num: [3, 4, 5, 6], class: "runs" }));
-    if (data.runs.some((r) => r.status === "running")) timer = setTimeout(load, 3000);
+    if (data.runs.some((r) => r.status === "running" || r.status === "incomplete")) timer = setTimeout(load, 3000);
   };
   load();
   return () => {

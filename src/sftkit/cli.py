@@ -20,6 +20,7 @@ from sftkit.cli_eval import eval_cmd, report_cmd
 from sftkit.cli_template import app as template_app
 from sftkit.cli_use import export_cmd, generate_cmd, serve_cmd
 from sftkit.config import field_docs
+from sftkit.console.cli import console_cmd
 
 err = Console(stderr=True)
 BUNDLED = "smollm2-135m-instruct"
@@ -161,6 +162,7 @@ app.command("serve", help="OpenAI-compatible HTTP server for a model or run.")(s
 app.command("export", help="Merge a run into a standalone, verified model folder.")(export_cmd)
 app.command("estimate", help="Memory and time before you train, with recommendations.")(estimate_cmd)
 app.command("download", help="Fetch a hub model (HF, mirror, ModelScope) into the local cache.")(download_cmd)
+app.command("console", help="Web console: configure, launch, watch and compare runs; chat.")(console_cmd)
 
 
 def _normalise_argv(argv: list[str]) -> list[str]:

@@ -1,0 +1,62 @@
+"""``sft console``: serve the web console (imports of FastAPI and uvicorn wait until it runs)."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+err = Console(stderr=True, highlight=False)
+
+
+def _port_free(host: str, port: int) -> str | None:
+    """None when ``host:port`` can be bound, else the reason (checked first: one clear sentence
+    instead of uvicorn's log line)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            return e.strerror or str(e)
+    return None
+
+
+def console_cmd(
+    host: Annotated[str, typer.Option(help="Interface to listen on; anything but loopback requires a token.")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 7860,
+    runs: Annotated[Path, typer.Option(help="Folder holding the run folders (created if missing).")] = Path("runs"),
+    token: Annotated[str | None, typer.Option(
+        help="Access token for the page and API (default: none on loopback; generated and printed otherwise).")]
+    = None,
+) -> None:
+    """Web console: configure, launch, watch and compare runs, and chat with the result."""
+    try:
+        import uvicorn
+
+        from sftkit.console.app import create_app, is_loopback
+    except ImportError:
+        err.print("[bold red]error:[/] sft console needs fastapi and uvicorn: pip install 'sftkit[serve]'")
+        raise typer.Exit(2) from None
+    if token is not None and len(token) < 8:
+        err.print("[bold red]error:[/] --token must be at least 8 characters")
+        raise typer.Exit(2)
+    if token is None and not is_loopback(host):
+        token = secrets.token_urlsafe(18)  # bound beyond this machine: never without a token
+    problem = _port_free(host, port)
+    if problem:
+        err.print(f"[bold red]error:[/] cannot listen on {host}:{port} ({problem}); pick another --port")
+        raise typer.Exit(2)
+    app = create_app(runs=runs, token=token, host=host, warm_up=True)
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+    # stdout, one line, so scripts (and the tests) can read the address and the token
+    print(f"sftkit console: {url}  (runs: {app.state.console.ws.runs})", flush=True)
+    if token and not is_loopback(host):
+        err.print(f"access token: {token} (every API request needs it; the URL above sets it in the browser)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,106 @@
+"""Before training: the data check, the length statistics and the memory estimate.
+
+Thin adapters from the page's requests to ``sftkit.data`` (``load_file``, ``data.stats``) and
+``sftkit.estimate``; they add nothing but JSON shaping and a cache of loaded tokenizers.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sftkit.config import RunConfig
+from sftkit.console import heavy
+from sftkit.console.errors import bad_request
+
+MAX_REJECTS_SHOWN = 50
+_tokenizer_lock = threading.Lock()
+
+
+def check_files(files: list[tuple[str, Path, str | None]]) -> dict[str, Any]:
+    """``[(split, path, format)]`` -> every row accepted or rejected, per file (as ``sft data check``)."""
+    from sftkit.data import DataError, load_file
+
+    out = []
+    for split, path, fmt in files:
+        entry: dict[str, Any] = {"split": split, "path": str(path)}
+        try:
+            res = load_file(path, fmt)
+        except (DataError, ValueError, OSError) as e:  # the file itself is unusable: say so, check the others
+            entry["error"] = str(e)
+            out.append(entry)
+            continue
+        entry.update(format=res.format, total=res.total, valid=res.valid, rejected=res.rejected,
+                     rejects=[r.to_dict(with_raw=False) for r in res.rejects[:MAX_REJECTS_SHOWN]])
+        out.append(entry)
+    ok = all("error" not in f for f in out)
+    return {"files": out, "ok": ok, "total": sum(f.get("total", 0) for f in out),
+            "valid": sum(f.get("valid", 0) for f in out), "rejected": sum(f.get("rejected", 0) for f in out)}
+
+
+@lru_cache(maxsize=4)
+def _renderer(model_ref: str, template: str | None) -> Any:
+    """The model's tokenizer under the run's template, without a cutoff (full lengths)."""
+    from sftkit.generate import build_renderer
+    from sftkit.models import load_tokenizer, resolve
+
+    tok = load_tokenizer(resolve(model_ref).path)
+    return build_renderer(tok, template)
+
+
+def length_stats(paths: list[Path], model_ref: str, template: str | None, cutoff: int | None) -> dict[str, Any]:
+    """Token lengths with the training template, the recommended cutoff_len, and what ``cutoff`` cuts."""
+    heavy.ensure()
+    from sftkit.data import DataError, load_file
+    from sftkit.data import stats as st
+    from sftkit.models import ModelNotFound
+    from sftkit.templates.base import TemplateError
+
+    convs = []
+    try:
+        for p in paths:
+            convs += load_file(p).conversations
+    except (DataError, OSError) as e:
+        raise bad_request(f"data: {e}", "files") from None
+    if not convs:
+        raise bad_request("data: no usable rows in these files (run the data check to see why)", "files")
+    try:
+        with _tokenizer_lock:
+            renderer = _renderer(model_ref, template)
+    except (ModelNotFound, TemplateError, OSError, ValueError) as e:
+        raise bad_request(f"model: cannot load the tokenizer/template of {model_ref!r}: {e}", "model") from None
+    out = st.compute(convs, renderer, cutoff)
+    lens = out.pop("_lengths")
+    out["histogram"] = _histogram(lens.total)
+    out["files"] = [str(p) for p in paths]
+    return out
+
+
+def _histogram(total: np.ndarray, bins: int = 24) -> dict[str, list[float]]:
+    if not len(total):
+        return {"edges": [], "counts": []}
+    counts, edges = np.histogram(total, bins=min(bins, max(1, len(np.unique(total)))))
+    return {"edges": [round(float(e), 1) for e in edges], "counts": [int(c) for c in counts]}
+
+
+def estimate(cfg: RunConfig) -> dict[str, Any]:
+    """``sft estimate CONFIG`` for this machine, as JSON (with the explanation of every term)."""
+    heavy.ensure()
+    from sftkit.cli_estimate import EXPLAIN
+    from sftkit.estimate import estimate_run
+    from sftkit.estimate.recommend import cheapest_fix
+    from sftkit.models import ModelNotFound
+
+    try:
+        est = estimate_run(cfg, count_data=True, lengths=True)
+    except (ModelNotFound, OSError, ValueError) as e:
+        raise bad_request(f"estimate: {e}", "model.name_or_path") from None
+    out = est.to_json()
+    fix = None if est.fits else cheapest_fix(est.shape, est.setup, est.device)
+    out["cheapest_fix"] = {"change": fix[0], "total_gb": round(fix[1], 3)} if fix else None
+    out["explain"] = EXPLAIN
+    return out

@@ -171,3 +171,33 @@ def test_bundled_batched_equals_single(bundled_path):
         (single,) = engine.generate([prompt], params)
         assert b.token_ids == single.token_ids, prompt
     assert any(r.finish_reason == "stop" or r.text.strip() for r in batched)
+
+
+def test_stream_many_equals_one_at_a_time(tiny_engine):
+    """Streams decoded as one batch give each client exactly its own answer, with its own limit."""
+    prompts = _chat_prompts(tiny_engine)
+    limits = [3, 9, 6, 12, 5]
+    p = GenParams(max_new_tokens=12)
+    multi = tiny_engine.stream_many(prompts, p, limits)
+    texts = [""] * len(prompts)
+    steps = 0
+    while (step := multi.step()) is not None:
+        steps += 1
+        for i, d in step:
+            texts[i] += d
+    for i, (prompt, n) in enumerate(zip(prompts, limits, strict=True)):
+        (alone,) = tiny_engine.generate([prompt], GenParams(max_new_tokens=n))
+        assert texts[i] == alone.text and multi.result(i).token_ids == alone.token_ids
+    assert steps <= max(limits)  # one forward pass per step for all of them
+
+
+def test_aborted_stream_row_leaves_the_batch(tiny_engine):
+    prompts = _chat_prompts(tiny_engine)[:2]
+    multi = tiny_engine.stream_many(prompts, GenParams(max_new_tokens=10, stop=["zz-never"]))
+    multi.step()
+    multi.abort(0)
+    while multi.step() is not None:
+        pass
+    assert multi.result(0).finish_reason == "abort" and multi.result(0).completion_tokens == 2
+    (alone,) = tiny_engine.generate(prompts[1:], GenParams(max_new_tokens=10, stop=["zz-never"]))
+    assert multi.result(1).token_ids == alone.token_ids

@@ -215,6 +215,25 @@ def test_concurrent_requests_are_batched_and_equal_single(client, engine, live):
     assert chat(client, "still alive?", max_tokens=2).choices[0].message.content is not None
 
 
+def test_concurrent_streams_share_forward_passes(client, engine, live):
+    users = [f"Stream {i}: {'tell me ' * (i % 4)}more" for i in range(8)]
+    want = [expected(engine, live, u, 6) for u in users]
+    before = dict(live.health())
+
+    def streamed(u: str) -> str:
+        chunks = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": u}],
+                                                temperature=0, max_tokens=6, stream=True)
+        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(streamed, users))
+    assert got == want
+    after = live.health()
+    assert after["streams"] - before["streams"] == 8
+    assert after["stream_batches"] - before["stream_batches"] < 8, "concurrent streams should be decoded together"
+    assert after["active_streams"] == 0
+
+
 def test_client_disconnect_mid_stream_frees_slot(client, live):
     before = live.health()["cancelled_streams"]
     with httpx.stream("POST", live.url + "/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
@@ -228,7 +247,7 @@ def test_client_disconnect_mid_stream_frees_slot(client, live):
         if h["active_streams"] == 0 and h["cancelled_streams"] > before:
             break
         time.sleep(0.05)
-    assert h["active_streams"] == 0 and h["cancelled_streams"] == before + 1, h
+    assert h["active_streams"] == 0 and h["cancelled_streams"] == before + 1, str(h)
     assert chat(client, "hello again", max_tokens=3).choices[0].message.content is not None
 
 

@@ -11,10 +11,12 @@ so the model and its KV caches are never touched from two threads at once.
   afterwards, which gives exactly the tokens they would get alone (a row that
   stopped earlier is unaffected; one that did not is cut at its own limit).
   Seeded sampling requests run in a group of their own, so a seed reproduces.
-* Streaming requests run one ``Engine.stream`` each, interleaved round-robin
-  with each other (one text delta per stream per turn) and with the batches:
-  up to ``max_streams`` are active, the rest wait. A cancelled stream (client
-  gone) is closed at its next turn, which frees its slot.
+* Streaming requests that arrive together (same window, same decoding settings) are
+  decoded as one batch (``Engine.stream_many``): one forward pass per step serves
+  all of them, each keeping its own ``max_new_tokens``. Stream groups take turns
+  with each other and with the non-streaming batches, one step per turn; up to
+  ``max_streams`` streams are active, the rest wait. A cancelled stream (client
+  gone) leaves its batch at the next step, which frees its slot.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sftkit.generate import Engine, GenParams, GenResult, Stream, _cut_at_stop
+from sftkit.generate import Engine, GenParams, GenResult, MultiStream, _cut_at_stop
 
 _DONE = object()  # end-of-stream marker put on a stream's queue
 
@@ -50,7 +52,7 @@ class StreamHandle:
         self.prompt, self.params, self.loop = prompt, params, loop
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
         self.cancelled = threading.Event()
-        self.stream: Stream | None = None
+        self.arrived = time.monotonic()
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -73,6 +75,17 @@ class StreamHandle:
             yield item
 
 
+@dataclass(slots=True)
+class _StreamGroup:
+    """Streams decoded together: ``handles[i]`` is row ``i`` of ``multi`` (None once it is done)."""
+
+    handles: list[StreamHandle | None]
+    multi: MultiStream
+
+    def live(self) -> list[tuple[int, StreamHandle]]:
+        return [(i, h) for i, h in enumerate(self.handles) if h is not None]
+
+
 def _group_key(p: GenParams, serial: int) -> tuple[Any, ...]:
     if not p.greedy and p.seed is not None:
         return ("seeded", serial)  # never shares a generator with another request
@@ -90,12 +103,12 @@ class Batcher:
         self._cond = threading.Condition()
         self._jobs: deque[_BatchJob] = deque()
         self._waiting_streams: deque[StreamHandle] = deque()
-        self._active: list[StreamHandle] = []
+        self._groups: list[_StreamGroup] = []
         self._stop = False
         self._thread: threading.Thread | None = None
         self._serial = itertools.count()
         self.stats = {"batches": 0, "batched_prompts": 0, "largest_batch": 0, "streams": 0, "cancelled_streams": 0,
-                      "errors": 0}
+                      "stream_batches": 0, "largest_stream_batch": 0, "errors": 0}
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -120,7 +133,10 @@ class Batcher:
     def load(self) -> dict[str, int]:
         with self._cond:
             return {"queued_requests": len(self._jobs), "waiting_streams": len(self._waiting_streams),
-                    "active_streams": len(self._active)}
+                    "active_streams": self._n_active()}
+
+    def _n_active(self) -> int:
+        return sum(len(g.live()) for g in self._groups)
 
     # -- submitting (any thread) ------------------------------------------------
 
@@ -147,13 +163,14 @@ class Batcher:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not (self._stop or self._jobs or self._waiting_streams or self._active):
+                while not (self._stop or self._jobs or self._waiting_streams or self._groups):
                     self._cond.wait(0.5)
                 if self._stop:
                     self._fail_all(RuntimeError("server shutting down"))
                     return
-                oldest = self._jobs[0].arrived if self._jobs else None
-            if oldest is not None and not self._active:
+                firsts = [q[0].arrived for q in (self._jobs, self._waiting_streams) if q]
+                oldest = min(firsts) if firsts else None
+            if oldest is not None and not self._groups:
                 # The batching window: let concurrent requests catch up.
                 delay = oldest + self.wait_s - time.monotonic()
                 if delay > 0:
@@ -206,38 +223,72 @@ class Batcher:
         return replace(r, text=text, token_ids=ids, finish_reason="length", completion_tokens=len(ids))
 
     def _admit_streams(self) -> None:
+        """Waiting streams become batched groups (one per decoding setting), as far as slots allow."""
         with self._cond:
-            while self._waiting_streams and len(self._active) < self.max_streams:
+            room = self.max_streams - self._n_active()
+            taken: list[StreamHandle] = []
+            while self._waiting_streams and len(taken) < room:
                 h = self._waiting_streams.popleft()
-                if h.cancelled.is_set():
+                if h.cancelled.is_set():  # the client left before its turn
+                    self.stats["cancelled_streams"] += 1
                     h._put(_DONE)
-                    continue
-                self._active.append(h)
+                else:
+                    taken.append(h)
+        groups: dict[tuple[Any, ...], list[StreamHandle]] = {}
+        for h in taken:
+            groups.setdefault(_group_key(h.params, next(self._serial)), []).append(h)
+        for hs in groups.values():
+            try:
+                multi = self.engine.stream_many([h.prompt for h in hs], hs[0].params,
+                                                [h.params.max_new_tokens for h in hs])
+            except Exception as e:  # noqa: BLE001 - e.g. a prompt the tokenizer refuses: tell these clients
+                self.stats["errors"] += 1
+                for h in hs:
+                    self._end(h, e)
+                continue
+            self.stats["streams"] += len(hs)
+            self.stats["stream_batches"] += 1
+            self.stats["largest_stream_batch"] = max(self.stats["largest_stream_batch"], len(hs))
+            with self._cond:
+                self._groups.append(_StreamGroup(list(hs), multi))
 
     def _step_streams(self) -> None:
-        for h in list(self._active):
-            if h.cancelled.is_set():
-                self.stats["cancelled_streams"] += 1
-                self._finish(h, None)
-                continue
+        """One forward step for each stream group; deltas go to their clients."""
+        for g in list(self._groups):
+            for i, h in g.live():
+                if h.cancelled.is_set():  # the row leaves the batch at this step
+                    self.stats["cancelled_streams"] += 1
+                    g.multi.abort(i)
+                    g.handles[i] = None
+                    self._end(h, None)
             try:
-                if h.stream is None:
-                    h.stream = self.engine.stream(h.prompt, h.params)
-                    self.stats["streams"] += 1
-                h._put(next(h.stream))
-            except StopIteration:
-                self._finish(h, h.stream.result if h.stream else None)
-            except Exception as e:  # noqa: BLE001 - report to this client, keep serving the others
+                step = g.multi.step()
+            except Exception as e:  # noqa: BLE001 - report to these clients, keep serving the others
                 self.stats["errors"] += 1
-                self._finish(h, e)
+                self._close_group(g, e)
+                continue
+            for i, delta in step or []:
+                h = g.handles[i]
+                if h is not None:
+                    h._put(delta)
+            for i, h in g.live():
+                if step is None or g.multi.finished(i):
+                    g.handles[i] = None
+                    self._end(h, g.multi.result(i))
+            if not g.live():
+                self._close_group(g, None)
 
-    def _finish(self, h: StreamHandle, last: Any) -> None:
-        if h.stream is not None:
-            # Stream has no close(); closing its decode generator drops the KV cache now.
-            h.stream._it.close()
+    def _close_group(self, g: _StreamGroup, error: BaseException | None) -> None:
+        g.multi.close()  # drops the batch's KV cache now
+        for i, h in g.live():
+            g.handles[i] = None
+            self._end(h, error)
         with self._cond:
-            if h in self._active:
-                self._active.remove(h)
+            if g in self._groups:
+                self._groups.remove(g)
+
+    @staticmethod
+    def _end(h: StreamHandle, last: Any) -> None:
         if last is not None:
             h._put(last)
         h._put(_DONE)
@@ -247,8 +298,8 @@ class Batcher:
             job = self._jobs.popleft()
             if not job.future.done():
                 job.future.set_exception(e)
-        for h in [*self._active, *self._waiting_streams]:
-            h._put(e)
-            h._put(_DONE)
-        self._active.clear()
+        for g in list(self._groups):
+            self._close_group(g, e)
+        for h in self._waiting_streams:
+            self._end(h, e)
         self._waiting_streams.clear()

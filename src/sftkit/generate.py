@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "abort"]  # abort: the caller left mid-stream
 
 
 @dataclass(slots=True)
@@ -74,6 +74,8 @@ class _Row:
     finish: FinishReason | None = None
     first_s: float = 0.0
     total_s: float = 0.0
+    max_new: int | None = None  # this row's own limit (streams batched together keep theirs)
+    abort: bool = False  # the caller is gone: leave the batch at the next step
 
 
 def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
@@ -186,6 +188,16 @@ class Engine:
         params = params or GenParams()
         return Stream(self, _Row(0, self._encode(prompt)), params)
 
+    def stream_many(self, prompts: Sequence[str], params: GenParams | None = None,
+                    max_new_tokens: Sequence[int] | None = None) -> MultiStream:
+        """Several streamed completions decoded as one batch (one forward pass per step for all of
+        them): the server's concurrent streaming clients share the model this way. Each prompt may
+        keep its own ``max_new_tokens``."""
+        params = params or GenParams()
+        limits = list(max_new_tokens or [params.max_new_tokens] * len(prompts))
+        rows = [_Row(i, self._encode(p), max_new=n) for i, (p, n) in enumerate(zip(prompts, limits, strict=True))]
+        return MultiStream(self, rows, replace(params, max_new_tokens=max(limits)))
+
     def prompt_for(self, conv: Any) -> str:
         """The inference prompt of a conversation under this engine's template."""
         if self.renderer is None:
@@ -225,9 +237,9 @@ class Engine:
     @torch.inference_mode()
     def _decode(
         self, rows: list[_Row], p: GenParams, gen: torch.Generator | None, t0: float, stream: bool
-    ) -> Iterator[str]:
-        """Run the batch to completion, updating ``rows`` in place; when
-        ``stream`` (one row), yield text deltas as they become safe to show."""
+    ) -> Iterator[list[tuple[int, str]]]:
+        """Run the batch to completion, updating ``rows`` in place; when ``stream``,
+        yield once per forward step the ``(row, text delta)`` pairs that became safe to show."""
         from transformers import DynamicCache
 
         dev = self._device()
@@ -255,22 +267,9 @@ class Engine:
             cache = out.past_key_values
             logits = out.logits[:, -1, :].float()
             nxt = _process_logits(logits, seen, p, gen).tolist()
-            now = time.perf_counter() - t0
-            keep: list[int] = []
-            for b, (ri, tok) in enumerate(zip(active, nxt, strict=True)):
-                r = rows[ri]
-                if not r.ids:
-                    r.first_s = now
-                r.ids.append(int(tok))
-                if p.repetition_penalty != 1.0:
-                    seen[b] = torch.cat([seen[b], torch.tensor([tok], device=dev)])
-                self._check_stop(r, int(tok), stops, p.max_new_tokens, need_text)
-                if r.finish is None:
-                    keep.append(b)
-                else:
-                    r.total_s = now
+            keep = self._advance([rows[ri] for ri in active], nxt, seen, p, stops, need_text, time.perf_counter() - t0)
             if stream:
-                yield from self._stream_delta(rows[0], stops)
+                yield [(ri, d) for ri in active for d in self._stream_delta(rows[ri], stops)]
             if len(keep) < len(active):
                 if not keep:
                     break
@@ -286,6 +285,25 @@ class Engine:
             step_ids = torch.tensor(nxt, device=dev).unsqueeze(-1)
             step_pos = step_pos + 1
             mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype, device=dev)], dim=-1)
+
+    def _advance(self, rows: list[_Row], nxt: list[int], seen: list[torch.Tensor], p: GenParams, stops: list[str],
+                 need_text: bool, now: float) -> list[int]:
+        """Append each active row's next token; return the batch positions still decoding."""
+        keep: list[int] = []
+        for b, (r, tok) in enumerate(zip(rows, nxt, strict=True)):
+            if not r.ids:
+                r.first_s = now
+            r.ids.append(int(tok))
+            if p.repetition_penalty != 1.0:
+                seen[b] = torch.cat([seen[b], torch.tensor([tok], device=seen[b].device)])
+            self._check_stop(r, int(tok), stops, r.max_new or p.max_new_tokens, need_text)
+            if r.finish is None and r.abort:
+                r.finish = "abort"
+            if r.finish is None:
+                keep.append(b)
+            else:
+                r.total_s = now
+        return keep
 
     def _check_stop(self, r: _Row, tok: int, stops: list[str], max_new: int, need_text: bool) -> None:
         hit_token = tok in self.stop_ids
@@ -319,10 +337,43 @@ class Stream:
 
     def __next__(self) -> str:
         try:
-            return next(self._it)
+            while True:  # a step may hold text back (a stop string could be starting)
+                step = next(self._it)
+                if step:
+                    return "".join(d for _, d in step)
         except StopIteration:
             self.result = self._engine._result(self._row)
             raise
+
+    def close(self) -> None:
+        self._it.close()  # drops the KV cache now
+
+
+class MultiStream:
+    """Batched streams: ``step()`` runs one forward pass for every unfinished row and returns the
+    ``(row, delta)`` pairs it produced, or ``None`` once every row has finished."""
+
+    def __init__(self, engine: Engine, rows: list[_Row], params: GenParams) -> None:
+        self._engine, self.rows = engine, rows
+        self._it = engine._decode(rows, params, engine._generator(params), time.perf_counter(), stream=True)
+
+    def step(self) -> list[tuple[int, str]] | None:
+        try:
+            return next(self._it)
+        except StopIteration:
+            return None
+
+    def finished(self, i: int) -> bool:
+        return self.rows[i].finish is not None
+
+    def result(self, i: int) -> GenResult:
+        return self._engine._result(self.rows[i])
+
+    def abort(self, i: int) -> None:
+        self.rows[i].abort = True
+
+    def close(self) -> None:
+        self._it.close()
 
 
 def pos_last(pos: torch.Tensor) -> torch.Tensor:

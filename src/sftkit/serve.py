@@ -5,8 +5,8 @@ Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions``,
 
 Batching: all generation goes through one ``Batcher`` worker thread (see
 ``sftkit.batcher``): concurrent non-streaming requests share ``Engine.generate``
-batches; streaming requests each run their own ``Engine.stream``, interleaved
-token by token with each other and with the batches, ``max_batch`` at a time.
+batches; concurrent streaming requests are decoded together too (``Engine.stream_many``:
+one forward pass per step for all of them), taking turns with the batches, ``max_batch`` at a time.
 
 Errors always have OpenAI's shape ``{"error": {"message", "type", "param",
 "code"}}``: 400 for invalid bodies and over-long prompts, 401 for a missing or

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from sftkit.cli_data import app as data_app
 from sftkit.cli_estimate import estimate_cmd
@@ -30,7 +31,7 @@ app = typer.Typer(
 
 
 def fail(msg: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -47,10 +48,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from sftkit.estimate import DoesNotFit
     from sftkit.methods import MethodUnavailable
     from sftkit.models import ModelNotFound
+    from sftkit.safety import UnsafeWeights
     from sftkit.templates.base import TemplateError
     from sftkit.train import TrainError
 
-    return (ConfigError, DataError, DoesNotFit, MethodUnavailable, ModelNotFound, TemplateError, TrainError)
+    return (ConfigError, DataError, DoesNotFit, MethodUnavailable, ModelNotFound, TemplateError, TrainError,
+            UnsafeWeights)
 
 
 @app.command(epilog=_config_help())
@@ -72,16 +75,20 @@ def train(
         if force:
             cmd.append("--force")
         raise typer.Exit(subprocess.call(cmd))
-    from sftkit.config import load_config
+    from sftkit.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(config, overrides or [])  # before importing the trainer: a bad config fails in a second
+    except ConfigError as e:
+        raise fail(str(e)) from None
     from sftkit.train import run
 
     try:
-        cfg = load_config(config, overrides or [])
         run(cfg, resume=resume, console=err, force=force)
     except _user_errors() as e:
         raise fail(str(e)) from None
-    except KeyboardInterrupt:
-        raise fail("interrupted", 130) from None
+    except KeyboardInterrupt as e:
+        raise fail(str(e) or "interrupted", 130) from None
 
 
 @app.command()

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from sftkit.data import DataError, LoadResult, load_file
@@ -37,10 +38,10 @@ def _fatal() -> Iterator[None]:
     try:
         yield
     except DataError as e:
-        err_console.print(f"[red]error:[/] {e}", markup=True, soft_wrap=True)
+        err_console.print(f"[red]error:[/] {escape(str(e))}", markup=True, soft_wrap=True)
         raise typer.Exit(2) from None
     except (ValueError, OSError) as e:
-        err_console.print(f"[red]error:[/] {e}", markup=True, soft_wrap=True)
+        err_console.print(f"[red]error:[/] {escape(str(e))}", markup=True, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -93,6 +94,7 @@ def check(
         "rejects": [r.to_dict(with_raw=False) for r in rejects],
         "format": ",".join(formats),
         "files": [{"path": r.path, "format": r.format, "total": r.total, "valid": r.valid} for r in results],
+        "notes": [n for r in results for n in r.notes],
     }
     if rejects_out:
         from sftkit.data import write_rejects
@@ -105,6 +107,8 @@ def check(
         console.print(_table("Data check", ["file", "format", "rows", "valid", "rejected"], rows))
         if rejects:
             console.print(_rejects_table(rejects))
+        for note in out["notes"]:
+            console.print(f"[yellow]note:[/] {escape(note)}")
     raise typer.Exit(1 if rejects else 0)
 
 

@@ -143,7 +143,7 @@ def _decode_at(text: str, i: int) -> tuple[Any, int, str | None]:
         return None, -1, f"invalid JSON ({e.msg})"
 
 
-_VALUE_START = frozenset('{["-0123456789tfn')
+_NOT_A_START = frozenset("}],")  # lines that close or continue an element
 
 
 def _indent(text: str, i: int) -> int:
@@ -151,8 +151,8 @@ def _indent(text: str, i: int) -> int:
 
 
 def _resync(text: str, i: int) -> int:
-    """Start of the next element after a broken one at ``i`` (or the end): the next line
-    that starts a JSON value no deeper indented than the broken element. Nested lines of a
+    """Start of the next element after a broken one at ``i`` (or the end): the next line,
+    no deeper indented than the broken element, that does not close one. Nested lines of a
     pretty-printed element are deeper, so each broken element stays one row of its own
     (and the scan is linear: no re-parsing of what follows)."""
     limit = _indent(text, i)
@@ -162,7 +162,7 @@ def _resync(text: str, i: int) -> int:
         if j < 0:
             return len(text)
         k = _skip_ws(text, j)
-        if k < len(text) and text[k] in _VALUE_START and _indent(text, k) <= limit:
+        if k < len(text) and text[k] not in _NOT_A_START and _indent(text, k) <= limit:
             return k
 
 

@@ -19,7 +19,8 @@ DEEP = "[" * 100_000 + "]" * 100_000  # json.loads raises RecursionError on it
 
 BASE: dict[str, list[dict[str, Any]]] = {
     "messages": [
-        {"messages": [{"role": "user", "content": "你好，请介绍一下自己"}, {"role": "assistant", "content": "我是助手。"}]},
+        {"messages": [{"role": "user", "content": "你好，请介绍一下自己"},
+                      {"role": "assistant", "content": "我是助手。"}]},
         {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
                       {"role": "assistant", "content": "4"}], "tools": []},
     ],

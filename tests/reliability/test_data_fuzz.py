@@ -118,8 +118,9 @@ def test_many_broken_elements_are_counted_and_linear(tmp_path):
 
 
 def test_lone_surrogate_escape_is_rejected_not_a_render_crash(tmp_path, renderer):
-    rows = ['{"messages": [{"role": "user", "content": "hi \\ud800"}, {"role": "assistant", "content": "ok"}]}',
-            '{"messages": [{"role": "user", "content": "emoji \\ud83d\\ude00"}, {"role": "assistant", "content": "ok"}]}',
+    reply = '{"role": "assistant", "content": "ok"}'
+    rows = ['{"messages": [{"role": "user", "content": "hi \\ud800"}, ' + reply + "]}",
+            '{"messages": [{"role": "user", "content": "emoji \\ud83d\\ude00"}, ' + reply + "]}",
             '{"instruction": "q", "output": "a", "tools": "[{\\"name\\": \\"\\\\udfff\\"}]"}']
     p = tmp_path / "s.jsonl"
     p.write_text("\n".join(rows[:2]) + "\n", encoding="utf-8")

@@ -371,32 +371,31 @@ def _key_lines(text: str) -> dict[tuple[str, ...], int]:
     return lines
 
 
-def _section_fields(loc: tuple[Any, ...]) -> list[str]:
+def _walk(loc: tuple[Any, ...]) -> tuple[Any, Any]:
+    """``(section model, field)`` at a key path; list indices are skipped (data.train.0.path)."""
     model: Any = RunConfig
-    for part in loc[:-1]:
-        field = getattr(model, "model_fields", {}).get(part)
+    field = None
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(part)
         if field is None:
-            return []
-        ann = field.annotation
-        model = next((a for a in getattr(ann, "__args__", (ann,)) if hasattr(a, "model_fields")), ann)
-        if isinstance(model, type) and issubclass(model, list):
-            return []
-    return list(getattr(model, "model_fields", {}))
+            return None, None
+        args = get_args(field.annotation) or (field.annotation,)
+        inner = [a for arg in args for a in (get_args(arg) or (arg,))]
+        model = next((a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return model, field
+
+
+def _section_fields(loc: tuple[Any, ...]) -> list[str]:
+    """Valid keys next to the last part of ``loc`` (for "did you mean")."""
+    model, _ = _walk(loc[:-1])
+    return list(model.model_fields) if model is not None else []
 
 
 def _field_doc(loc: tuple[Any, ...]) -> str:
     """The field's description (the schema's own documentation) as the hint for a bad value."""
-    model: Any = RunConfig
-    field = None
-    for part in loc:
-        if isinstance(part, int) or not hasattr(model, "model_fields"):
-            continue  # a list index; or past the last section
-        field = model.model_fields.get(part)
-        if field is None:
-            break
-        args = get_args(field.annotation) or (field.annotation,)
-        inner = [a for arg in args for a in (get_args(arg) or (arg,))]
-        model = next((a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    _, field = _walk(loc)
     doc = " ".join((field.description or "").split()) if field is not None else ""
     return f"hint: {doc}" if doc else "hint: see `sft train --help` for every key"
 

@@ -77,17 +77,23 @@ def weights_bytes(model_path: Path) -> int:
 
 
 def checkpoint_need(model_path: Path, full: bool, keep: int | None) -> int:
-    """Bytes the run folder needs: ``keep`` checkpoints (at least 2 exist while one is
-    rotated out) plus the final model or adapter. A lower bound, not a promise."""
+    """Bytes the run folder needs: ``keep`` checkpoints plus the one being written before the
+    oldest is rotated out, plus the final model or adapter. An estimate, not a promise."""
     w = weights_bytes(model_path)
     per_ckpt = w * (_FULL_FACTOR if full else _ADAPTER_FACTOR)
     final = w if full else w * _ADAPTER_FACTOR
-    return int(per_ckpt * max(2, keep or 2) + final)
+    return int(per_ckpt * (max(2, keep or 2) + 1) + final)
+
+
+def _tree_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
 
 
 def check_free_space(run_dir: Path, need: int) -> None:
+    """Fail unless the disk has room for the run; checkpoints already in the run folder (a
+    resume) count as room taken: they are rotated out or removed, not added to."""
     free = shutil.disk_usage(run_dir).free
-    need = max(need, _MIN_FREE)
+    need = max(need - _tree_bytes(run_dir / "checkpoints"), _MIN_FREE)
     if free < need:
         raise TrainError(f"output_dir {run_dir}: {free / MB:.1f} MB free, but this run's checkpoints need about "
                          f"{need / MB:.0f} MB; free some space or choose another output_dir "
@@ -253,7 +259,10 @@ def _chain(e: BaseException) -> Iterator[BaseException]:
         cur = cur.__cause__ or cur.__context__
 
 
-def _disk_full(e: BaseException) -> bool:
+def _disk_full(e: BaseException, run_dir: Path) -> bool:
+    usage = shutil.disk_usage(run_dir)
+    if usage.free < max(16 * MB, usage.total // 200):  # torch.save reports ENOSPC without an errno
+        return True
     for x in _chain(e):
         if isinstance(x, OSError) and x.errno == errno.ENOSPC:
             return True
@@ -276,7 +285,7 @@ def io_failures(run_dir: Path) -> Iterator[None]:
             raise TrainError(f"refusing to load a checkpoint file that is not plain tensor data (torch.load with "
                              f"weights_only=True rejected it: {str(e).splitlines()[0]}); the checkpoint was not "
                              "written by sftkit or was modified. Delete it or start a new output_dir") from e
-        if not _disk_full(e):
+        if not _disk_full(e, run_dir):
             raise
         last = last_complete_checkpoint(run_dir / "checkpoints")
         free = shutil.disk_usage(run_dir).free / MB

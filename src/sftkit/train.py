@@ -222,8 +222,9 @@ def _resume_point(run_dir: Path, resume: str | None, console: Console) -> str | 
         if newer and _is_main():  # written when the run was killed mid-save: never load it; make room for the redo
             console.print(f"[yellow]removing incomplete checkpoint {partial.name}[/]")
             shutil.rmtree(partial)
-    if last is None:
-        raise TrainError(f"--resume: no complete checkpoint under {ckpts}; start again without --resume")
+    if last is None:  # killed before the first checkpoint was complete: nothing to lose by starting over
+        console.print(f"[yellow]--resume: no complete checkpoint under {ckpts} yet; starting from step 0[/]")
+        return None
     console.print(f"resuming from {last}")
     return str(last)
 

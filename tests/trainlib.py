@@ -173,7 +173,8 @@ class Child:
         self.proc.kill()
 
     def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
+        """The log with rich's line wrapping undone (it wraps long paths at the console width)."""
+        return self.log.read_text(errors="replace").replace("\n", "") if self.log.exists() else ""
 
 
 def sft(argv: list[str], cwd: Path, log: Path, timeout: float = 300, **env: str) -> tuple[int, str]:

@@ -48,12 +48,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from sftkit.estimate import DoesNotFit
     from sftkit.methods import MethodUnavailable
     from sftkit.models import ModelNotFound
-    from sftkit.safety import UnsafeWeights
+    from sftkit.safety import Untrusted
     from sftkit.templates.base import TemplateError
     from sftkit.train import TrainError
 
     return (ConfigError, DataError, DoesNotFit, MethodUnavailable, ModelNotFound, TemplateError, TrainError,
-            UnsafeWeights)
+            Untrusted)
 
 
 @app.command(epilog=_config_help())

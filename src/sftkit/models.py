@@ -164,8 +164,9 @@ def load_model(resolved: ResolvedModel, dtype: str = "float32", trust_remote_cod
     import torch
     from transformers import AutoModelForCausalLM
 
-    from sftkit.safety import check_adapter, use_safetensors
+    from sftkit.safety import check_adapter, check_remote_code, use_safetensors
 
+    check_remote_code(resolved.path, trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         resolved.path,
         dtype=getattr(torch, dtype),

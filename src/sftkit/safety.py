@@ -19,8 +19,16 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 SAFE_SUFFIXES = (".safetensors", ".safetensors.index.json")
 
 
-class UnsafeWeights(ValueError):
+class Untrusted(ValueError):
+    """A file that would run code (pickle, shipped Python) without the user's consent."""
+
+
+class UnsafeWeights(Untrusted):
     """Weights that would be unpickled without the user's consent."""
+
+
+class UntrustedCode(Untrusted):
+    """A model that only loads by running the Python code shipped with it."""
 
 
 def _explicit_weights(folder: Path) -> str | None:
@@ -64,6 +72,27 @@ def _consent(what: str) -> str:
     return ("convert them to safetensors (load once with use_safetensors=False in a session you trust and "
             "save_pretrained(safe_serialization=True)), or, if you trust the files, set model.allow_pickle: true "
             f"(they are then read with torch.load(weights_only=True)) to load this {what}")
+
+
+def check_remote_code(folder: Path, trust_remote_code: bool) -> None:
+    """A model type transformers does not know, with Python code in the folder (``auto_map``):
+    loading it means running that code, which needs ``model.trust_remote_code: true``.
+    (A known model type loads transformers' own code; shipped code is then ignored.)"""
+    if trust_remote_code:
+        return
+    try:
+        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(cfg, dict) or not cfg.get("auto_map"):
+        return
+    from transformers import CONFIG_MAPPING
+
+    if cfg.get("model_type") not in CONFIG_MAPPING:
+        files = ", ".join(sorted(p.name for p in folder.glob("*.py"))) or "auto_map"
+        raise UntrustedCode(f"{folder}: model type {cfg.get('model_type')!r} is not built into transformers and "
+                            f"only loads by running the Python code shipped with it ({files}); "
+                            "read that code, and if you trust it set model.trust_remote_code: true")
 
 
 def check_adapter(folder: Path, allow_pickle: bool = False) -> None:

@@ -300,6 +300,7 @@ def run(
     report_to, tracker_callbacks = tracking.setup(cfg.train.report_to, run_dir, cfg.name)
 
     resolved = models.resolve(cfg.model.name_or_path)
+    safety.check_remote_code(resolved.path, cfg.model.trust_remote_code)
     if _is_main():
         full = cfg.method.type in (Method.full, Method.freeze)
         faults.check_free_space(run_dir, faults.checkpoint_need(resolved.path, full, cfg.train.save_total_limit))

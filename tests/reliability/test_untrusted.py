@@ -7,6 +7,7 @@ attacker's code would create, and a control showing the code does run when allow
 from __future__ import annotations
 
 import ast
+import functools
 import http.server
 import io
 import json
@@ -165,22 +166,23 @@ def test_tampered_checkpoint_is_refused_on_resume_and_paths_are_reported(tmp_pat
     assert not marker.exists()
 
 
-_FUNCS: dict[int, ast.AST] = {}  # id(call) -> the function it is in (for **kw dicts built beforehand)
+@functools.cache
+def _parsed() -> tuple[list[tuple[str, ast.Call]], dict[int, ast.AST]]:
+    """Every call in src/sftkit, and the innermost function (or module) holding each."""
+    calls, scope_of = [], {}
+    for path in sorted(SRC.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        scopes = [tree, *(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef))]
+        for scope in scopes:  # outer scopes first: the innermost one is written last
+            for node in ast.walk(scope):
+                if isinstance(node, ast.Call):
+                    scope_of[id(node)] = scope
+        calls += [(path.name, n) for n in ast.walk(tree) if isinstance(n, ast.Call)]
+    return calls, scope_of
 
 
 def _calls(name: str) -> list[tuple[str, int, ast.Call]]:
-    out = []
-    for path in SRC.rglob("*.py"):
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        scopes = [tree, *(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef))]
-        for scope in scopes:  # functions come after the module: the innermost scope wins
-            for node in ast.walk(scope):
-                if isinstance(node, ast.Call):
-                    _FUNCS[id(node)] = scope
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Call) and ast.unparse(node.func).endswith(name):
-                out.append((path.name, node.lineno, node))
-    return out
+    return [(f, c.lineno, c) for f, c in _parsed()[0] if ast.unparse(c.func).endswith(name)]
 
 
 def _kw(call: ast.Call, name: str) -> str | None:
@@ -188,7 +190,7 @@ def _kw(call: ast.Call, name: str) -> str | None:
     direct = next((ast.unparse(k.value) for k in call.keywords if k.arg == name), None)
     if direct is not None or not any(k.arg is None for k in call.keywords):
         return direct
-    for d in ast.walk(_FUNCS[id(call)]):
+    for d in ast.walk(_parsed()[1][id(call)]):
         if isinstance(d, ast.Dict):
             for k, v in zip(d.keys, d.values, strict=True):
                 if isinstance(k, ast.Constant) and k.value == name:

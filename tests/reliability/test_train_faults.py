@@ -190,6 +190,7 @@ def _poisoned_workdir(tmp_path: Path, tokenizer) -> tuple[Path, str]:
     return cfg_path, f"{tmp_path / 'train.jsonl'}:6"
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_the_step_and_the_batch_rows(tmp_path, tokenizer):
     cfg, poison = _poisoned_workdir(tmp_path, tokenizer)
     with pytest.raises(NonFiniteLoss) as e:
@@ -276,6 +277,7 @@ class FillDisk(TrainerCallback):
                     f.flush()
 
 
+@pytest.mark.slow
 def test_disk_filling_up_mid_run_is_clear_and_resumable(tmp_path, tiny_model_dir, reference):
     cfg = write_workdir(tmp_path, tiny_model_dir)
     with tmpfs(tmp_path / "disk", "200m") as disk:  # room for this run (~170 MB), until FillDisk takes it

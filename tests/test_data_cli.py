@@ -30,7 +30,7 @@ def test_check_clean_and_rejected(tmp_path) -> None:
     assert r.exit_code == 0
     assert last_json(r.output) | {"files": None} == {"total": 1, "valid": 1, "rejected": 0, "rejects": [],
                                                      "format": "alpaca", "files": None, "fatal": [],
-                                                     "warnings": []}  # fmt: skip
+                                                     "warnings": [], "notes": []}  # fmt: skip
     r = runner.invoke(
         app, ["check", str(BROKEN / "roles.jsonl"), good, "--json", "--rejects", str(tmp_path / "q.jsonl")]
     )

@@ -119,7 +119,7 @@ def test_each_method_really_trains(method, tmp_path, tiny_model_dir):
     _rows_file(tmp_path)
     (tmp_path / "c.yaml").write_text(
         f"model:\n  name_or_path: {tiny_model_dir}\ndata:\n  train: t.jsonl\n"
-        f"method:\n  type: {method}\n  freeze_trainable_layers: 1\n"
+        f"method:\n  type: {method}\n{'  freeze_trainable_layers: 1' if method == 'freeze' else ''}\n"
         "train:\n  max_steps: 6\n  per_device_train_batch_size: 8\n  learning_rate: 5.0e-3\n  logging_steps: 1\n"
         "  lr_scheduler_type: constant\n  warmup_ratio: 0\n")
     run(load_config(tmp_path / "c.yaml", [f"output_dir={tmp_path / 'run'}"]), callbacks=[Grab()])

@@ -4,8 +4,6 @@ client (and httpx for malformed bodies), the tiny model. No mocks."""
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,64 +15,18 @@ pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
+from servelib import LiveServer, tiny_engine  # noqa: E402
 from sftkit.conversation import Conversation  # noqa: E402
-from sftkit.generate import Engine, GenParams, build_renderer  # noqa: E402
+from sftkit.generate import Engine, GenParams  # noqa: E402
 
 KEY = "sk-test-key"
 CONTEXT = 256
 LIMIT = 200
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LiveServer:
-    """uvicorn in a daemon thread; ``url`` is the API base (…/v1)."""
-
-    def __init__(self, app) -> None:
-        import uvicorn
-
-        self.app = app
-        self.port = free_port()
-        self.root = f"http://127.0.0.1:{self.port}"
-        self.url = self.root + "/v1"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("server did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(15)
-
-    def health(self) -> dict:
-        return httpx.get(self.root + "/health", timeout=10).json()
-
-
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir) -> Engine:
-    """The tiny architecture with larger random weights so answers differ per
-    prompt (at the default init every prompt decodes to the same token), and a
-    short context so "prompt too long" is cheap to provoke."""
-    import torch
-    from transformers import AutoConfig, LlamaForCausalLM
-
-    from sftkit.models import load_tokenizer
-
-    torch.manual_seed(0)
-    cfg = AutoConfig.from_pretrained(tiny_model_dir, initializer_range=0.1, max_position_embeddings=CONTEXT)
-    tok = load_tokenizer(tiny_model_dir)
-    return Engine(LlamaForCausalLM(cfg).eval(), tok, build_renderer(tok), batch_size=16)
+    return tiny_engine(tiny_model_dir, CONTEXT)
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,11 @@
 """Training invariants on the tiny random model: accumulation does not change the
-update, packing does not contaminate, resume after a kill continues exactly."""
+update, packing does not contaminate, resume refuses changed inputs and skips
+incomplete checkpoints. (Resume after SIGKILL at random points, Ctrl-C, NaN and disk
+faults: tests/reliability/test_train_faults.py.)"""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -19,31 +17,15 @@ from sftkit.conversation import Conversation
 from sftkit.templates.hf import HFChatTemplate
 from sftkit.templates.render import IGNORE, Renderer
 from sftkit.train import run
-
-
-def _rows(n: int) -> list[dict]:
-    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
-    return [{"messages": [
-        {"role": "user", "content": f"Say {words[i % 8]} {i} times" + " please" * (i % 5)},
-        {"role": "assistant", "content": " ".join([words[(i * 3) % 8]] * (1 + i % 6))},
-    ]} for i in range(n)]
+from trainlib import rows as _rows
+from trainlib import weights as _weights
+from trainlib import write_workdir
 
 
 @pytest.fixture
 def workdir(tmp_path, tiny_model_dir):
-    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows(16)))
-    (tmp_path / "cfg.yaml").write_text(
-        f"model:\n  name_or_path: {tiny_model_dir}\n"
-        "data:\n  train: train.jsonl\n  cutoff_len: 128\n"
-        "method:\n  type: full\n"
-        "train:\n  learning_rate: 1.0e-3\n  lr_scheduler_type: constant\n  warmup_ratio: 0.0\n"
-        "  logging_steps: 1\n  max_grad_norm: 0.0\n  group_by_length: false\n  save_total_limit: 3\n"
-    )
+    write_workdir(tmp_path, tiny_model_dir)
     return tmp_path
-
-
-def _weights(run_dir):
-    return load_file(str(run_dir / "model" / "model.safetensors"))
 
 
 def test_batch_8x1_equals_batch_1x8_accumulation(workdir):
@@ -108,48 +90,6 @@ def test_packed_loss_equals_unpacked_loss(tokenizer, tiny_model_dir):
         lp = model(**packed).loss
         lu = model(**unpacked).loss
     assert torch.allclose(lp, lu, atol=1e-5), (lp, lu)
-
-
-_KILLER = """
-import os, signal, sys
-from transformers import TrainerCallback
-from sftkit.config import load_config
-from sftkit.train import run
-
-class Kill(TrainerCallback):
-    def on_step_end(self, args, state, control, **kw):
-        if state.global_step == int(sys.argv[3]):
-            os.kill(os.getpid(), signal.SIGKILL)
-
-cfg = load_config(sys.argv[1], [f"output_dir={sys.argv[2]}", "train.max_steps=6", "train.save_steps=2",
-                                "train.per_device_train_batch_size=4"])
-run(cfg, callbacks=[Kill()])
-"""
-
-
-def test_resume_after_sigkill_matches_uninterrupted(workdir):
-    over = ["train.max_steps=6", "train.save_steps=2", "train.per_device_train_batch_size=4"]
-    full = run(load_config(workdir / "cfg.yaml", [*over, f"output_dir={workdir / 'full'}"]))
-
-    killed = workdir / "killed"
-    script = workdir / "killer.py"
-    script.write_text(_KILLER)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.run([sys.executable, str(script), str(workdir / "cfg.yaml"), str(killed), "5"],
-                          check=False, capture_output=True, text=True, env=env)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    assert not (killed / "model").exists()
-    resumed = run(load_config(workdir / "cfg.yaml", [*over, f"output_dir={killed}"]), resume="auto")
-    assert resumed.global_step == 6
-
-    wa, wb = _weights(full.run_dir), _weights(resumed.run_dir)
-    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-6
-    assert _curve(full.run_dir) == _curve(killed)
-
-
-def _curve(run_dir):
-    rows = map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
-    return [(r["step"], round(r["loss"], 5)) for r in rows if "loss" in r]
 
 
 def test_resume_ignores_incomplete_checkpoint_and_refuses_changed_data(workdir):

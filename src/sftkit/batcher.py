@@ -201,9 +201,12 @@ class Batcher:
             try:
                 results = self.engine.generate(prompts, params)
             except Exception as e:  # noqa: BLE001 - a failed batch must not kill the worker
+                if len(group) > 1:  # one bad request must not fail the others: run each alone
+                    for j in group:
+                        self._run_batch([j])
+                    continue
                 self.stats["errors"] += 1
-                for j in group:
-                    j.future.set_exception(e)
+                group[0].future.set_exception(e)
                 continue
             self.stats["batches"] += 1
             self.stats["batched_prompts"] += len(prompts)

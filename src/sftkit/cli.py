@@ -33,7 +33,7 @@ app = typer.Typer(
 
 
 def fail(msg: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -51,9 +51,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from sftkit.estimate import DoesNotFit
     from sftkit.methods import MethodUnavailable
     from sftkit.models import ModelNotFound
+    from sftkit.safety import Untrusted
     from sftkit.templates.base import TemplateError
 
-    return (ConfigError, DataError, DoesNotFit, MethodUnavailable, ModelNotFound, TemplateError, TrainError)
+    return (ConfigError, DataError, DoesNotFit, MethodUnavailable, ModelNotFound, TemplateError, TrainError,
+            Untrusted)
 
 
 @app.command(epilog=_config_help())
@@ -75,17 +77,20 @@ def train(
         if force:
             cmd.append("--force")
         raise typer.Exit(subprocess.call(cmd))
-    from sftkit.config import load_config
+    from sftkit.config import ConfigError, load_config
 
     try:
-        cfg = load_config(config, overrides or [])  # a bad config is reported before the slow imports
-        from sftkit.train import run
+        cfg = load_config(config, overrides or [])  # before importing the trainer: a bad config fails in a second
+    except ConfigError as e:
+        raise fail(str(e)) from None
+    from sftkit.train import run
 
+    try:
         run(cfg, resume=resume, console=err, force=force)
     except _user_errors() as e:
         raise fail(str(e)) from None
-    except KeyboardInterrupt:
-        raise fail("interrupted", 130) from None
+    except KeyboardInterrupt as e:
+        raise fail(str(e) or "interrupted", 130) from None
 
 
 @app.command()

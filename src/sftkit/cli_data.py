@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from sftkit.data import DataError, LoadResult, load_file
@@ -37,10 +38,10 @@ def _fatal() -> Iterator[None]:
     try:
         yield
     except DataError as e:
-        err_console.print(f"[red]error:[/] {e}", markup=True, soft_wrap=True)
+        err_console.print(f"[red]error:[/] {escape(str(e))}", markup=True, soft_wrap=True)
         raise typer.Exit(2) from None
     except (ValueError, OSError) as e:
-        err_console.print(f"[red]error:[/] {e}", markup=True, soft_wrap=True)
+        err_console.print(f"[red]error:[/] {escape(str(e))}", markup=True, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -111,12 +112,14 @@ def check(
         "files": [{"path": r.path, "format": r.format, "total": r.total, "valid": r.valid} for r in results],
         "fatal": fatal,
         "warnings": warnings,
+        "notes": [n for r in results for n in r.notes],
     }
     if rejects_out:
         from sftkit.data import write_rejects
 
         write_rejects(rejects, rejects_out)
-    for msg in [*(f"[red]error:[/] {x['error']}" for x in fatal), *(f"[yellow]warning:[/] {w}" for w in warnings)]:
+    for msg in [*(f"[red]error:[/] {escape(x['error'])}" for x in fatal),
+                *(f"[yellow]warning:[/] {escape(w)}" for w in warnings)]:
         err_console.print(msg, soft_wrap=True)
     if as_json:
         _emit(out)
@@ -125,6 +128,8 @@ def check(
         console.print(_table("Data check", ["file", "format", "rows", "valid", "rejected"], rows))
         if rejects:
             console.print(_rejects_table(rejects))
+        for note in out["notes"]:
+            console.print(f"[yellow]note:[/] {escape(note)}")
     raise typer.Exit(2 if fatal else 1 if rejects else 0)
 
 

@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from sftkit.estimate import Device, Estimate, Setup, detect_device, estimate_for, estimate_run, gpu, preflight
@@ -125,7 +126,7 @@ def estimate_cmd(
             err.print("[red]error:[/] give a run CONFIG or --model-size (e.g. --model-size 7B --method qlora)")
             raise typer.Exit(2)
     except (ValueError, OSError, RuntimeError) as e:
-        err.print(f"[red]error:[/] {e}", soft_wrap=True)
+        err.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)
         raise typer.Exit(2) from None
     fix = None if est.fits else cheapest_fix(est.shape, est.setup, est.device)
     if as_json:

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 err_console = Console(stderr=True)
@@ -30,7 +31,7 @@ def _fatal() -> Iterator[None]:
     try:
         yield
     except (DataError, ModelNotFound, TemplateError, ValueError, OSError) as e:
-        err_console.print(f"[red]error:[/] {e}", soft_wrap=True, highlight=False)
+        err_console.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None
 
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 if TYPE_CHECKING:
     from sftkit.generate import Engine
@@ -30,7 +31,7 @@ err = Console(stderr=True)
 
 
 def _fail(msg: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -99,7 +100,7 @@ def generate_cmd(
         rej_path = out.with_name(out.name + ".rejects.jsonl")
         write_rejects(summary.rejects, rej_path)
         for r in summary.rejects[:5]:
-            err.print(f"[yellow]rejected[/] {r.where}: {r.reason}", highlight=False, soft_wrap=True)
+            err.print(f"[yellow]rejected[/] {escape(r.where)}: {escape(r.reason)}", highlight=False, soft_wrap=True)
         if len(summary.rejects) > 5:
             err.print(f"[yellow]... and {len(summary.rejects) - 5} more[/]")
         rej_note = f", {len(summary.rejects)} rejected (see {rej_path})"

@@ -18,7 +18,7 @@ from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
 
 from sftkit.models import BUNDLED_ALIAS
 from sftkit.templates.base import MaskPolicy
@@ -27,6 +27,15 @@ from sftkit.templates.render import Overflow
 
 class ConfigError(ValueError):
     """A config that cannot be used; the message names the file, key and fix."""
+
+
+class ConfigConflict(ValueError):
+    """Options that contradict each other (raised inside validators): ``key`` is the
+    dotted path reported to the user (relative to the section raising it), ``hint`` the fix."""
+
+    def __init__(self, key: str, message: str, hint: str) -> None:
+        super().__init__(f"{message}; {hint}")
+        self.key, self.message, self.hint = key, message, hint
 
 
 class _Section(BaseModel):
@@ -47,8 +56,11 @@ class ModelConfig(_Section):
     (fetch it first with `sft download REF`)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """dtype the base weights are loaded in (mixed precision is train.bf16 / train.fp16)."""
-    trust_remote_code: bool = False
+    trust_remote_code: StrictBool = False
     """Run Python code shipped with the model. Off unless you trust its source."""
+    allow_pickle: StrictBool = False
+    """Load weights stored as pickle (.bin/.pt) when a folder has no safetensors. Unpickling can run code:
+    only for files you trust (weights are still read with torch.load(weights_only=True))."""
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = None
     """Attention kernel; None lets transformers choose (sdpa). flash_attention_2 needs a CUDA GPU (Ampere or
     newer) and the flash-attn package; with train.packing it trains padding-free (one row per batch)."""
@@ -64,6 +76,22 @@ class DataSource(_Section):
     weight: float | None = Field(default=None, gt=0)
     """Mixing weight relative to the other sources (None: use every row once)."""
 
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, v: str | None) -> str | None:
+        from sftkit.data.layouts import normalize_format
+
+        normalize_format(v)  # DataError (a ValueError) names the valid layouts
+        return v
+
+    @field_validator("columns")
+    @classmethod
+    def _known_columns(cls, v: dict[str, str]) -> dict[str, str]:
+        from sftkit.data.layouts import ColumnMap
+
+        ColumnMap(v)  # DataError names the canonical keys
+        return v
+
 
 def _as_sources(v: Any) -> Any:
     if v is None:
@@ -76,7 +104,7 @@ def _as_sources(v: Any) -> Any:
 
 
 class DataConfig(_Section):
-    train: list[DataSource]
+    train: list[DataSource] = Field(min_length=1)
     """Training file(s): a path, a list of paths, or a list of {path, format, columns, weight}."""
     val: list[DataSource] = Field(default_factory=list)
     """Validation file(s); if empty and val_size > 0, split off from train."""
@@ -95,6 +123,18 @@ class DataConfig(_Section):
 
     _coerce = field_validator("train", "val", "test", mode="before")(_as_sources)
 
+    @model_validator(mode="after")
+    def _one_validation_source(self) -> DataConfig:
+        if self.val and self.val_size > 0:
+            raise ConfigConflict("val_size", f"val_size is {self.val_size} but validation files are given (data.val)",
+                                 "remove data.val_size (it only splits train when there is no val file) "
+                                 "or remove data.val")
+        return self
+
+    @property
+    def has_validation(self) -> bool:
+        return bool(self.val) or self.val_size > 0
+
 
 class MethodConfig(_Section):
     type: Method = Method.lora
@@ -105,7 +145,7 @@ class MethodConfig(_Section):
     """LoRA scaling alpha (usually 2 x r)."""
     dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
     """LoRA dropout."""
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    target_modules: list[str] | Literal["all-linear"] = Field(default="all-linear", min_length=1)
     """Modules that get adapters: all linear projections, or names like [q_proj, v_proj]."""
     use_rslora: bool = False
     """Rank-stabilised LoRA scaling (alpha / sqrt(r))."""
@@ -124,14 +164,34 @@ class MethodConfig(_Section):
                              "trains nothing; train some layers or name modules")
         return self
 
+    @model_validator(mode="after")
+    def _options_fit_the_type(self) -> MethodConfig:
+        # An option that the chosen method ignores is a contradiction, not a no-op: the user
+        # who writes `r: 64` with `type: full` believes something that is not happening.
+        lora_only = ("r", "alpha", "dropout", "target_modules", "use_rslora", "use_dora")
+        if self.type in (Method.full, Method.freeze):
+            for key in lora_only:
+                if self._changed(key):
+                    raise ConfigConflict(key, f"method.{key} is a LoRA option but method.type is {self.type.value}",
+                                         f"remove method.{key}, or use method.type: lora / qlora")
+        if self.type is not Method.freeze and self._changed("freeze_trainable_layers"):
+            raise ConfigConflict("freeze_trainable_layers",
+                                 f"method.freeze_trainable_layers only applies to type freeze, not {self.type.value}",
+                                 "remove it, or use method.type: freeze")
+        return self
+
+    def _changed(self, key: str) -> bool:
+        """Given in the file with a value other than the default (a full reference file stays valid)."""
+        return key in self.model_fields_set and getattr(self, key) != type(self).model_fields[key].default
+
 
 class TrainConfig(_Section):
     learning_rate: float = Field(default=2e-4, gt=0)
     """Peak learning rate (seeds: LoRA 1e-4 to 2e-4, full 1e-5)."""
     num_train_epochs: float = Field(default=3.0, gt=0)
     """Passes over the training data (seeds: 3-10, fewer for more data)."""
-    max_steps: int = -1
-    """Stop after this many optimizer steps (overrides epochs when > 0)."""
+    max_steps: int = Field(default=-1, ge=-1)
+    """Stop after this many optimizer steps (overrides epochs when > 0); -1: train for num_train_epochs."""
     per_device_train_batch_size: int = Field(default=8, gt=0)
     """Sequences per device per micro-step."""
     per_device_eval_batch_size: int = Field(default=8, gt=0)
@@ -146,13 +206,13 @@ class TrainConfig(_Section):
     """AdamW weight decay."""
     max_grad_norm: float = Field(default=1.0, ge=0.0)
     """Gradient clipping norm (0 disables)."""
-    seed: int = 42
+    seed: int = Field(default=42, ge=0, lt=2**32)
     """Seed for model init, data order and dropout."""
     logging_steps: int = Field(default=5, gt=0)
     """Log loss and learning rate every N optimizer steps."""
-    eval_steps: int | None = None
+    eval_steps: int | None = Field(default=None, gt=0)
     """Evaluate on the validation set every N steps (None: once per epoch when there is a val set)."""
-    save_steps: int | None = None
+    save_steps: int | None = Field(default=None, gt=0)
     """Save a checkpoint every N steps (None: once per epoch)."""
     save_total_limit: int | None = Field(default=2, gt=0)
     """Keep at most N checkpoints (the best one by eval loss is always kept)."""
@@ -162,7 +222,7 @@ class TrainConfig(_Section):
     """fp16 mixed precision (GPU only)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, ~30% slower."""
-    neftune_noise_alpha: float | None = None
+    neftune_noise_alpha: float | None = Field(default=None, gt=0)
     """NEFTune embedding noise (e.g. 5); None disables."""
     report_to: list[str] = Field(default_factory=list)
     """Trackers: tensorboard, swanlab, wandb, mlflow (several at once allowed)."""
@@ -170,12 +230,12 @@ class TrainConfig(_Section):
     """Batch examples of similar length together (less padding); ignored with packing."""
     packing: bool = False
     """Pack several examples into rows of data.cutoff_len tokens, each attending only to itself."""
-    early_stopping_patience: int | None = None
+    early_stopping_patience: int | None = Field(default=None, gt=0)
     """Stop when eval loss has not improved for N evaluations."""
     optim: str = "adamw_torch_fused"
     """Optimizer name as in TrainingArguments: adamw_torch_fused (one kernel for all tensors, CPU and GPU),
     adamw_torch, adamw_8bit / paged_adamw_8bit (need bitsandbytes)."""
-    dataloader_num_workers: int = 0
+    dataloader_num_workers: int = Field(default=0, ge=0)
     """Worker processes for data loading."""
     deepspeed: str | None = None
     """DeepSpeed ZeRO: zero2, zero3, zero3_offload (shipped configs) or a path to a DeepSpeed JSON; GPUs only."""
@@ -187,21 +247,55 @@ class TrainConfig(_Section):
     use_liger_kernel: bool = False
     """Liger's fused Triton kernels (less activation memory); needs a CUDA GPU and the liger-kernel package."""
 
+    @field_validator("max_steps")
+    @classmethod
+    def _not_zero(cls, v: int) -> int:
+        if v == 0:
+            raise ValueError("max_steps 0 trains nothing; use a positive number, or -1 to train for num_train_epochs")
+        return v
+
+    @field_validator("report_to")
+    @classmethod
+    def _known_trackers(cls, v: list[str]) -> list[str]:
+        from sftkit.tracking import TRACKERS
+
+        unknown = [n for n in v if n not in TRACKERS and n != "none"]
+        if unknown:
+            raise ValueError(f"unknown tracker(s) {unknown}; choose from {', '.join(TRACKERS)}")
+        return v
+
     @model_validator(mode="after")
-    def _one_precision(self) -> TrainConfig:
+    def _consistent(self) -> TrainConfig:
         if self.bf16 and self.fp16:
-            raise ValueError("bf16 and fp16 are both true; choose one")
+            raise ConfigConflict("fp16", "bf16 and fp16 are both true", "choose one (train.bf16 on CPUs)")
+        if self.deepspeed and self.fsdp:
+            raise ConfigConflict("fsdp", "train.deepspeed and train.fsdp are both set",
+                                 "choose one sharding backend")
+        if self.early_stopping_patience and self.save_steps and self.eval_steps and self.save_steps % self.eval_steps:
+            raise ConfigConflict("save_steps", f"early stopping keeps the best checkpoint, so save_steps "
+                                 f"({self.save_steps}) must be a multiple of eval_steps ({self.eval_steps})",
+                                 f"set train.save_steps to {self.eval_steps} or a multiple of it")
         return self
 
 
 class EvalConfig(_Section):
     metrics: list[str] | None = None
     """Generation metrics (exact_match, accuracy, f1, bleu, rouge, json); None infers them from the data."""
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, v: list[str] | None) -> list[str] | None:
+        from sftkit.metrics import canonical
+
+        for name in v or []:
+            canonical(name)  # ValueError names the choices
+        return v
+
     max_new_tokens: int = Field(default=128, gt=0)
     """Tokens generated per test prompt."""
     batch_size: int = Field(default=16, gt=0)
     """Prompts generated together."""
-    limit: int | None = None
+    limit: int | None = Field(default=None, gt=0)
     """Evaluate only the first N test rows."""
     forgetting_check: bool = True
     """Also score the shipped general-ability set before and after, to show what tuning cost."""
@@ -227,7 +321,15 @@ class RunConfig(_Section):
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
         if self.method.type is Method.qlora and self.model.dtype == "float16" and self.train.bf16:
-            raise ValueError("method.type=qlora with model.dtype=float16 and train.bf16 mix precisions; pick one")
+            raise ConfigConflict("model.dtype", "method.type=qlora with model.dtype=float16 and train.bf16 mix "
+                                 "precisions", "use model.dtype: bfloat16 with train.bf16, or drop train.bf16")
+        if not self.data.has_validation:
+            for key, value in (("train.early_stopping_patience", self.train.early_stopping_patience),
+                               ("train.eval_steps", self.train.eval_steps),
+                               ("eval.generate_every", self.eval.generate_every)):
+                if value is not None:
+                    raise ConfigConflict(key, f"{key} is set but there is no validation data",
+                                         "add data.val (a file) or data.val_size (e.g. 0.1), or remove it")
         return self
 
     def run_dir(self) -> Path:
@@ -286,26 +388,6 @@ def _key_lines(text: str) -> dict[tuple[str, ...], int]:
     return lines
 
 
-def _item_model(ann: Any) -> Any:
-    """The pydantic model inside ``X | None`` or ``list[X]`` (or the annotation itself)."""
-    if isinstance(ann, type) and issubclass(ann, BaseModel):
-        return ann
-    return next((m for m in map(_item_model, get_args(ann)) if m is not None), None)
-
-
-def _section_fields(loc: tuple[Any, ...]) -> list[str]:
-    """Valid keys next to the offending one (list items such as data.train[0] included)."""
-    model: Any = RunConfig
-    for part in loc[:-1]:
-        if isinstance(part, int):  # an index into a list of sections: stay on the item model
-            continue
-        field = getattr(model, "model_fields", {}).get(part)
-        model = _item_model(field.annotation) if field is not None else None
-        if model is None:
-            return []
-    return list(model.model_fields)
-
-
 def _from_override(loc: tuple[Any, ...], over_keys: set[tuple[str, ...]]) -> str | None:
     parts = tuple(str(x) for x in loc)
     for n in range(len(parts), 0, -1):
@@ -314,24 +396,60 @@ def _from_override(loc: tuple[Any, ...], over_keys: set[tuple[str, ...]]) -> str
     return None
 
 
+def _walk(loc: tuple[Any, ...]) -> tuple[Any, Any]:
+    """``(section model, field)`` at a key path; list indices are skipped (data.train.0.path)."""
+    model: Any = RunConfig
+    field = None
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None, None
+        args = get_args(field.annotation) or (field.annotation,)
+        inner = [a for arg in args for a in (get_args(arg) or (arg,))]
+        model = next((a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return model, field
+
+
+def _section_fields(loc: tuple[Any, ...]) -> list[str]:
+    """Valid keys next to the last part of ``loc`` (for "did you mean")."""
+    model, _ = _walk(loc[:-1])
+    return list(model.model_fields) if model is not None else []
+
+
+def _field_doc(loc: tuple[Any, ...]) -> str:
+    """The field's description (the schema's own documentation) as the hint for a bad value."""
+    _, field = _walk(loc)
+    doc = " ".join((field.description or "").split()) if field is not None else ""
+    return f"hint: {doc}" if doc else "hint: see `sft train --help` for every key"
+
+
+def _describe_one(e: Any, where: str, lines: dict[tuple[str, ...], int], over_keys: set[tuple[str, ...]]) -> str:
+    loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+    conflict = (e.get("ctx") or {}).get("error")
+    if isinstance(conflict, ConfigConflict):
+        # the key the conflict names, relative to the section whose validator raised it
+        loc = (*loc, *conflict.key.split("."))
+    key = ".".join(str(x) for x in loc) or "(top level)"
+    line = lines.get(tuple(str(x) for x in loc))
+    over = _from_override(loc, over_keys)
+    place = f"command-line override {over}=..." if over else f"{where}:{line}" if line else where
+    if isinstance(conflict, ConfigConflict):
+        return f"{place}: {key}: contradictory options: {conflict.message}; hint: {conflict.hint}"
+    if e["type"] == "extra_forbidden":
+        valid = _section_fields(loc)
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.6)
+        hint = f"did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?" if close else (
+            f"valid keys here: {', '.join(valid)}" if valid else "remove it")
+        return f"{place}: unknown key {key!r}; {hint}"
+    msg = str(e["msg"]).removeprefix("Value error, ")
+    return f"{place}: {key}: {msg} (got {e.get('input')!r}); {_field_doc(loc)}"
+
+
 def _describe(err: ValidationError, where: str, lines: dict[tuple[str, ...], int],
               over_keys: set[tuple[str, ...]] | None = None) -> str:
-    msgs = []
-    for e in err.errors():
-        loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x.startswith("function-")))
-        key = ".".join(str(x) for x in loc) or "(top level)"
-        line = lines.get(tuple(str(x) for x in loc))
-        over = _from_override(loc, over_keys or set())
-        place = f"command-line override {over}=..." if over else f"{where}:{line}" if line else where
-        if e["type"] == "extra_forbidden":
-            valid = _section_fields(loc)
-            close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.6)
-            hint = f"did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?" if close else (
-                f"valid keys here: {', '.join(valid)}" if valid else "remove it")
-            msgs.append(f"{place}: unknown key {key!r}; {hint}")
-        else:
-            msgs.append(f"{place}: {key}: {e['msg']} (got {e.get('input')!r})")
-    return "\n".join(msgs)
+    return "\n".join(_describe_one(e, where, lines, over_keys or set()) for e in err.errors())
 
 
 def _dotted_keys(d: dict[str, Any], prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:

@@ -245,6 +245,9 @@ def _load_merged(info: RunInfo, batch: list[list[int]], log: Any) -> tuple[Any, 
         return model, _logits(model, batch), None
     from peft import PeftModel
 
+    from sftkit.safety import check_adapter
+
+    check_adapter(info.weights)
     model = PeftModel.from_pretrained(model, info.weights).eval()
     reference = _logits(model, batch)
     model = model.merge_and_unload()
@@ -287,7 +290,7 @@ def export_run(run: Path, out: Path, dtype: str | None = None, force: bool = Fal
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         del model
-        reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32, use_safetensors=True).eval()
         reload_diff = _max_diff(reference, _logits(reloaded, batch))
         del reloaded
         log(f"reloaded {out.name} with plain AutoModelForCausalLM.from_pretrained: max |logit diff| = "

@@ -154,20 +154,26 @@ def load_tokenizer(path: Path, trust_remote_code: bool = False) -> Any:
     return tok
 
 
-def load_model(resolved: ResolvedModel, dtype: str = "float32", trust_remote_code: bool = False) -> Any:
-    """The base model (and its adapter, for a run folder), in eval mode."""
+def load_model(resolved: ResolvedModel, dtype: str = "float32", trust_remote_code: bool = False,
+               allow_pickle: bool = False) -> Any:
+    """The base model (and its adapter, for a run folder), in eval mode. Weights come from
+    safetensors; pickle-only folders need ``allow_pickle`` (see ``sftkit.safety``)."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    from sftkit.safety import check_adapter, check_remote_code, use_safetensors
+
+    check_remote_code(resolved.path, trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         resolved.path,
         dtype=getattr(torch, dtype),
         trust_remote_code=trust_remote_code,
-        use_safetensors=True,
+        use_safetensors=use_safetensors(resolved.path, allow_pickle),
     )
     if resolved.adapter is not None:
         from peft import PeftModel
 
+        check_adapter(resolved.adapter, allow_pickle)  # peft would fall back to adapter_model.bin
         model = PeftModel.from_pretrained(model, resolved.adapter)
     model.eval()
     return model

@@ -26,10 +26,10 @@ class MetricsLogger(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self._t0 = time.perf_counter()
         self._step0 = state.global_step
-        if state.global_step and self.path.exists():
-            # resuming: drop log lines written after the checkpoint we resume from
-            lines = self.path.read_text().splitlines()
-            keep = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= state.global_step]
+        if self.path.exists():
+            # resuming: drop log lines written after the checkpoint we resume from (and a line cut
+            # short by the kill or a full disk); starting over (step 0): drop the stale lines
+            keep = [json.dumps(r) for r in read_metrics(self.path) if r.get("step", 0) <= state.global_step]
             self.path.write_text("".join(k + "\n" for k in keep))
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
@@ -127,10 +127,20 @@ def last_complete_checkpoint(folder: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
+def _parsed(line: str) -> dict[str, Any] | None:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) else None
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The log rows; a line cut short (the process was killed or the disk filled mid-write) is skipped."""
     if not path.exists():
         return []
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    rows = (_parsed(ln) for ln in path.read_text(errors="replace").splitlines() if ln.strip())
+    return [r for r in rows if r is not None]
 
 
 def plot_loss(metrics_path: Path, out: Path) -> Path | None:

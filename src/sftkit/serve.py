@@ -10,8 +10,13 @@ one forward pass per step for all of them), taking turns with the batches, ``max
 
 Errors always have OpenAI's shape ``{"error": {"message", "type", "param",
 "code"}}``: 400 for invalid bodies and over-long prompts, 401 for a missing or
-wrong key, 404 for an unknown model, 500 only for a genuine server bug (the
-server keeps running).
+wrong key, 404 for an unknown model, 413 for a body over ``max_body_bytes``, 500
+only for a genuine server bug (the server keeps running).
+
+Hostile input: bodies are validated strictly (``true`` is not a number, ``"yes"`` is
+not a boolean), their size is capped before they are parsed, text that is not valid
+Unicode is refused before it reaches the tokenizer, and a request that makes a shared
+batch fail is retried alone so it cannot fail the other clients' requests.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from sftkit.conversation import Conversation, Message
 from sftkit.generate import Engine, GenParams, GenResult
 
 DEFAULT_MAX_TOKENS_LIMIT = 1024
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024  # far above any real prompt for a local model; bounds parsing work
 
 
 # -- errors -------------------------------------------------------------------
@@ -93,12 +99,61 @@ class _AuthMiddleware:
         await self.app(scope, receive, send)
 
 
+class _BodyLimit:
+    """Refuses request bodies over ``limit`` bytes (413) before anything parses them: by the
+    Content-Length header when there is one, else by counting a streamed (chunked) body."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, msg: str) -> None:
+        await JSONResponse(error_body(msg, code="request_too_large" if status == 413 else None),
+                           status_code=status)(scope, receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_big = f"request body over the server's limit of {self.limit} bytes"
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                await self._refuse(scope, receive, send, 400, "invalid Content-Length header")
+                return
+            if int(declared) > self.limit:
+                await self._refuse(scope, receive, send, 413, too_big)
+                return
+        chunks, size = [], 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            chunks.append(msg.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                await self._refuse(scope, receive, send, 413, too_big)
+                return
+            if not msg.get("more_body"):
+                break
+        body, replayed = b"".join(chunks), False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if not replayed:  # the body once, then the real channel (disconnect detection for streams)
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
 # -- request bodies ---------------------------------------------------------------
 
 
 class _Body(BaseModel):
-    # OpenAI clients send many optional fields; unknown ones are ignored, known ones validated.
-    model_config = ConfigDict(extra="ignore")
+    # OpenAI clients send many optional fields; unknown ones are ignored, known ones validated
+    # strictly: a hostile or buggy client gets a 400, not a guess (true as 1, "yes" as True).
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class ContentPart(_Body):
@@ -126,7 +181,7 @@ class _Sampling(_Body):
     top_p: float | None = Field(None, gt=0, le=1)
     n: int = Field(1, ge=1, le=16)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**63)  # torch generators take 64-bit seeds
     stream: bool = False
     stream_options: StreamOptions | None = None
     logprobs: bool | int | None = None
@@ -211,7 +266,12 @@ class _Server:
             raise APIError(404, f"The model '{name}' does not exist; this server serves '{self.model_name}'.",
                            param="model", code="model_not_found")
 
-    def n_tokens(self, prompt: str) -> int:
+    def n_tokens(self, prompt: str, param: str) -> int:
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as e:  # a lone \ud800 escape: valid JSON, not text; tokenizers reject it
+            raise APIError(400, f"{param}: invalid Unicode (a lone surrogate escape at character {e.start})",
+                           param=param) from None
         return len(self.engine.tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
     def params(self, req: _Sampling, prompt_tokens: int, requested: int | None) -> GenParams:
@@ -269,7 +329,7 @@ async def _chat(srv: _Server, req: ChatRequest) -> dict[str, Any] | StreamingRes
         prompt = srv.engine.prompt_for(to_conversation(req))
     except ValueError as e:  # TemplateError: e.g. a role this model family has no turn for
         raise APIError(400, str(e), param="messages") from None
-    n_prompt = srv.n_tokens(prompt)
+    n_prompt = srv.n_tokens(prompt, "messages")
     params = srv.params(req, n_prompt, req.max_completion_tokens or req.max_tokens)
     rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     if req.stream:
@@ -294,7 +354,7 @@ async def _completions(srv: _Server, req: CompletionRequest) -> dict[str, Any] |
     prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
     if not prompts:
         raise APIError(400, "prompt must not be empty", param="prompt")
-    counts = [srv.n_tokens(p) for p in prompts]
+    counts = [srv.n_tokens(p, "prompt") for p in prompts]
     params = [srv.params(req, c, req.max_tokens) for c in counts]
     rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     if req.stream:
@@ -317,10 +377,11 @@ async def _completions(srv: _Server, req: CompletionRequest) -> dict[str, Any] |
 
 def create_app(engine: Engine, model_name: str, api_key: str | None = None,
                max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT, max_batch: int = 16,
-               aliases: set[str] | None = None, batch_wait_s: float = 0.005) -> FastAPI:
+               aliases: set[str] | None = None, batch_wait_s: float = 0.005,
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
     """An OpenAI-compatible app serving ``engine`` as ``model_name`` (``aliases``:
     other accepted model ids). The batcher thread starts now and stops when the
-    app shuts down."""
+    app shuts down. Bodies over ``max_body_bytes`` are refused (413)."""
     engine.batch_size = max(engine.batch_size, max_batch)
     batcher = Batcher(engine, max_batch=max_batch, wait_s=batch_wait_s).start()
     srv = _Server(engine, model_name, aliases or set(), max_tokens_limit, batcher)
@@ -333,7 +394,8 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
 
     app = FastAPI(title="sftkit", lifespan=lifespan)
     app.state.server = srv
-    if api_key:
+    app.add_middleware(_BodyLimit, limit=max_body_bytes)
+    if api_key:  # added last = runs first: no key, no body read
         app.add_middleware(_AuthMiddleware, api_key=api_key)
     _install_error_handlers(app)
 

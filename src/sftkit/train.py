@@ -16,7 +16,7 @@ from typing import Any
 
 from rich.console import Console
 
-from sftkit import accel, models, tracking
+from sftkit import accel, faults, models, safety, tracking
 from sftkit.batching import Examples, pack
 from sftkit.config import Method, RunConfig, check_data_files, config_to_yaml
 from sftkit.data import write_rejects
@@ -48,16 +48,7 @@ def _prepare_run_dir(cfg: RunConfig, resume: str | None) -> Path:
     run_dir = cfg.run_dir().resolve()
     if not _is_main():  # the other ranks only read; rank 0 prepares (and probes) the folder
         return run_dir
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise TrainError(f"output_dir {run_dir} is not writable ({e.strerror}); choose another output_dir") from e
-    free_gb = shutil.disk_usage(run_dir).free / 1e9
-    if free_gb < 1.0:
-        raise TrainError(f"output_dir {run_dir}: only {free_gb:.2f} GB free; checkpoints need more space")
+    faults.check_writable(run_dir)
     if resume is None and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
         raise TrainError(
             f"{run_dir} already holds checkpoints from an earlier run; continue it with "
@@ -110,7 +101,8 @@ def _load_base(cfg: RunConfig, path: Path) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
-    kw: dict[str, Any] = {"dtype": getattr(torch, cfg.model.dtype), "use_safetensors": True,
+    kw: dict[str, Any] = {"dtype": getattr(torch, cfg.model.dtype),
+                          "use_safetensors": safety.use_safetensors(path, cfg.model.allow_pickle),
                           "trust_remote_code": cfg.model.trust_remote_code}
     if cfg.model.attn_implementation:
         kw["attn_implementation"] = cfg.model.attn_implementation
@@ -151,7 +143,7 @@ def _training_args(cfg: RunConfig, run_dir: Path, has_val: bool, report_to: list
         eval_strategy=strategy,
         eval_steps=t.eval_steps,
         save_strategy=save_strategy,
-        save_steps=t.save_steps or 500,
+        save_steps=t.save_steps or t.eval_steps or 500,  # best-model tracking needs a multiple of eval_steps
         # never fewer than 2: the previous complete checkpoint must survive a kill during the next save
         save_total_limit=max(2, t.save_total_limit) if t.save_total_limit else None,
         metric_for_best_model="eval_loss" if has_val else None,
@@ -231,8 +223,9 @@ def _resume_point(run_dir: Path, resume: str | None, console: Console) -> str | 
         if newer and _is_main():  # written when the run was killed mid-save: never load it; make room for the redo
             console.print(f"[yellow]removing incomplete checkpoint {partial.name}[/]")
             shutil.rmtree(partial)
-    if last is None:
-        raise TrainError(f"--resume: no complete checkpoint under {ckpts}; start again without --resume")
+    if last is None:  # killed before the first checkpoint was complete: nothing to lose by starting over
+        console.print(f"[yellow]--resume: no complete checkpoint under {ckpts} yet; starting from step 0[/]")
+        return None
     console.print(f"resuming from {last}")
     return str(last)
 
@@ -286,7 +279,7 @@ def _callbacks(cfg: RunConfig, run_dir: Path, data: Prepared, renderer: Renderer
     from transformers import EarlyStoppingCallback
 
     out = [MetricsLogger(run_dir / "metrics.jsonl", tokens_per_step), RichProgress(console, tokens_per_step),
-           CheckpointMarker(), *extra]
+           CheckpointMarker(), faults.NonFiniteLossGuard(data.train.examples, run_dir / "checkpoints"), *extra]
     if cfg.eval.generate_every and data.val_conversations:
         out.append(GenerationEval(renderer, data.val_conversations[: cfg.eval.generate_samples], cfg.eval.metrics,
                                   cfg.eval.generate_every, cfg.eval.max_new_tokens, run_dir / "metrics.jsonl"))
@@ -319,6 +312,11 @@ def run(
     report_to, tracker_callbacks = tracking.setup(cfg.train.report_to, run_dir, cfg.name)
 
     resolved = models.resolve(cfg.model.name_or_path)
+    safety.check_remote_code(resolved.path, cfg.model.trust_remote_code)
+    if _is_main():
+        full = cfg.method.type in (Method.full, Method.freeze)
+        faults.check_free_space(run_dir, faults.checkpoint_need(resolved.path, full, cfg.train.save_total_limit))
+    console.print(safety.describe_paths(cfg, resolved.path, run_dir), highlight=False)
     tokenizer = models.load_tokenizer(resolved.path, cfg.model.trust_remote_code)
     template = load_template(cfg.template, tokenizer)
     renderer = Renderer(template, tokenizer, cfg.data.mask, cfg.data.cutoff_len, cfg.data.overflow)
@@ -335,6 +333,7 @@ def run(
     tokens_per_step = data.report["train_tokens"] / max(1, len(train_rows)) * (
         cfg.train.per_device_train_batch_size * cfg.train.gradient_accumulation_steps
         * int(os.environ.get("WORLD_SIZE", "1")))
+    stop = faults.GracefulStop()  # Ctrl-C: checkpoint at the end of the step, then exit 130
     trainer = Trainer(
         model=model,
         args=_training_args(cfg, run_dir, bool(data.val.examples), report_to),
@@ -343,13 +342,15 @@ def run(
         data_collator=accel.train_collator(cfg, tokenizer.pad_token_id),
         processing_class=tokenizer,
         callbacks=_callbacks(cfg, run_dir, data, renderer, tokens_per_step, console,
-                             [*tracker_callbacks, *(callbacks or [])]),
+                             [stop, *tracker_callbacks, *(callbacks or [])]),
     )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
 
     t0 = time.perf_counter()
-    out = trainer.train(resume_from_checkpoint=checkpoint)
+    with faults.io_failures(run_dir), stop:  # disk full / refused unpickling; Ctrl-C saves, then stops
+        out = trainer.train(resume_from_checkpoint=checkpoint)
+    stop.raise_if_stopped(run_dir, trainer.state.max_steps)
     seconds = time.perf_counter() - t0
 
     if trainer.is_world_process_zero():

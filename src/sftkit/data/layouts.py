@@ -281,9 +281,16 @@ def from_turns(row: dict[str, Any], layout: str, cmap: ColumnMap, shown: str) ->
 
 
 def _history(v: Any) -> list[Message]:
+    bad = RowError("field 'history' must be a list of [user, assistant] string pairs")
+    if isinstance(v, str):  # CSV/TSV cells are strings: an empty cell, or the list as JSON
+        if not v.strip():
+            return []
+        try:
+            v = json.loads(v)
+        except (ValueError, RecursionError):
+            raise bad from None
     if v is None or v == []:
         return []
-    bad = RowError("field 'history' must be a list of [user, assistant] string pairs")
     if not isinstance(v, list):
         raise bad
     out: list[Message] = []

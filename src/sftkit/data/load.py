@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,6 +12,23 @@ from sftkit.data.layouts import ColumnMap, RowError, detect_layout, normalize_fo
 from sftkit.data.readers import RawRow, iter_rows
 from sftkit.data.types import DataError, LoadResult, OnError, Reject
 from sftkit.data.validate import check_conversation, enforce
+
+# A \uD800-\uDFFF escape: JSON allows it, but a lone one is not text (tokenizers and UTF-8 refuse it).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _check_unicode(conv: Conversation, raw: str) -> None:
+    """Reject lone surrogates from ``\\uXXXX`` escapes (also inside JSON strings such as ``tools``).
+    Only rows whose raw text holds such an escape are checked, so clean rows cost one regex scan."""
+    if _SURROGATE_ESCAPE.search(raw) is None:
+        return
+    text = json.dumps([conv.to_dict(), conv.label], ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = f"\\u{ord(text[e.start]):04x}"
+        raise RowError(f"invalid Unicode: a lone surrogate escape ({bad}) is not a character; "
+                       "fix or remove the escape") from None
 
 
 @dataclass(slots=True)
@@ -48,6 +67,7 @@ def _one(st: _State, row: RawRow) -> None:
     canon, src = st.cmap.canon(row.value)
     layout = _layout_for(st, row, canon, src)
     conv = check_conversation(to_conversation(canon, layout, st.cmap, src))
+    _check_unicode(conv, row.raw)
     conv.source = f"{st.path}:{row.line}"
     task = row.value.get("task")
     if isinstance(task, str) and task.strip():  # a task type: evaluation reports metrics per task
@@ -90,12 +110,13 @@ def load_file(
     """
     p = Path(path)
     st = _State(str(path), normalize_format(format), ColumnMap(columns))
-    ft, rows = iter_rows(p, file_type)
+    notes: list[str] = []
+    ft, rows = iter_rows(p, file_type, notes)
     total = 0
     for row in rows:
         total += 1
         _guarded(st, row)
-    result = LoadResult(st.convs, st.rejects, total, st.forced or st.layout or "unknown", str(path), ft)
+    result = LoadResult(st.convs, st.rejects, total, st.forced or st.layout or "unknown", str(path), ft, notes)
     enforce(result, on_error)
     return result
 

@@ -78,8 +78,8 @@ def sniff_file_type(path: Path, head: bytes) -> str:
     )
 
 
-def iter_rows(path: Path, file_type: str | None = None) -> tuple[str, Iterator[RawRow]]:
-    """``(file_type, rows)`` for a data file."""
+def iter_rows(path: Path, file_type: str | None = None, notes: list[str] | None = None) -> tuple[str, Iterator[RawRow]]:
+    """``(file_type, rows)`` for a data file; file-level remarks (not rows) go to ``notes``."""
     if file_type == "parquet" or (file_type is None and path.suffix.lower() == ".parquet"):
         return "parquet", _parquet_rows(path)
     data = _read_bytes(path)
@@ -90,7 +90,7 @@ def iter_rows(path: Path, file_type: str | None = None) -> tuple[str, Iterator[R
         return ft, _jsonl_rows(data)
     text = data.decode("utf-8", errors="surrogateescape").removeprefix(BOM)
     if ft == "json":
-        return ft, _json_array_rows(text, path)
+        return ft, _json_array_rows(text, path, notes)
     return ft, _csv_rows(text, "\t" if ft == "tsv" else ",")
 
 
@@ -143,21 +143,49 @@ def _decode_at(text: str, i: int) -> tuple[Any, int, str | None]:
         return None, -1, f"invalid JSON ({e.msg})"
 
 
+_NOT_A_START = frozenset("}],")  # lines that close or continue an element
+
+
+def _indent(text: str, i: int) -> int:
+    return i - (text.rfind("\n", 0, i) + 1)
+
+
 def _resync(text: str, i: int) -> int:
-    """Start of the next element that parses after a broken one (or the end)."""
+    """Start of the next element after a broken one at ``i`` (or the end): the next line,
+    no deeper indented than the broken element, that does not close one. Nested lines of a
+    pretty-printed element are deeper, so each broken element stays one row of its own
+    (and the scan is linear: no re-parsing of what follows)."""
+    limit = _indent(text, i)
     j = i
     while True:
         j = text.find("\n", j + 1)
         if j < 0:
             return len(text)
         k = _skip_ws(text, j)
-        if k < len(text) and text[k] in "{[":
-            _, end, err = _decode_at(text, k)
-            if err is None and text[_skip_ws(text, end) : _skip_ws(text, end) + 1] in (",", "]", ""):
-                return k
+        if k < len(text) and text[k] not in _NOT_A_START and _indent(text, k) <= limit:
+            return k
 
 
-def _json_array_rows(text: str, path: Path) -> Iterator[RawRow]:
+def _element(text: str, i: int, line: int) -> tuple[RawRow, int, str | None]:
+    """One array element at ``i``: ``(row, where the next element starts, what follows)``;
+    what follows is ``","``, ``"]"``, ``""`` (end of text) or ``None`` after a broken element."""
+    value, end, err = _decode_at(text, i)
+    if err is None:
+        j = _skip_ws(text, end)
+        sep = text[j : j + 1]
+        raw = text[i:end]
+        if sep in (",", "]", ""):
+            row = RawRow(line, raw, error="invalid UTF-8") if _has_surrogates(raw) else RawRow(line, raw, value)
+            return row, _skip_ws(text, j + 1) if sep == "," else j, sep
+        if "\n" in text[end:j]:  # the next element starts on a later line: only the comma is missing
+            return RawRow(line, raw, value), j, "missing"
+        err = "invalid JSON (unexpected text after the element)"
+    nxt = _resync(text, i)
+    return RawRow(line, text[i:nxt].rstrip(_WS + ",]"), error=err), nxt, None
+
+
+def _json_array_rows(text: str, path: Path, notes: list[str] | None = None) -> Iterator[RawRow]:
+    """One row per element; a broken element is one reject and reading resumes at the next one."""
     i = _skip_ws(text, 0)
     if i >= len(text):
         return
@@ -167,27 +195,17 @@ def _json_array_rows(text: str, path: Path) -> Iterator[RawRow]:
     i = _skip_ws(text, i + 1)
     if text[i : i + 1] == "]":
         return
+    missing_comma = False
     while i < len(text):
-        line = lines.at(i)
-        value, end, err = _decode_at(text, i)
-        if err is None:
-            raw = text[i:end]
-            if _has_surrogates(raw):
-                yield RawRow(line, raw, error="invalid UTF-8")
-            else:
-                yield RawRow(line, raw, value)
-            i = _skip_ws(text, end)
-            sep = text[i : i + 1]
-            if sep == "]":
-                return
-            if sep == ",":
-                i = _skip_ws(text, i + 1)
-                continue
-            err = "expected ',' or ']' after the element"
-            end = i
-        nxt = _resync(text, max(i, end))
-        yield RawRow(line, text[i:nxt].rstrip(_WS + ",]"), error=err)
-        i = nxt
+        row, i, sep = _element(text, i, lines.at(i))
+        if missing_comma and row.error is None:
+            row = RawRow(row.line, row.raw, error="invalid JSON (missing ',' before this element)")
+        missing_comma = sep == "missing"
+        yield row
+        if sep == "]":
+            return
+    if notes is not None:
+        notes.append(f"{path}: the JSON array is not closed with ']' (truncated file?)")
 
 
 # --- CSV ---------------------------------------------------------------------

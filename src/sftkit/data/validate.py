@@ -1,7 +1,7 @@
 """Checks on a mapped conversation, the quarantine file and ``on_error``.
 
 Reject reasons (stable prefixes, see docs/data.md):
-``invalid JSON``, ``invalid UTF-8``, ``JSON nested too deeply``, ``row is not an object``,
+``invalid JSON``, ``invalid UTF-8``, ``invalid Unicode``, ``JSON nested too deeply``, ``row is not an object``,
 ``no known layout fields``, ``missing field``, ``field ... is empty/null/must be``,
 ``unknown role``, ``empty content``, ``system message not first``,
 ``conversation must start with a user turn``, ``two user turns in a row``,

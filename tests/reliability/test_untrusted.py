@@ -243,7 +243,7 @@ def test_nothing_is_downloaded_implicitly(tmp_path):
     try:
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
                            check=False)
-        assert "REFUSED" in r.stdout and "does not download implicitly" in r.stdout, r.stdout + r.stderr
+        assert "REFUSED" in r.stdout and "never downloads implicitly" in r.stdout, r.stdout + r.stderr
         assert _Recorder.seen == [], f"sftkit contacted the hub: {_Recorder.seen}"
         # control: the endpoint is really where the hub client would go
         probe = ("from huggingface_hub import snapshot_download\ntry:\n    snapshot_download('someorg/some-model')\n"
@@ -252,6 +252,6 @@ def test_nothing_is_downloaded_implicitly(tmp_path):
         assert any("someorg/some-model" in p for p in _Recorder.seen), "the control should reach the recorder"
     finally:
         server.shutdown()
-    with pytest.raises(ModelNotFound, match="does not download implicitly"):
+    with pytest.raises(ModelNotFound, match="never downloads implicitly"):
         resolve("someorg/some-model")
 

@@ -165,16 +165,21 @@ def _training_args(cfg: RunConfig, run_dir: Path, has_val: bool, report_to: list
     )
 
 
-def _save_final(model: Any, tokenizer: Any, cfg: RunConfig, run_dir: Path) -> Path:
+def _save_final(trainer: Any, tokenizer: Any, cfg: RunConfig, run_dir: Path) -> Path:
+    """Every rank calls this: under DeepSpeed ZeRO-3 / FSDP the weights are sharded and saving gathers
+    them (``Trainer.save_model``); only rank 0 writes, and the folder appears complete or not at all."""
     out = run_dir / ("adapter" if cfg.method.type in (Method.lora, Method.qlora) else "model")
     tmp = run_dir / f".{out.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.config.use_cache = True  # switched off for training; inference wants it back
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)  # the final folder appears complete or not at all
+    if _is_main():
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.model.config.use_cache = True  # switched off for training; inference wants it back
+    trainer.save_model(str(tmp))
+    if _is_main():
+        (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; config.yaml holds the settings
+        tokenizer.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
     return out
 
 
@@ -353,8 +358,8 @@ def run(
     stop.raise_if_stopped(run_dir, trainer.state.max_steps)
     seconds = time.perf_counter() - t0
 
+    final = _save_final(trainer, tokenizer, cfg, run_dir)
     if trainer.is_world_process_zero():
-        final = _save_final(trainer.model, tokenizer, cfg, run_dir)
         plot_loss(run_dir / "metrics.jsonl", run_dir / "loss.png")
         summary = {"train_seconds": round(seconds, 2), "global_step": out.global_step,
                    "train_loss": out.training_loss, "best_eval_loss": trainer.state.best_metric,

@@ -135,6 +135,9 @@ def test_each_method_really_trains(method, tmp_path, tiny_model_dir):
         assert all("lora_" in n for n in moved)
     out = tmp_path / "run" / ("model" if method in ("full", "freeze") else "adapter")
     assert any(out.glob("*.safetensors"))
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert summary["global_step"] == 6 and summary["tokens"] > 0 and summary["final"] == str(out)
+    assert (tmp_path / "run" / "report.html").is_file()  # written at the end of training
 
 
 def test_qlora_counts_real_parameters(tiny_model_dir):

@@ -168,3 +168,31 @@ def plot_loss(metrics_path: Path, out: Path) -> Path | None:
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def print_summary(console: Console, run_dir: Path, summary: dict[str, Any]) -> None:
+    """The one-screen end of a run: how long, how much, how good, and where the files are."""
+    from rich.panel import Panel
+    from rich.table import Table
+
+    t = Table.grid(padding=(0, 2))
+    t.add_column(style="bold", no_wrap=True)
+    t.add_column(overflow="fold")  # paths are meant to be copied: never cut with an ellipsis
+    mins, secs = divmod(summary["train_seconds"], 60)
+    t.add_row("time", f"{int(mins)} min {secs:.0f} s, {summary['global_step']} optimizer steps")
+    if summary.get("tokens"):
+        rate = summary.get("session_tokens", summary["tokens"]) / max(summary["train_seconds"], 1e-9)
+        t.add_row("tokens", f"{summary['tokens']:,} tokens processed ({rate:,.0f}/s)")
+    if summary.get("train_loss") is not None:
+        t.add_row("train loss", f"{summary['train_loss']:.4f} (mean over the run)")
+    if summary.get("best_eval_loss") is not None:
+        where = f" at {Path(summary['best_checkpoint']).name}" if summary.get("best_checkpoint") else ""
+        t.add_row("best eval loss", f"{summary['best_eval_loss']:.4f}{where}")
+    t.add_row("trainable", f"{summary['trainable_parameters']:,} of {summary['total_parameters']:,} parameters")
+    files = [("weights", summary["final"]), ("report", run_dir / "report.html"), ("metrics", run_dir / "metrics.jsonl"),
+             ("loss curve", run_dir / "loss.png"), ("rejected rows", run_dir / "rejected.jsonl")]
+    for name, path in files:
+        if Path(path).exists():
+            t.add_row(name, str(path))
+    t.add_row("next", f"sft eval {run_dir}\nsft chat {run_dir}\nsft export {run_dir} --out DIR")
+    console.print(Panel(t, title=f"run finished: {run_dir.name}", expand=False))

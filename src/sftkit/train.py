@@ -25,7 +25,14 @@ from sftkit.errors import TrainError
 from sftkit.fingerprint import differences, fingerprint
 from sftkit.gen_eval import GenerationEval
 from sftkit.methods import attach, count_parameters, deepspeed_config, quantization_config
-from sftkit.progress import CheckpointMarker, MetricsLogger, RichProgress, last_complete_checkpoint, plot_loss
+from sftkit.progress import (
+    CheckpointMarker,
+    MetricsLogger,
+    RichProgress,
+    last_complete_checkpoint,
+    plot_loss,
+    print_summary,
+)
 from sftkit.templates.registry import load_template
 from sftkit.templates.render import Renderer
 
@@ -181,6 +188,12 @@ def _save_final(trainer: Any, tokenizer: Any, cfg: RunConfig, run_dir: Path) -> 
             shutil.rmtree(out)
         tmp.rename(out)
     return out
+
+
+def _step_of(checkpoint: str | None) -> int:
+    """The optimizer step a checkpoint folder (``checkpoint-N``) was written at; 0 for a fresh start."""
+    tail = Path(checkpoint).name.rpartition("-")[2] if checkpoint else ""
+    return int(tail) if tail.isdigit() else 0
 
 
 def _preflight(cfg: RunConfig, data: Prepared, force: bool, console: Console) -> None:
@@ -360,10 +373,16 @@ def run(
 
     final = _save_final(trainer, tokenizer, cfg, run_dir)
     if trainer.is_world_process_zero():
+        from sftkit.report import write_report
+
         plot_loss(run_dir / "metrics.jsonl", run_dir / "loss.png")
         summary = {"train_seconds": round(seconds, 2), "global_step": out.global_step,
                    "train_loss": out.training_loss, "best_eval_loss": trainer.state.best_metric,
+                   "best_checkpoint": trainer.state.best_model_checkpoint,
+                   "tokens": round(tokens_per_step * out.global_step),
+                   "session_tokens": round(tokens_per_step * (out.global_step - _step_of(checkpoint))),
                    "trainable_parameters": trainable, "total_parameters": total, "final": str(final)}
         (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
-        console.print(f"done in {seconds:.1f}s, {out.global_step} steps; {final.name}/ saved in {run_dir}")
+        write_report(run_dir)  # updated again by `sft eval`
+        print_summary(console, run_dir, summary)
     return TrainResult(run_dir, seconds, out.global_step, out.training_loss, trainer.state.best_metric)

@@ -4,8 +4,9 @@
     .venv/bin/python bench/data_prep.py --repeat 3 --trl-num-proc 2
 
 Both sides start from the same generated JSONL file (``{"messages": [...]}`` rows: 1-3 turns,
-30 % with a system prompt, English/Chinese/emoji) and the bundled SmolLM2 tokenizer (its own
-Jinja chat template), with the same 1,024-token cutoff (TRL's default ``max_length``).
+30 % with a system prompt, English with about one word in eight Chinese or an emoji) and the
+bundled SmolLM2 tokenizer (its own Jinja chat template), with the same 1,024-token cutoff (TRL's
+default ``max_length``).
 
 * sftkit: ``load_file`` (read + validate, what ``sft data check`` does), then ``render_all``
   (render, tokenize, assistant-only labels) with the template loaded as ``sft train`` does.
@@ -15,7 +16,9 @@ Jinja chat template), with the same 1,024-token cutoff (TRL's default ``max_leng
   truncation, filter: four ``datasets.map``/``filter`` passes), with a fresh datasets cache.
 
 Both sides run in this one invocation, alternating order per repeat; the figures are each side's
-fastest repeat. Prints one JSON line (progress goes to stderr).
+fastest repeat. Then ``sft train``'s whole preparation (``dataset.prepare``) is timed twice with an
+empty prepared-data cache: cold, and warm (``--no-cache`` skips it). Prints one JSON line (progress
+goes to stderr).
 """
 
 from __future__ import annotations
@@ -34,12 +37,14 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # fmt: off
-WORDS = [
+ENGLISH = [
     "the", "model", "learns", "to", "answer", "questions", "about", "data", "templates", "and", "tokens", "with",
     "a", "clear", "short", "reply", "river", "bank", "code", "write", "read", "train",
-    "你好", "世界", "数据", "模型", "训练", "回答", "问题", "😊", "🚀", "👍🏽",
 ]
+OTHER = ["你好", "世界", "数据", "模型", "训练", "回答", "问题", "😊", "🚀", "👍🏽"]  # 2-6 tokens each
 # fmt: on
+WORDS = ENGLISH + OTHER
+WEIGHTS = [1.0] * len(ENGLISH) + [0.3] * len(OTHER)  # about 1 word in 8 is Chinese or an emoji
 CUTOFF = 1024  # TRL's default max_length; sftkit's default cutoff_len
 
 
@@ -48,7 +53,7 @@ def generate(path: Path, n: int, seed: int = 0) -> None:
     rng = random.Random(seed)
 
     def text(lo: int, hi: int) -> str:
-        return " ".join(rng.choices(WORDS, k=rng.randint(lo, hi)))
+        return " ".join(rng.choices(WORDS, WEIGHTS, k=rng.randint(lo, hi)))
 
     with path.open("w", encoding="utf-8") as f:
         for _ in range(n):
@@ -89,6 +94,32 @@ def sftkit_prepare(path: Path, tok: Any, template: str = "auto") -> dict[str, An
         "template_rows": dict(getattr(tmpl, "stats", {})),
         "rendered": rendered,
     }
+
+
+def cache_cold_warm(path: Path, tok: Any) -> dict[str, Any]:
+    """``sft train``'s whole preparation (``dataset.prepare``: also lint, duplicate counts, the
+    report) run twice with an empty prepared-data cache: cold (prepares, stores) and warm (loads)."""
+    from sftkit.config import DataConfig
+    from sftkit.dataset import prepare
+    from sftkit.templates import Renderer, load_template
+
+    old = os.environ.get("SFTKIT_HOME")
+    with tempfile.TemporaryDirectory() as home:
+        os.environ["SFTKIT_HOME"] = home
+        try:
+            data = DataConfig(train=[path], cutoff_len=CUTOFF)
+            times, status = [], []
+            for _ in range(2):
+                t = time.perf_counter()
+                r = Renderer(load_template("auto", tok), tok, data.mask, data.cutoff_len, data.overflow)
+                out = prepare(data, r, seed=0)
+                times.append(round(time.perf_counter() - t, 2))
+                status.append(out.report["cache"]["status"])
+            size = sum(f.stat().st_size for f in Path(home, "prepared").glob("*.pkl"))
+        finally:
+            os.environ.pop("SFTKIT_HOME") if old is None else os.environ.__setitem__("SFTKIT_HOME", old)
+    assert status == ["stored", "hit"], status
+    return {"prepare_cold_s": times[0], "prepare_warm_s": times[1], "cache_entry_mb": round(size / 2**20)}
 
 
 def tiny_model(tok: Any) -> Any:
@@ -161,7 +192,7 @@ def versions() -> dict[str, str]:
     return {m.__name__: m.__version__ for m in (trl, transformers, tokenizers, datasets)}
 
 
-def measure(path: Path, repeat: int, trl_num_proc: int | None) -> dict[str, Any]:
+def measure(path: Path, repeat: int, trl_num_proc: int | None, cache: bool) -> dict[str, Any]:
     tok = tokenizer()
     runs: list[dict[str, Any]] = []
     ours: dict[str, Any] = {}
@@ -206,6 +237,9 @@ def measure(path: Path, repeat: int, trl_num_proc: int | None) -> dict[str, Any]
         log(f"trl with dataset_num_proc={trl_num_proc} (load {load()})")
         extra = trl_prepare(path, trl_num_proc)
         out[f"trl_num_proc{trl_num_proc}_rows_per_s"] = round(n / extra["total_s"])
+    if cache:
+        log(f"sftkit prepare(), cold then warm cache (load {load()})")
+        out.update({f"sftkit_{k}": v for k, v in cache_cold_warm(path, tok).items()})
     return out
 
 
@@ -214,12 +248,13 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--trl-num-proc", type=int, default=0, help="also time TRL with this dataset_num_proc")
+    ap.add_argument("--no-cache", action="store_true", help="skip the cold/warm prepared-data cache timing")
     a = ap.parse_args()
     started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "rows.jsonl"
         generate(path, a.rows)
-        out = measure(path, a.repeat, a.trl_num_proc or None)
+        out = measure(path, a.repeat, a.trl_num_proc or None, not a.no_cache)
         out["trl_assistant_only_loss"] = trl_assistant_only_loss(path)
     out.update({"started": started, "cpus": os.cpu_count(), "versions": versions()})
     print(json.dumps(out, ensure_ascii=False))

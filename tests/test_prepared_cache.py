@@ -91,3 +91,20 @@ def test_only_the_newest_entries_are_kept(tokenizer, tmp_path, home) -> None:
         prepare(data, _renderer(tokenizer, data), seed=seed)
     assert len(list((home / "prepared").glob("*.pkl"))) == prepared_cache.KEEP
     assert prepare(data, _renderer(tokenizer, data), seed=prepared_cache.KEEP + 1).report["cache"]["status"] == "hit"
+
+
+def test_paused_gc_restores_the_collector_state() -> None:
+    import gc
+
+    from sftkit.templates.render import paused_gc
+
+    assert gc.isenabled()
+    with paused_gc():
+        assert not gc.isenabled()
+        with paused_gc():
+            pass
+        assert not gc.isenabled()  # the inner pause does not re-enable it early
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), paused_gc():
+        raise RuntimeError
+    assert gc.isenabled()

@@ -16,7 +16,7 @@ from sftkit.config import DataConfig, DataSource
 from sftkit.conversation import Conversation
 from sftkit.data import DataError, Reject, enforce, fold_rendered, load_file
 from sftkit.data.mix import mix
-from sftkit.templates.render import Rendered, Renderer
+from sftkit.templates.render import Rendered, Renderer, paused_gc
 
 
 @dataclass
@@ -93,6 +93,11 @@ def prepare(data: DataConfig, renderer: Renderer, seed: int) -> Prepared:
 
 
 def _prepare(data: DataConfig, renderer: Renderer, seed: int) -> Prepared:
+    with paused_gc():  # reading builds every row's objects: see paused_gc
+        return _prepare_rows(data, renderer, seed)
+
+
+def _prepare_rows(data: DataConfig, renderer: Renderer, seed: int) -> Prepared:
     train_convs, rejects, train_info = read_sources(data.train, data.on_error, seed)
     val_convs, val_rejects, val_info = read_sources(data.val, data.on_error, seed)
     rejects += val_rejects

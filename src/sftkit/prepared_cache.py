@@ -23,6 +23,7 @@ from typing import Any
 import sftkit
 from sftkit.conversation import Conversation, Message
 from sftkit.fingerprint import _file_hash
+from sftkit.templates.render import paused_gc
 
 KEEP = 3  # entries kept (the newest by use); each is about the size of the tokenized data
 _FORMAT = 1  # bump when the pickled objects change shape
@@ -96,7 +97,7 @@ def key(data: Any, renderer: Any, seed: int) -> str | None:
 def _store(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    with tmp.open("wb") as f:
+    with tmp.open("wb") as f, paused_gc():
         pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
     os.replace(tmp, path)  # atomic: a concurrent reader (another rank) sees all of it or nothing
     entries = sorted(path.parent.glob("*.pkl"), key=lambda p: p.stat().st_mtime, reverse=True)
@@ -106,7 +107,7 @@ def _store(path: Path, obj: Any) -> None:
 
 def _load(path: Path) -> Any | None:
     try:
-        with path.open("rb") as f:
+        with path.open("rb") as f, paused_gc():
             obj = pickle.load(f)
     except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError):
         return None  # unreadable or from an incompatible version: prepare again and overwrite it

@@ -108,3 +108,4 @@ def test_paused_gc_restores_the_collector_state() -> None:
     with pytest.raises(RuntimeError), paused_gc():
         raise RuntimeError
     assert gc.isenabled()
+

@@ -3,11 +3,12 @@
 Usage: .venv/bin/python bench/templates_render.py [--rows 100000] [--trl-rows 20000]
 
 Both sides get the same generated conversations and the bundled SmolLM2
-tokenizer. sftkit: ``Renderer.render_many`` in batches of 1,000 (the tokenizer's
-own template, and the shipped ``chatml`` JSON template). TRL:
-``SFTTrainer._prepare_dataset`` (chat template + tokenization through
-``datasets.map``, one process), on a subset when ``--trl-rows`` is smaller.
-Prints one JSON line.
+tokenizer, with a 1,024-token cutoff. sftkit: ``Renderer.render_many`` (the
+tokenizer's own template, and the shipped ``chatml`` JSON template). TRL: its
+``SFTTrainer`` preparation as the constructor runs it (``SFTConfig`` defaults:
+chat template + tokenization, labels, truncation through ``datasets.map``, one
+process), on a subset when ``--trl-rows`` is smaller. No file reading on either
+side (``bench/data_prep.py`` times the whole path). Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import os
 import random
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 WORDS = [
@@ -62,50 +63,24 @@ def bench_sftkit(tok: Any, rows: list[list[dict[str, str]]], template: str) -> f
     from sftkit.conversation import Conversation
     from sftkit.templates import Renderer, load_template
 
-    r = Renderer(load_template(template, tok), tok)
+    r = Renderer(load_template(template, tok), tok, cutoff_len=1024)  # TRL's default max_length
     t0 = time.perf_counter()
-    n = 0
-    for i in range(0, len(rows), 1000):
-        batch = [Conversation.from_messages(m) for m in rows[i : i + 1000]]
-        n += sum(1 for x in r.render_many(batch) if x.n_trainable > 0)  # type: ignore[union-attr]
-    assert n == len(rows)
+    out = r.render_many([Conversation.from_messages(m) for m in rows])
+    assert sum(1 for x in out if x.n_trainable > 0) == len(rows)  # type: ignore[union-attr]
     return len(rows) / (time.perf_counter() - t0)
 
 
-def bench_trl(tok: Any, rows: list[list[dict[str, str]]]) -> float:
-    import torch
-    from datasets import Dataset, disable_progress_bars
-    from transformers import LlamaConfig, LlamaForCausalLM
-    from trl import SFTConfig, SFTTrainer
+def bench_trl(rows: list[list[dict[str, str]]]) -> float:
+    """TRL's ``SFTTrainer`` preparation as its constructor runs it (``bench/data_prep.py``),
+    timing only ``_prepare_dataset`` (not reading the file)."""
+    from data_prep import trl_prepare
 
-    disable_progress_bars()
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-        )
-    )
-    with tempfile.TemporaryDirectory() as out:
-        args = SFTConfig(
-            output_dir=out, report_to="none", max_length=None, dataset_num_proc=None, use_cpu=True, bf16=False
-        )
-        trainer = SFTTrainer(
-            model=model,
-            args=args,
-            processing_class=tok,
-            train_dataset=Dataset.from_list([{"messages": m} for m in rows[:8]]),
-        )
-        ds = Dataset.from_list([{"messages": m} for m in rows])
-        t0 = time.perf_counter()
-        prepared = trainer._prepare_dataset(ds, tok, args, False, None, "train")
-        dt = time.perf_counter() - t0
-    assert len(prepared) == len(rows)
-    return len(rows) / dt
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "rows.jsonl"
+        path.write_text("".join(json.dumps({"messages": m}, ensure_ascii=False) + "\n" for m in rows), "utf-8")
+        trl = trl_prepare(path)
+    assert trl["rows"] == len(rows)
+    return len(rows) / trl["prepare_s"]
 
 
 def main() -> None:
@@ -124,7 +99,7 @@ def main() -> None:
         "sftkit_auto_rows_per_s": round(bench_sftkit(tok, rows, "auto")),
         "sftkit_json_chatml_rows_per_s": round(bench_sftkit(tok, rows, "chatml")),
         "trl_rows": min(a.trl_rows, a.rows),
-        "trl_sft_prepare_rows_per_s": round(bench_trl(tok, rows[: a.trl_rows])),
+        "trl_sft_prepare_rows_per_s": round(bench_trl(rows[: a.trl_rows])),
         "cpu_count": os.cpu_count(),
     }
     result["speedup_auto_vs_trl"] = round(result["sftkit_auto_rows_per_s"] / result["trl_sft_prepare_rows_per_s"], 2)

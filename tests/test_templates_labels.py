@@ -149,3 +149,39 @@ def test_error_stops_the_run() -> None:
     with pytest.raises(TemplateError, match=r"rows\.jsonl:7: \d+ tokens exceed cutoff_len=30") as e:
         _renderer(30, Overflow.error).render(TWO_TURNS)
     assert not isinstance(e.value, RowRejected)
+
+
+# -- render_many: chunks, per-row errors ------------------------------------------
+
+
+def test_render_many_chunks_and_returns_row_errors_in_place() -> None:
+    tool_row = Conversation.from_messages(
+        [{"role": "user", "content": "q"}, {"role": "tool", "content": "9"}, {"role": "assistant", "content": "a"}],
+        source="rows.jsonl:3",
+    )
+    rows = [TWO_TURNS, TWO_TURNS, tool_row, TWO_TURNS, TWO_TURNS]
+    no_tools = load_template("chatml").spec.model_dump()
+    del no_tools["turns"]["tool"]
+    from sftkit.templates import JSONTemplate
+
+    r = Renderer(JSONTemplate.from_dict(no_tools), CharTokenizer())
+    r.CHUNK = 2  # three chunks through the tokenizer thread
+    out = r.render_many(rows, errors="return")
+    assert isinstance(out[2], TemplateError) and "rows.jsonl:3" in str(out[2]) and "'tool'" in str(out[2])
+    whole = r.render(TWO_TURNS)
+    assert all((x.input_ids, x.labels) == (whole.input_ids, whole.labels) for k, x in enumerate(out) if k != 2)
+    with pytest.raises(TemplateError, match=r"rows\.jsonl:3"):
+        r.render_many(rows)
+
+
+def test_render_all_reports_a_row_the_template_cannot_render() -> None:
+    from sftkit.data.stats import render_all
+    from sftkit.templates import JSONTemplate
+
+    bad = Conversation.from_messages(
+        [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "reasoning": "r"}], source="t.jsonl:2"
+    )
+    spec = load_template("chatml").spec.model_dump() | {"reasoning": None}
+    ok, rejects = render_all(Renderer(JSONTemplate.from_dict(spec), CharTokenizer()), [TWO_TURNS, bad, TWO_TURNS])
+    assert len(ok) == 2 and [(r.file, r.line) for r in rejects] == [("t.jsonl", 2)]
+    assert rejects[0].reason.startswith("template error: the reply has a reasoning block")

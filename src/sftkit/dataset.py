@@ -3,7 +3,7 @@
 ``prepare()`` is the one path used by ``sft train``: read each file with
 ``sftkit.data``, mix weighted sources, render with the run's template, and
 return the examples plus a report (counts per file) and the rejected rows
-(file:line, reason, the row verbatim).
+(file:line, reason, the row verbatim). The result is cached (``prepared_cache``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from sftkit.config import DataConfig, DataSource
 from sftkit.conversation import Conversation
 from sftkit.data import DataError, Reject, enforce, fold_rendered, load_file
 from sftkit.data.mix import mix
-from sftkit.templates.render import Rendered, Renderer
+from sftkit.templates.render import Rendered, Renderer, paused_gc
 
 
 @dataclass
@@ -82,6 +82,22 @@ def quality_summary(convs: list[Conversation]) -> dict[str, Any]:
 
 
 def prepare(data: DataConfig, renderer: Renderer, seed: int) -> Prepared:
+    """Read, split, render and report; a second call with the same inputs (files, config,
+    template, tokenizer, seed) loads the first one's result (``sftkit.prepared_cache``).
+    ``report["cache"]`` says which happened."""
+    from sftkit.prepared_cache import cached
+
+    out, info = cached(data, renderer, seed, lambda: _prepare(data, renderer, seed))
+    out.report["cache"] = info
+    return out
+
+
+def _prepare(data: DataConfig, renderer: Renderer, seed: int) -> Prepared:
+    with paused_gc():  # reading builds every row's objects: see paused_gc
+        return _prepare_rows(data, renderer, seed)
+
+
+def _prepare_rows(data: DataConfig, renderer: Renderer, seed: int) -> Prepared:
     train_convs, rejects, train_info = read_sources(data.train, data.on_error, seed)
     val_convs, val_rejects, val_info = read_sources(data.val, data.on_error, seed)
     rejects += val_rejects

@@ -38,34 +38,32 @@ def make_renderer(model: str = "smollm2-135m-instruct") -> Any:
     return Renderer(HFChatTemplate(tok, name=model), tok)
 
 
-def render_all(renderer: Any, convs: Sequence[Conversation], batch: int = 512) -> tuple[list[Any], list[Reject]]:
-    """Render in batches; a row the template cannot render (or too long for the
-    renderer's cutoff under ``drop``) becomes a ``Reject``."""
+def render_all(
+    renderer: Any, convs: Sequence[Conversation], batch: int | None = None
+) -> tuple[list[Any], list[Reject]]:
+    """Render every row; a row the template cannot render (or too long for the
+    renderer's cutoff under ``drop``) becomes a ``Reject``, in row order.
+
+    ``batch`` is accepted for compatibility and unused: ``render_many`` chunks and
+    pipelines the work itself and returns failures per row."""
+    from sftkit.templates.base import RowRejected
+
     ok: list[Any] = []
     rejects: list[Reject] = []
-    for i in range(0, len(convs), batch):
-        chunk = convs[i : i + batch]
-        try:
-            results = renderer.render_many(chunk)
-        except Exception:  # noqa: BLE001 - isolate the failing row(s) one by one
-            results = [_render_one(renderer, c) for c in chunk]
-        for conv, r in zip(chunk, results, strict=True):
-            if isinstance(r, Reject):
-                rejects.append(r)
-                continue
-            kept, rej = fold_rendered([conv], [r])
-            ok += kept
-            rejects += rej
+    for conv, r in zip(convs, renderer.render_many(convs, errors="return"), strict=True):
+        if isinstance(r, RowRejected):
+            rejects += fold_rendered([conv], [r])[1]
+        elif isinstance(r, Exception):
+            rejects.append(_template_reject(conv, r))
+        else:
+            ok.append(r)
     return ok, rejects
 
 
-def _render_one(renderer: Any, conv: Conversation) -> Any:
-    try:
-        return renderer.render_many([conv])[0]
-    except Exception as e:  # noqa: BLE001 - reported as a reject
-        file, line = split_source(conv.source)
-        raw = json.dumps(conv.to_dict(), ensure_ascii=False)
-        return Reject(file, line, f"template error: {str(e).removeprefix(f'{conv.source}: ')}", raw)
+def _template_reject(conv: Conversation, e: Exception) -> Reject:
+    file, line = split_source(conv.source)
+    raw = json.dumps(conv.to_dict(), ensure_ascii=False)
+    return Reject(file, line, f"template error: {str(e).removeprefix(f'{conv.source}: ')}", raw)
 
 
 def lengths(rendered: Sequence[Any]) -> Lengths:

@@ -5,6 +5,11 @@ reply adds is ``render(messages[:i+1])`` minus ``render(messages[:i]) +
 generation prompt``. That only works when each rendering is a prefix of the
 next; templates that rewrite earlier turns (e.g. dropping old thinking blocks)
 are reported with a clear error instead of being masked wrongly.
+
+Two renders per reply are slow on large data sets, so when the template is a fixed
+wrapper per role, its compiled form (``compiled.py``, proven equal on a probe set at
+load time) renders the rows instead, for every row shape on which it has also been
+checked against Jinja on a real row; other shapes stay on Jinja.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from typing import Any
 
 from sftkit.conversation import Conversation
 from sftkit.templates.base import Segment, TemplateError
+from sftkit.templates.compiled import Shape, agrees, compile_jinja, shape
 
 
 def _to_hf(conv: Conversation, upto: int) -> list[dict[str, Any]]:
@@ -33,9 +39,12 @@ def _to_hf(conv: Conversation, upto: int) -> list[dict[str, Any]]:
 
 
 class HFChatTemplate:
-    """Adapter around ``tokenizer.apply_chat_template``."""
+    """Adapter around ``tokenizer.apply_chat_template``.
 
-    def __init__(self, tokenizer: Any, name: str = "tokenizer") -> None:
+    ``compile=False`` renders every row through Jinja (the reference the compiled form
+    is checked against). ``stats`` counts rows rendered each way."""
+
+    def __init__(self, tokenizer: Any, name: str = "tokenizer", compile: bool = True) -> None:
         if not getattr(tokenizer, "chat_template", None):
             raise TemplateError(
                 "the tokenizer has no chat template; set `template:` in the config to a shipped "
@@ -43,20 +52,40 @@ class HFChatTemplate:
             )
         self.tokenizer = tokenizer
         self.name = name
+        self.stats = {"compiled": 0, "jinja": 0}
+        self._shapes: dict[Shape, bool] = {}  # row shape -> compiled form checked equal on a real row
+        self.compiled = compile_jinja(self.jinja_segments, self._render, tokenizer.eos_token, name) if compile else None
 
     @property
     def stop_strings(self) -> list[str]:
         eos = self.tokenizer.eos_token
         return [eos] if eos else []
 
+    def _render(self, messages: list[dict[str, Any]], gen: bool, tools: Any = None) -> str:
+        return self.tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=gen)
+
     def _text(self, conv: Conversation, upto: int, gen: bool) -> str:
         if upto == 0 and not gen:
             return ""  # the text before any message (templates may add a default system prompt later)
-        return self.tokenizer.apply_chat_template(
-            _to_hf(conv, upto), tools=conv.tools, tokenize=False, add_generation_prompt=gen
-        )
+        return self._render(_to_hf(conv, upto), gen, conv.tools)
 
     def segments(self, conv: Conversation, add_generation_prompt: bool = False) -> list[Segment]:
+        fast = self.compiled
+        if fast is None:
+            self.stats["jinja"] += 1
+            return self.jinja_segments(conv, add_generation_prompt)
+        key = shape(conv, add_generation_prompt)
+        proven = self._shapes.get(key)
+        if proven:
+            self.stats["compiled"] += 1
+            return fast.segments(conv, add_generation_prompt=add_generation_prompt)
+        self.stats["jinja"] += 1
+        segs = self.jinja_segments(conv, add_generation_prompt)
+        if proven is None:  # first row of this shape: compare, and remember the verdict
+            self._shapes[key] = agrees(fast, conv, add_generation_prompt, segs)
+        return segs
+
+    def jinja_segments(self, conv: Conversation, add_generation_prompt: bool = False) -> list[Segment]:
         # Two renders per reply (the prompt up to it, and the text through it); the
         # text between replies is prompt. No render is spent on user/system turns.
         segs: list[Segment] = []

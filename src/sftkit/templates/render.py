@@ -9,16 +9,35 @@ tokenized pieces), and a token carries loss when it starts inside a trained span
 
 from __future__ import annotations
 
+import gc
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from operator import itemgetter
+from typing import Any, Literal
 
 from sftkit.conversation import Conversation
 from sftkit.templates.base import ChatTemplate, MaskPolicy, RowRejected, Segment, TemplateError
 
 IGNORE = -100
+_start = itemgetter(0)  # a token's first character, from its (start, end) offsets
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while building (or loading) many small
+    objects that form no cycles: its full collections rescan every row made so far
+    (measured: 7 % of the CPU time of preparing 100,000 rows, 3x the time of unpickling them)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 class Overflow(StrEnum):
@@ -68,16 +87,17 @@ def _labels_from_offsets(ids: list[int], offsets: list[tuple[int, int]], spans: 
     Token start offsets are sorted, so each span maps to one slice of tokens found
     by bisection: no per-token Python loop (this runs over every training token).
     """
-    starts = [a for a, _ in offsets]
     labels = [IGNORE] * len(ids)
     for a, b in spans:
-        i, j = bisect_left(starts, a), bisect_left(starts, b)
+        i, j = bisect_left(offsets, a, key=_start), bisect_left(offsets, b, key=_start)
         labels[i:j] = ids[i:j]
     return labels
 
 
 class Renderer:
     """Binds a template, a tokenizer and a masking policy."""
+
+    CHUNK = 1024  # rows per tokenizer call in render_many (big enough to keep every core busy)
 
     def __init__(
         self,
@@ -115,24 +135,80 @@ class Renderer:
             raise r
         return r
 
-    def render_many(self, convs: Sequence[Conversation]) -> list[Rendered | RowRejected]:
-        """Render a batch; tokenization is one batched call (fast tokenizers run it
-        in Rust). A row that cannot be used comes back as its ``RowRejected``."""
+    def render_many(
+        self, convs: Sequence[Conversation], errors: Literal["raise", "return"] = "raise"
+    ) -> list[Rendered | RowRejected | Exception]:
+        """Render a batch; a row that cannot be used comes back as its ``RowRejected``.
+        A row the template cannot render raises, or with ``errors="return"`` comes back
+        as its exception (so one bad row does not cost re-rendering the batch).
+
+        Work goes in chunks of ``CHUNK`` rows through a two-stage pipeline: while a
+        worker thread tokenizes one chunk (the Rust batch encoder releases the GIL and
+        runs on every core), this thread renders the next and assigns the labels of the
+        previous one."""
         if not convs:
             return []
-        stops = self.template.stop_strings
-        texts, spans = [], []
-        for c in convs:
-            segs = self.text_segments(c)
-            policy = MaskPolicy.all if c.is_text else self.policy
+        with paused_gc():
+            return self._pipeline(convs, errors)
+
+    def _pipeline(self, convs: Sequence[Conversation], errors: str) -> list[Rendered | RowRejected | Exception]:
+        chunks = [convs[i : i + self.CHUNK] for i in range(0, len(convs), self.CHUNK)]
+        if len(chunks) == 1:
+            texts, spans, failed = self._texts(convs, errors)
+            return self._finish(convs, texts, spans, failed, self._encode(texts), errors)
+        out: list[Rendered | RowRejected | Exception] = []
+        with ThreadPoolExecutor(1, thread_name_prefix="sftkit-encode") as pool:
+            pending: tuple[Any, ...] | None = None
+            for chunk in chunks:
+                texts, spans, failed = self._texts(chunk, errors)
+                job = (chunk, texts, spans, failed, pool.submit(self._encode, texts))
+                if pending is not None:
+                    out += self._finish(*pending[:4], pending[4].result(), errors)
+                pending = job
+            assert pending is not None
+            out += self._finish(*pending[:4], pending[4].result(), errors)
+        return out
+
+    def _texts(
+        self, convs: Sequence[Conversation], errors: str
+    ) -> tuple[list[str], list[list[tuple[int, int]]], dict[int, Exception]]:
+        """Each row's text and trained character spans (and, under ``errors="return"``,
+        the rows whose rendering failed: their text is empty)."""
+        stops = [*self.template.stop_strings, self.tokenizer.eos_token or ""]
+        texts, spans, failed = [], [], {}
+        for k, c in enumerate(convs):
+            try:
+                segs = self.text_segments(c)
+            except Exception as e:
+                if errors == "raise":
+                    raise
+                failed[k], segs = e, []
             texts.append("".join(s.text for s in segs))
-            spans.append(trained_spans(segs, policy, [*stops, self.tokenizer.eos_token or ""]))
-        out = []
-        for c, text, sp, (ids, offs) in zip(convs, texts, spans, self._encode(texts), strict=True):
+            spans.append(trained_spans(segs, MaskPolicy.all if c.is_text else self.policy, stops))
+        return texts, spans, failed
+
+    def _finish(
+        self,
+        convs: Sequence[Conversation],
+        texts: list[str],
+        spans: list[list[tuple[int, int]]],
+        failed: dict[int, Exception],
+        encoded: list[tuple[list[int], list[tuple[int, int]]]],
+        errors: str,
+    ) -> list[Rendered | RowRejected | Exception]:
+        out: list[Rendered | RowRejected | Exception] = []
+        for k, (c, text, sp, (ids, offs)) in enumerate(zip(convs, texts, spans, encoded, strict=True)):
+            if k in failed:
+                out.append(failed[k])
+                continue
             r = Rendered(ids, _labels_from_offsets(ids, offs, sp), text, c.source)
             try:
                 out.append(self._fit(r))
             except RowRejected as e:
+                out.append(e)
+            except TemplateError as e:  # overflow: error
+                if errors == "raise":
+                    raise
                 out.append(e)
         return out
 

@@ -9,6 +9,8 @@ import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# tests stay hermetic: no prepared-data cache entries in the user's ~/.cache (test_prepared_cache turns it on)
+os.environ.setdefault("SFTKIT_PREPARED_CACHE", "0")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

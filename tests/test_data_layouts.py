@@ -62,8 +62,12 @@ def test_sharegpt_with_tools(tmp_path, renderer) -> None:
     assert conv.tools == [{"name": "weather", "description": "Get weather", "parameters": {}}]
     assert conv.messages[1].tool_calls == [{"name": "weather", "arguments": {"city": "Paris"}}]
     assert [m.role for m in conv.messages] == ["user", "assistant", "tool", "assistant"]
+    # this template renders neither tools nor tool calls: both are written inline (templates/inline.py)
     assert renderer.render(conv).text == (
-        SYS + "<|im_start|>user\nWeather in Paris?<|im_end|>\n<|im_start|>assistant\n<|im_end|>\n"
+        SYS + "<|im_start|>user\nYou may call these tools; reply with <tool_call> blocks:\n<tools>\n"
+        '{"name": "weather", "description": "Get weather", "parameters": {}}\n</tools>\n\n'
+        "Weather in Paris?<|im_end|>\n<|im_start|>assistant\n"
+        '<tool_call>\n{"name": "weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>\n'
         '<|im_start|>tool\n{"temp": 20}<|im_end|>\n<|im_start|>assistant\nIt is 20 degrees.<|im_end|>\n'
     )
 
@@ -96,8 +100,11 @@ def test_cot(tmp_path, renderer) -> None:
     res = _only(_write(tmp_path, "c.jsonl", [{"question": "2+2?", "thinking": "2 plus 2 is 4.", "answer": "4"}]))
     conv = res.conversations[0]
     assert res.format == "cot" and conv.messages[-1].reasoning == "2 plus 2 is 4."
-    # this template has no slot for thinking blocks: the answer alone is rendered
-    assert renderer.render(conv).text == SYS + "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>\n"
+    # this template has no slot for thinking blocks: the block is written inline before the answer
+    assert renderer.render(conv).text == (
+        SYS + "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n<think>\n2 plus 2 is 4.\n</think>\n\n"
+        "4<|im_end|>\n"
+    )
 
 
 def test_text(tmp_path, renderer, tokenizer) -> None:

@@ -120,3 +120,25 @@ def test_stats_and_fold(tokenizer) -> None:
     kept, rejects = fold_rendered(convs, r.render_many(convs))
     assert len(kept) + len(rejects) == 10 and rejects
     assert rejects[0].file == "f.jsonl" and rejects[0].reason.startswith("too long: dropped")
+
+
+def test_weighted_upsampling_never_puts_a_row_in_both_train_and_val(tmp_path, tokenizer) -> None:
+    """val is held out of each weighted file before mixing: an upsampled row (weight 3.0) has all
+    its copies on one side of the split."""
+    from sftkit.config import DataConfig
+    from sftkit.dataset import prepare
+    from sftkit.templates import HFChatTemplate, Renderer
+
+    small, big = tmp_path / "small.jsonl", tmp_path / "big.jsonl"
+    small.write_text("".join(json.dumps({"instruction": f"小问题{i}", "output": f"答{i}"}, ensure_ascii=False) + "\n"
+                             for i in range(20)), encoding="utf-8")
+    big.write_text("".join(json.dumps({"instruction": f"big {i}", "output": f"a{i}"}) + "\n" for i in range(40)))
+    data = DataConfig(train=[{"path": str(small), "weight": 3.0}, {"path": str(big), "weight": 0.5}], val_size=0.2)
+    out = prepare(data, Renderer(HFChatTemplate(tokenizer), tokenizer), seed=0)
+    val = [c.messages[0].content for c in out.val_conversations]
+    assert len(val) == 4 + 8 and len(set(val)) == len(val)  # 20% of each file, each row once
+    train_rows = out.train.examples
+    assert len(train_rows) == 16 * 3 + 16  # the kept rows, weighted: 3 x 16 small + half of 32 big
+    texts = "\n".join(e.text for e in train_rows)
+    assert not [q for q in val if f"\n{q}<|im_end|>" in texts]
+    assert out.report["train"]["files"][0]["val_held_out"] == 4

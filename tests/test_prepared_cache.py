@@ -4,6 +4,8 @@ and any change to the inputs prepares again."""
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -109,3 +111,27 @@ def test_paused_gc_restores_the_collector_state() -> None:
         raise RuntimeError
     assert gc.isenabled()
 
+
+
+class _Planted:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_planted_entry_cannot_run_code(tokenizer, tmp_path, home) -> None:
+    """Someone who can write into the cache folder must not get code run by the next `sft train`."""
+    import pickle
+
+    data = _data(tmp_path)
+    first = prepare(data, _renderer(tokenizer, data), seed=0)
+    entry = next((home / "prepared").glob("*.pkl"))
+    marker = tmp_path / "ran"
+    entry.write_bytes(pickle.dumps(_Planted(marker)))
+    again = prepare(data, _renderer(tokenizer, data), seed=0)
+    assert not marker.exists(), "unpickling the planted entry ran a command"
+    assert again.report["cache"]["status"] == "stored" and _content(again) == _content(first)
+    entry.write_bytes(pickle.dumps({"train": "not a prepared data set"}))  # harmless but foreign
+    assert prepare(data, _renderer(tokenizer, data), seed=0).report["cache"]["status"] == "stored"

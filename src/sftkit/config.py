@@ -74,7 +74,9 @@ class DataSource(_Section):
     columns: dict[str, str] = Field(default_factory=dict)
     """Rename columns to the canonical keys, e.g. {prompt: question, response: answer}."""
     weight: float | None = Field(default=None, gt=0)
-    """Mixing weight relative to the other sources (None: use every row once)."""
+    """Share of this file's rows to take when mixing (1.0 all, 0.2 a fifth, 2.0 every row twice);
+    None: every row once. With a weight on any file, the files are mixed and shuffled, and data.val_size
+    is held out of each file before mixing."""
 
     @field_validator("format")
     @classmethod

@@ -9,7 +9,7 @@ return the examples plus a report (counts per file) and the rejected rows
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sftkit.config import DataConfig, DataSource
@@ -34,19 +34,43 @@ class Prepared:
     val_conversations: list[Conversation] = field(default_factory=list)  # for scoring by generation
 
 
-def read_sources(sources: list[DataSource], on_error: str, seed: int) -> tuple[list[Conversation], list[Reject], dict]:
+def read_sources(sources: list[DataSource], on_error: str, seed: int,
+                 val_share: float = 0.0) -> tuple[list[Conversation], list[Reject], dict, list[Conversation]]:
+    """Rows of every file, mixed by weight when any file has one; with ``val_share``, that share of
+    each weighted file is held out (returned last) *before* mixing, so that an upsampled row never
+    has a copy in both the training and the validation set."""
     results = [load_file(s.path, format=s.format, columns=s.columns or None) for s in sources]
     for res in results:
         enforce(res, on_error)  # type: ignore[arg-type]
     rejects = [r for res in results for r in res.rejects]
+    held: list[Conversation] = []
+    held_per_file = [0] * len(results)
     if any(s.weight is not None for s in sources):
+        parts = []
+        for i, res in enumerate(results):
+            keep, out = hold_out(res.conversations, val_share, seed)
+            held += out
+            held_per_file[i] = len(out)
+            parts.append(replace(res, conversations=keep))
         convs, mixing = mix([(res, s.weight if s.weight is not None else 1.0)
-                             for res, s in zip(results, sources, strict=True)], seed=seed)
+                             for res, s in zip(parts, sources, strict=True)], seed=seed)
     else:
         convs, mixing = [c for res in results for c in res.conversations], None
     files = [{"path": res.path, "format": res.format, "total": res.total, "valid": res.valid,
-              "rejected": res.rejected} for res in results]
-    return convs, rejects, {"files": files, "mix": mixing}
+              "rejected": res.rejected, **({"val_held_out": n} if held else {})}
+             for res, n in zip(results, held_per_file, strict=True)]
+    return convs, rejects, {"files": files, "mix": mixing}, held
+
+
+def hold_out(convs: list[Conversation], share: float, seed: int) -> tuple[list[Conversation], list[Conversation]]:
+    """``(kept, held out)``: a seeded random ``share`` of the rows (at least one when there are
+    two or more), the kept rows in their original order."""
+    if share <= 0 or len(convs) < 2:
+        return list(convs), []
+    order = list(range(len(convs)))
+    random.Random(seed).shuffle(order)
+    n = max(1, round(len(order) * share))
+    return [convs[i] for i in sorted(order[n:])], [convs[i] for i in order[:n]]
 
 
 def _render(convs: list[Conversation], renderer: Renderer, rejects: list[Reject], on_error: str) -> SplitData:
@@ -98,15 +122,14 @@ def _prepare(data: DataConfig, renderer: Renderer, seed: int) -> Prepared:
 
 
 def _prepare_rows(data: DataConfig, renderer: Renderer, seed: int) -> Prepared:
-    train_convs, rejects, train_info = read_sources(data.train, data.on_error, seed)
-    val_convs, val_rejects, val_info = read_sources(data.val, data.on_error, seed)
+    share = data.val_size if not data.val else 0.0  # no val file: split val off the training files
+    train_convs, rejects, train_info, held = read_sources(data.train, data.on_error, seed, val_share=share)
+    val_convs, val_rejects, val_info, _ = read_sources(data.val, data.on_error, seed)
     rejects += val_rejects
-    if not val_convs and data.val_size > 0 and len(train_convs) > 1:
-        order = list(range(len(train_convs)))
-        random.Random(seed).shuffle(order)
-        n_val = max(1, round(len(order) * data.val_size))
-        val_convs = [train_convs[i] for i in order[:n_val]]
-        train_convs = [train_convs[i] for i in sorted(order[n_val:])]
+    if held:  # weighted files: held out per file before mixing
+        val_convs = held
+    elif not val_convs:
+        train_convs, val_convs = hold_out(train_convs, share, seed)
     train = _render(train_convs, renderer, rejects, data.on_error)
     val = _render(val_convs, renderer, rejects, data.on_error)
     if not train.examples:
@@ -125,4 +148,17 @@ def _prepare_rows(data: DataConfig, renderer: Renderer, seed: int) -> Prepared:
         "train_trainable_tokens": sum(e.n_trainable for e in train.examples),
         "length_histogram": length_histogram([len(e.input_ids) for e in train.examples], data.cutoff_len),
     }
-    return Prepared(train, val, report, rejects, sample=train_convs[:32], val_conversations=val_convs)
+    return Prepared(train, val, report, rejects, sample=check_sample(train_convs), val_conversations=val_convs)
+
+
+def check_sample(convs: list[Conversation], n: int = 32) -> list[Conversation]:
+    """The rows the template contract check sees: the first ``n``, plus the first row of every
+    other kind (system prompt, reasoning, tool calls, tool results, declared tools, roles in
+    order), so that a CoT or tool row deep in the file is checked too."""
+    out, seen = [], set()
+    for i, c in enumerate(convs):
+        kind = (bool(c.tools), tuple((m.role, bool(m.reasoning), bool(m.tool_calls)) for m in c.messages[:4]))
+        if i < n or (kind not in seen and len(out) < 4 * n):
+            out.append(c)
+        seen.add(kind)
+    return out

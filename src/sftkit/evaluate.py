@@ -23,6 +23,7 @@ from typing import Any
 from sftkit import metrics as M
 from sftkit.conversation import Conversation
 from sftkit.generate import Engine, GenParams, GenResult, build_renderer
+from sftkit.templates.inline import answer_part
 
 GENERAL_CHECK = "general_check.jsonl"
 NO_BASELINE = ("none", "no", "off", "")
@@ -236,7 +237,7 @@ def _run_side(side: Side, convs: Sequence[Conversation], names: Sequence[str], p
         t0 = time.perf_counter()
         results = side.engine.generate(prompts, params)
         wall = time.perf_counter() - t0
-    preds = [r.text.strip() for r in results]
+    preds = [answer_part(r.text).strip() for r in results]  # a CoT reply is scored on its answer
     return SideRun(preds, results, M.compute(names, preds, refs), loss, wall)
 
 

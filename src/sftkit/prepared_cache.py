@@ -7,6 +7,8 @@ tokenizer (its whole serialized form), the masking settings, and the source code
 that read, render and tokenize. An edited data file, another template or tokenizer, or another
 sftkit version therefore never reads a stale entry. Entries are pickles written atomically under
 ``<sftkit home>/prepared/`` (see ``sftkit.models.sftkit_home``); only the newest ``KEEP`` stay.
+They are read back by an unpickler that builds nothing but sftkit's own plain data classes
+(``_ALLOWED``): an entry planted in that folder cannot run code, it is just prepared again.
 ``SFTKIT_PREPARED_CACHE=0`` turns the cache off.
 """
 
@@ -29,6 +31,22 @@ KEEP = 3  # entries kept (the newest by use); each is about the size of the toke
 _FORMAT = 1  # bump when the pickled objects change shape
 _PROBE = Conversation([Message("system", "s"), Message("user", "u 你好 😊"), Message("assistant", "a")])
 _CODE = ("conversation.py", "dataset.py", "data", "templates")  # what produces a prepared data set
+# every global a prepared data set pickles to: plain data classes whose state is restored field by field
+_ALLOWED = frozenset({
+    ("sftkit.dataset", "Prepared"), ("sftkit.dataset", "SplitData"),
+    ("sftkit.conversation", "Conversation"), ("sftkit.conversation", "Message"),
+    ("sftkit.templates.render", "Rendered"), ("sftkit.data.types", "Reject"),
+})
+
+
+class _DataOnly(pickle.Unpickler):
+    """Refuses every global but ``_ALLOWED``: no callable from outside sftkit's data classes
+    (``os.system``, ``builtins.eval``, ...) can be reached, so loading cannot run code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _ALLOWED:
+            raise pickle.UnpicklingError(f"prepared-data cache entry refers to {module}.{name}: not data")
+        return super().find_class(module, name)
 
 
 def enabled() -> bool:
@@ -108,9 +126,11 @@ def _store(path: Path, obj: Any) -> None:
 def _load(path: Path) -> Any | None:
     try:
         with path.open("rb") as f, paused_gc():
-            obj = pickle.load(f)
-    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError):
-        return None  # unreadable or from an incompatible version: prepare again and overwrite it
+            obj = _DataOnly(f).load()
+    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError, TypeError, ValueError):
+        return None  # unreadable, foreign or from an incompatible version: prepare again and overwrite it
+    if (type(obj).__module__, type(obj).__qualname__) not in _ALLOWED:
+        return None
     os.utime(path)  # most recently used: kept by the eviction
     return obj
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from sftkit.conversation import Conversation
 from sftkit.templates.base import ChatTemplate, MaskPolicy, Segment, TemplateError
+from sftkit.templates.inline import needs_lowering
 from sftkit.templates.render import IGNORE, Rendered, Renderer
 
 Status = Literal["ok", "warn", "fail"]
@@ -90,6 +91,11 @@ def check_template(
             "renders", errors, f"{len(chats)} conversation(s) render", "cannot render", "Fix the rows or template."
         )
     )
+    report.findings.append(_content_rendered(chats))
+    notes = getattr(template, "notes", "")
+    if notes and any(needs_lowering(c, template.support) for _, c, _, _ in chats):  # type: ignore[attr-defined]
+        report.findings.append(Finding("inlined", "warn", f"{notes}: inference must use the same sftkit "
+                                       "template (sft chat/serve/eval do) so prompts match the training text"))
     report.findings.append(_stop_tokens(template, tokenizer, generation_config))
     report.findings.append(_bos(tokenizer, chats))
     report.findings.append(_eot_trained(template, tokenizer, chats, policy))
@@ -108,6 +114,22 @@ def check_template(
 
 
 Chat = tuple[int, Conversation, list[Segment], Rendered]
+
+
+def _content_rendered(chats: list[Chat]) -> Finding:
+    """Every message's text, thinking block and tool call reaches the rendering: a template that
+    drops a field would train the model on replies without it."""
+    bad = []
+    for k, c, _, r in chats:
+        for i, m in enumerate(c.messages):
+            parts = [("content", m.content), ("reasoning", m.reasoning or "")]
+            parts += [("tool call", str(t.get("name") or "")) for t in m.tool_calls or []]
+            lost = [what for what, x in parts if x.strip() and x.strip() not in r.text]
+            if lost:
+                bad.append(f"{_where(c, k)} message {i} ({m.role}): {', '.join(lost)} not rendered")
+    return _summary("content_rendered", bad, "every message's content, reasoning and tool calls are rendered",
+                    "the template drops data", "Use a template that renders these fields (`template:`), "
+                    "or remove them from the rows.")
 
 
 def _stop_tokens(template: ChatTemplate, tokenizer: Any, generation_config: Any) -> Finding:

@@ -10,6 +10,9 @@ Two renders per reply are slow on large data sets, so when the template is a fix
 wrapper per role, its compiled form (``compiled.py``, proven equal on a probe set at
 load time) renders the rows instead, for every row shape on which it has also been
 checked against Jinja on a real row; other shapes stay on Jinja.
+
+Fields the template ignores (reasoning, tool calls, tools) are written into the text first
+(``inline.py``), on every path, so nothing in a row is dropped from training.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 from sftkit.conversation import Conversation
 from sftkit.templates.base import Segment, TemplateError
 from sftkit.templates.compiled import Shape, agrees, compile_jinja, shape
+from sftkit.templates.inline import Support, describe, lower, probe
 
 
 def _to_hf(conv: Conversation, upto: int) -> list[dict[str, Any]]:
@@ -54,6 +58,9 @@ class HFChatTemplate:
         self.name = name
         self.stats = {"compiled": 0, "jinja": 0}
         self._shapes: dict[Shape, bool] = {}  # row shape -> compiled form checked equal on a real row
+        self.support: Support = probe(lambda m, tools: self._render(m, False, tools))
+        missing = self.support.missing()
+        self.notes = f"the template ignores {', '.join(missing)}; sftkit writes {describe(missing)}" if missing else ""
         self.compiled = compile_jinja(self.jinja_segments, self._render, tokenizer.eos_token, name) if compile else None
 
     @property
@@ -70,6 +77,7 @@ class HFChatTemplate:
         return self._render(_to_hf(conv, upto), gen, conv.tools)
 
     def segments(self, conv: Conversation, add_generation_prompt: bool = False) -> list[Segment]:
+        conv = lower(conv, self.support)
         fast = self.compiled
         if fast is None:
             self.stats["jinja"] += 1
@@ -86,6 +94,7 @@ class HFChatTemplate:
         return segs
 
     def jinja_segments(self, conv: Conversation, add_generation_prompt: bool = False) -> list[Segment]:
+        conv = lower(conv, self.support)  # (a no-op when segments() already lowered it)
         # Two renders per reply (the prompt up to it, and the text through it); the
         # text between replies is prompt. No render is spent on user/system turns.
         segs: list[Segment] = []

@@ -10,6 +10,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import TrainerCallback
 
 from sftkit.batching import Collator, pack
 from sftkit.config import load_config
@@ -41,6 +42,41 @@ def test_batch_8x1_equals_batch_1x8_accumulation(workdir):
     # and the update was real
     base = load_file(str(next(p for p in (workdir.parent).rglob("model.safetensors") if "tiny-llama" in str(p))))
     assert max((wa[k] - base[k]).abs().max().item() for k in base if k in wa) > 1e-4
+
+
+class _Seen(TrainerCallback):
+    """Records what the trainer's model runs with."""
+
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        from sftkit.dropout import FastDropout
+
+        self.attention = model.config._attn_implementation
+        self.fast_dropouts = sum(isinstance(m, FastDropout) for m in model.modules())
+
+
+def test_sftkit_attention_and_dropout_keep_the_loss_curve(workdir):
+    """The CPU fast paths (segment attention, FastDropout) train like transformers' sdpa and torch's
+    dropout: with dropout off the two runs match step for step; with it on, the curves stay close."""
+    from trainlib import curve
+
+    over = ["train.max_steps=6", "train.per_device_train_batch_size=4", "train.packing=true",
+            "data.cutoff_len=96", "method.type=lora", "method.r=4", "method.dropout=0.0"]
+    seen = _Seen()
+    fast = run(load_config(workdir / "cfg.yaml", [*over, f"output_dir={workdir / 'fast'}"]), callbacks=[seen])
+    assert seen.attention == "sftkit_segments"
+    plain = run(load_config(workdir / "cfg.yaml", [*over, "model.attn_implementation=sdpa",
+                                                   f"output_dir={workdir / 'plain'}"]))
+    a, b = curve(fast.run_dir), curve(plain.run_dir)
+    assert len(a) == 6 and [s for s, _ in a] == [s for s, _ in b]
+    for (_, la), (_, lb) in zip(a, b, strict=True):
+        assert abs(la - lb) < 1e-3 * max(1.0, abs(lb)), (a, b)
+    assert a[-1][1] < a[0][1]  # and it learned
+
+    seen = _Seen()
+    fast_d = run(load_config(workdir / "cfg.yaml", [*over, "method.dropout=0.1", f"output_dir={workdir / 'fast_d'}"]),
+                 callbacks=[seen])
+    assert seen.fast_dropouts == 2 * 7  # every LoRA layer of the 2-layer model
+    assert fast_d.final_loss is not None and abs(fast_d.final_loss - fast.final_loss) < 0.1 * fast.final_loss
 
 
 def _rendered(tokenizer, n=6):

@@ -61,9 +61,11 @@ class ModelConfig(_Section):
     allow_pickle: StrictBool = False
     """Load weights stored as pickle (.bin/.pt) when a folder has no safetensors. Unpickling can run code:
     only for files you trust (weights are still read with torch.load(weights_only=True))."""
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = None
-    """Attention kernel; None lets transformers choose (sdpa). flash_attention_2 needs a CUDA GPU (Ampere or
-    newer) and the flash-attn package; with train.packing it trains padding-free (one row per batch)."""
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "sftkit_segments"] | None = None
+    """Attention kernel. None: sftkit_segments for llama, qwen2, qwen3 and mistral models (each packed example
+    runs as its own causal SDPA call: exact, and cheaper than sdpa's block mask), else transformers' choice
+    (sdpa). flash_attention_2 needs a CUDA GPU (Ampere or newer) and the flash-attn package; with
+    train.packing it trains padding-free (one row per batch)."""
 
 
 class DataSource(_Section):

@@ -79,7 +79,11 @@ def attach(model: Any, method: MethodConfig, gradient_checkpointing: bool = Fals
             use_dora=method.use_dora,
             task_type="CAUSAL_LM",
         )
-        return get_peft_model(model, cfg)
+        from sftkit.dropout import speed_up_lora_dropout
+
+        model = get_peft_model(model, cfg)
+        speed_up_lora_dropout(model)  # same p, a third of the cost on CPU (sftkit.dropout)
+        return model
     if method.type is Method.freeze:
         return _freeze(model, method)
     for p in model.parameters():

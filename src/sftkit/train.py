@@ -16,7 +16,7 @@ from typing import Any
 
 from rich.console import Console
 
-from sftkit import accel, faults, models, safety, tracking
+from sftkit import accel, attention, faults, models, safety, tracking
 from sftkit.batching import Examples, pack
 from sftkit.config import Method, RunConfig, check_data_files, config_to_yaml
 from sftkit.data import write_rejects
@@ -112,11 +112,16 @@ def _load_base(cfg: RunConfig, path: Path) -> Any:
                           "use_safetensors": safety.use_safetensors(path, cfg.model.allow_pickle),
                           "trust_remote_code": cfg.model.trust_remote_code}
     if cfg.model.attn_implementation:
+        if cfg.model.attn_implementation == attention.NAME:
+            attention.register()
         kw["attn_implementation"] = cfg.model.attn_implementation
     qc = quantization_config(cfg.method)
     if qc is not None:
         kw.update(quantization_config=qc, device_map="cpu" if not torch.cuda.is_available() else "auto")
-    return AutoModelForCausalLM.from_pretrained(path, **kw)
+    model = AutoModelForCausalLM.from_pretrained(path, **kw)
+    if cfg.model.attn_implementation is None and attention.supports(model.config, cfg.data.cutoff_len):
+        model.set_attn_implementation(attention.register())  # exact, and cheaper for packed rows
+    return model
 
 
 def _training_args(cfg: RunConfig, run_dir: Path, has_val: bool, report_to: list[str]) -> Any:
@@ -239,12 +244,13 @@ def _resume_point(run_dir: Path, resume: str | None, console: Console) -> str | 
     for partial in sorted(ckpts.glob("checkpoint-*")) if ckpts.is_dir() else []:
         newer = last is None or int(partial.name.split("-")[-1]) > int(last.name.split("-")[-1])
         if newer and _is_main():  # written when the run was killed mid-save: never load it; make room for the redo
-            console.print(f"[yellow]removing incomplete checkpoint {partial.name}[/]")
+            console.print(f"[yellow]removing incomplete checkpoint {partial.name}[/]", soft_wrap=True)
             shutil.rmtree(partial)
     if last is None:  # killed before the first checkpoint was complete: nothing to lose by starting over
-        console.print(f"[yellow]--resume: no complete checkpoint under {ckpts} yet; starting from step 0[/]")
+        console.print(f"[yellow]--resume: no complete checkpoint under {ckpts} yet; starting from step 0[/]",
+                      soft_wrap=True)  # never wrapped: a path broken across lines cannot be copied
         return None
-    console.print(f"resuming from {last}")
+    console.print(f"resuming from {last}", soft_wrap=True)
     return str(last)
 
 
@@ -253,7 +259,8 @@ def _report_data(data: Prepared, run_dir: Path, console: Console) -> None:
         _write_data_report(run_dir, data)
     r = data.report
     console.print(f"data: {r['train_examples']} train / {r['val_examples']} val examples, "
-                  f"{r['rejected']} rejected (see {run_dir / 'rejected.jsonl'}), {r['truncated']} truncated")
+                  f"{r['rejected']} rejected (see {run_dir / 'rejected.jsonl'}), {r['truncated']} truncated",
+                  soft_wrap=True)
     q = r["quality"]
     issues = {k: v for k, v in q["lint"].items() if v}
     if issues or q["exact_duplicate_rows"]:
@@ -274,7 +281,8 @@ def _build_model(cfg: RunConfig, path: Path, console: Console) -> tuple[Any, int
         model = attach(base, cfg.method, cfg.train.gradient_checkpointing)
     trainable, total = count_parameters(model)
     console.print(f"model: {path.name} method={cfg.method.type.value} trainable {trainable:,} / "
-                  f"{total:,} parameters ({100 * trainable / total:.2f}%)")
+                  f"{total:,} parameters ({100 * trainable / total:.2f}%), "
+                  f"attention {getattr(model.config, '_attn_implementation', None)}")
     return model, trainable, total
 
 
@@ -334,7 +342,7 @@ def run(
     if _is_main():
         full = cfg.method.type in (Method.full, Method.freeze)
         faults.check_free_space(run_dir, faults.checkpoint_need(resolved.path, full, cfg.train.save_total_limit))
-    console.print(safety.describe_paths(cfg, resolved.path, run_dir), highlight=False)
+    console.print(safety.describe_paths(cfg, resolved.path, run_dir), highlight=False, soft_wrap=True)
     tokenizer = models.load_tokenizer(resolved.path, cfg.model.trust_remote_code)
     template = load_template(cfg.template, tokenizer)
     renderer = Renderer(template, tokenizer, cfg.data.mask, cfg.data.cutoff_len, cfg.data.overflow)

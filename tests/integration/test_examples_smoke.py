@@ -16,8 +16,8 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ["train.max_steps=2", "train.per_device_train_batch_size=2", "train.gradient_accumulation_steps=1",
          "train.logging_steps=1", "eval.limit=2", "eval.max_new_tokens=8", "eval.forgetting_check=false"]
-# tcm_consult's dialogues are ~2,600 tokens: 1,024 keeps the smoke run short and still trains the first replies
-CUTOFF = {"tcm_consult": ["data.cutoff_len=1024"]}
+# tcm_consult's dialogues are ~2,600 tokens: 512 keeps the smoke run short and still trains the first reply
+CUTOFF = {"tcm_consult": ["data.cutoff_len=512"]}
 
 
 @pytest.mark.parametrize("name", ["api_assistant", "tcm_consult", "news_cls", "general_assistant"])

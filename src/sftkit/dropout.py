@@ -1,0 +1,60 @@
+"""A faster dropout for LoRA inputs on CPU.
+
+peft drops out the input of every LoRA layer (``lora_dropout``). torch's dropout draws one float
+Bernoulli sample per element, which on CPU costs more than the bf16 matrix product it feeds: in a
+profile of the bundled model (LoRA r=8 on all linear layers, 2,048 tokens a step) it was 16% of the
+step. ``FastDropout`` draws 16 random bits per element instead (64-bit draws viewed as four 16-bit
+values, all bits uniform) and keeps an element when its bits clear a threshold.
+
+The drop probability is ``p`` rounded to a multiple of 1/65,536 (for p = 0.05: 0.049973), and kept
+elements are scaled by the exact inverse of the keep probability, so the expectation of the output is
+the input, as with torch's dropout. Samples come from torch's default generator (``set_seed`` makes
+them reproducible); in eval mode the module is the identity.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+_LEVELS = 65536
+
+
+class FastDropout(nn.Module):
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+        self.dropped = round(p * _LEVELS)  # values below -32768 + dropped are dropped
+        self.scale = _LEVELS / (_LEVELS - self.dropped)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.dropped == 0:
+            return x
+        n = x.numel()
+        bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
+        keep = bits.view(torch.int16)[:n].view(x.shape) >= self.dropped - _LEVELS // 2
+        return torch.where(keep, x * self.scale, 0.0)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def speed_up_lora_dropout(model: Any) -> int:
+    """Replace peft's ``nn.Dropout`` on LoRA inputs by ``FastDropout`` (same p); returns how many.
+    Only on CPU: CUDA's dropout kernel is already fast."""
+    if next(model.parameters()).device.type != "cpu":
+        return 0
+    count = 0
+    for module in model.modules():
+        drops = getattr(module, "lora_dropout", None)
+        if not isinstance(drops, nn.ModuleDict):
+            continue
+        for name, drop in drops.items():
+            if type(drop) is nn.Dropout and drop.p > 0:
+                drops[name] = FastDropout(drop.p)
+                count += 1
+    return count

@@ -282,7 +282,7 @@ def _build_model(cfg: RunConfig, path: Path, console: Console) -> tuple[Any, int
     trainable, total = count_parameters(model)
     console.print(f"model: {path.name} method={cfg.method.type.value} trainable {trainable:,} / "
                   f"{total:,} parameters ({100 * trainable / total:.2f}%), "
-                  f"attention {getattr(model.config, '_attn_implementation', None)}")
+                  f"attention {getattr(model.config, '_attn_implementation', None)}", soft_wrap=True)
     return model, trainable, total
 
 
@@ -291,7 +291,8 @@ def _train_rows(cfg: RunConfig, data: Prepared, console: Console) -> Examples:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     eff = t.per_device_train_batch_size * t.gradient_accumulation_steps * world
     console.print(f"effective batch = {t.per_device_train_batch_size} per device x "
-                  f"{t.gradient_accumulation_steps} accumulation x {world} device(s) = {eff} sequences/step")
+                  f"{t.gradient_accumulation_steps} accumulation x {world} device(s) = {eff} sequences/step",
+                  soft_wrap=True)
     if not t.packing:
         return Examples.from_rendered(data.train.examples)
     rows = pack(data.train.examples, cfg.data.cutoff_len)

@@ -79,6 +79,7 @@ def child(spec: dict) -> None:
     from rich.console import Console
 
     from sftkit.config import RunConfig
+    from sftkit.rundir import Overwrite
     from sftkit.train import run
 
     tmp = Path(spec["tmp"])
@@ -104,7 +105,7 @@ def child(spec: dict) -> None:
         def on_step_end(self, *a, **k):
             times[-1] = time.perf_counter() - times[-1]
 
-    run(cfg, console=Console(stderr=True, quiet=True), callbacks=[StepTimer()])
+    run(cfg, console=Console(stderr=True, quiet=True), callbacks=[StepTimer()], overwrite=Overwrite.DELETE)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     step_s = min(times[1:]) if len(times) > 1 else times[0]  # the first step also allocates optimizer states
     print(json.dumps({"peak_rss_gb": peak_kb * 1024 / 1e9, "step_seconds": step_s}))

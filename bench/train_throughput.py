@@ -166,6 +166,7 @@ def run_sftkit(data: Path, steps: int, warmup: int, out: Path) -> dict[str, floa
 
     from sftkit import accel, train
     from sftkit.config import RunConfig
+    from sftkit.rundir import Overwrite
 
     cfg = RunConfig.model_validate({
         "name": "throughput", "output_dir": str(out),
@@ -186,7 +187,7 @@ def run_sftkit(data: Path, steps: int, warmup: int, out: Path) -> dict[str, floa
     timer = step_timer()
     accel.train_collator = counting_collator
     try:
-        train.run(cfg, console=Console(stderr=True, quiet=True), callbacks=[timer])
+        train.run(cfg, console=Console(stderr=True, quiet=True), callbacks=[timer], overwrite=Overwrite.DELETE)
     finally:
         accel.train_collator = original
     return measure(timer, counters[-1], warmup)

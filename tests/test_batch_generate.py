@@ -1,4 +1,4 @@
-"""``sft generate``: every prompt answered once, resumable by source line, rejects reported."""
+"""``sft generate``: every prompt answered once, resumable by row content, rejects reported."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from sftkit.batch_generate import done_sources, run_generate
+from sftkit.batch_generate import meta_path, run_generate
 from sftkit.generate import Engine, GenParams, build_renderer
 
 ROWS = [
@@ -64,7 +64,9 @@ def test_resumable(engine, tmp_path):
     assert rows[0]["reference"] == "Hello!" and "reference" not in rows[1]
     assert rows[2]["messages"][-1] == {"role": "user", "content": "c"} and rows[2]["reference"] == "d"
     assert rows[0]["prompt"].endswith("<|im_start|>assistant\n") and rows[0]["finish_reason"] in ("stop", "length")
-    assert all(set(r) >= {"source", "prompt", "messages", "output", "finish_reason"} for r in rows)
+    assert all(set(r) >= {"source", "input_sha256", "prompt", "messages", "output", "finish_reason"} for r in rows)
+    meta = json.loads(meta_path(out).read_text())
+    assert meta["format"] == "sftkit-answers" and meta["data"]["name"] == "data.jsonl" and meta["data"]["rows"] == 3
 
     again = Counter(engine)
     s2 = run_generate(again, data, out, params)
@@ -89,7 +91,7 @@ def test_rejects_are_reported(engine, tmp_path):
     s = run_generate(engine, data, out, GenParams(max_new_tokens=2))
     assert s.generated == 1 and s.total == 4
     assert sorted(r.line for r in s.rejects) == [2, 3, 4]
-    assert done_sources(out) == {"d.jsonl:1"}
+    assert [r["source"] for r in _rows(out)] == ["d.jsonl:1"]
 
 
 def test_cli(tiny_model_dir, tmp_path):
@@ -109,3 +111,27 @@ def test_cli(tiny_model_dir, tmp_path):
     assert r.exit_code == 0 and "0 generated, 2 already" in " ".join(r.output.split())
     r = CliRunner().invoke(app, [str(tiny_model_dir), "--data", str(tmp_path / "missing.jsonl"), "--out", str(out)])
     assert r.exit_code == 2 and "no such file" in r.output and "Traceback" not in r.output
+
+
+def test_resume_is_keyed_on_row_content(engine, tmp_path):
+    """An edited row is answered again (its old answer dropped), a moved row keeps its
+    answer under its new line, an identical row is answered once per occurrence."""
+    rows = [r for r in ROWS if "messages" in r]
+    data = _write(tmp_path / "data.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    params = GenParams(max_new_tokens=4)
+    run_generate(engine, data, out, params)
+    before = {r["input_sha256"]: r for r in _rows(out)}
+
+    edited = {"messages": [{"role": "user", "content": "Hi, edited"}]}
+    _write(data, [edited, rows[0], rows[2], rows[2]])  # row 1 edited -> new row 1; row 1 moved to 2; row 3 twice
+    counter = Counter(engine)
+    s = run_generate(counter, data, out, params)
+    assert (s.generated, s.skipped, s.dropped, counter.prompts) == (2, 2, 1, 2)
+    after = _rows(out)
+    assert sorted(r["source"] for r in after) == ["data.jsonl:1", "data.jsonl:2", "data.jsonl:3", "data.jsonl:4"]
+    by_source = {r["source"]: r for r in after}
+    assert by_source["data.jsonl:1"]["messages"] == edited["messages"]
+    assert by_source["data.jsonl:2"]["output"] == before[by_source["data.jsonl:2"]["input_sha256"]]["output"]
+    assert by_source["data.jsonl:3"]["input_sha256"] == by_source["data.jsonl:4"]["input_sha256"]
+    assert not any(r["messages"][-1]["content"] == "Why?" for r in after), "the dropped row's answer is gone"

@@ -130,3 +130,19 @@ def test_missing_data_file_is_named_before_training(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         run(cfg)
     assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_alias_budget_is_on_the_values_aliases_add(tmp_path):
+    """Aliases may add up to ALIAS_BUDGET values beyond those written; the same file with more
+    references to the same anchor is refused, naming the first alias."""
+    from sftkit.config import ALIAS_BUDGET, read_yaml_file
+
+    def doc(refs: int) -> str:
+        return "a: &a [" + ", ".join(["x"] * 99) + "]\nb: [" + ", ".join(["*a"] * refs) + "]\n"
+
+    p = tmp_path / "a.yaml"
+    p.write_text(doc(ALIAS_BUDGET // 100), encoding="utf-8")  # each reference adds 100 values
+    assert len(read_yaml_file(p)["b"]) == ALIAS_BUDGET // 100
+    p.write_text(doc(ALIAS_BUDGET // 100 + 1), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"a\.yaml:2: YAML aliases \(\*a here and 100 more\)"):
+        read_yaml_file(p)

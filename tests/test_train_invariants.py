@@ -152,5 +152,8 @@ def test_new_run_refuses_to_overwrite_checkpoints(workdir):
 
     over = ["train.max_steps=2", "train.save_steps=2", f"output_dir={workdir / 'once'}"]
     run(load_config(workdir / "cfg.yaml", over))
-    with pytest.raises(TrainError, match="already holds checkpoints"):
+    with pytest.raises(TrainError, match=r"holds a finished run.*--resume.*--overwrite"):
+        run(load_config(workdir / "cfg.yaml", over))
+    (workdir / "once" / "train_summary.json").unlink()  # as if killed after its last checkpoint
+    with pytest.raises(TrainError, match="already holds checkpoints from an earlier run that did not finish"):
         run(load_config(workdir / "cfg.yaml", over))

@@ -24,6 +24,8 @@ from sftkit.console.cli import console_cmd
 
 err = Console(stderr=True)
 BUNDLED = "smollm2-135m-instruct"
+OVERWRITE_HELP = ("Train from scratch although output_dir holds an earlier sftkit run: it is moved aside to "
+                  "<output_dir>.old-<UTC time> (printed), never mixed with the new one.")
 app = typer.Typer(
     help="sftkit: supervised fine-tuning of language models, from data check to served model.",
     no_args_is_help=True,
@@ -66,16 +68,18 @@ def train(
     nproc: Annotated[int, typer.Option(help="Data-parallel processes on this machine (torchrun).")] = 1,
     force: Annotated[bool, typer.Option(
         help="Train even if the memory estimate says it will not fit; resume even if inputs changed.")] = False,
+    overwrite: Annotated[bool, typer.Option(help=OVERWRITE_HELP)] = False,
 ) -> None:
-    """Fine-tune a model as the config says and write a run folder."""
+    """Fine-tune a model as the config says and write a run folder.
+
+    output_dir must be new, empty, or a run of this config; a finished run needs --resume or --overwrite."""
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
         # --standalone: a local rendezvous on a free port (no clash with another run on 29500)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "sftkit.cli", "train", str(config), *(overrides or [])]
         if resume:
             cmd += ["--resume", resume]
-        if force:
-            cmd.append("--force")
+        cmd += [flag for flag, on in (("--force", force), ("--overwrite", overwrite)) if on]
         raise typer.Exit(subprocess.call(cmd))
     from sftkit.config import ConfigError, load_config
 
@@ -83,10 +87,11 @@ def train(
         cfg = load_config(config, overrides or [])  # before importing the trainer: a bad config fails in a second
     except ConfigError as e:
         raise fail(str(e)) from None
+    from sftkit.rundir import Overwrite
     from sftkit.train import run
 
     try:
-        run(cfg, resume=resume, console=err, force=force)
+        run(cfg, resume=resume, console=err, force=force, overwrite=Overwrite.MOVE_ASIDE if overwrite else Overwrite.NO)
     except _user_errors() as e:
         raise fail(str(e)) from None
     except KeyboardInterrupt as e:
@@ -112,13 +117,15 @@ def chat(
         raise fail(str(e)) from None
 
 
-def _pipeline(config: Path, overrides: list[str] | None, as_json: bool, fresh: bool = False) -> None:
+def _pipeline(config: Path, overrides: list[str] | None, as_json: bool, previous: str = "no") -> None:
+    """``previous``: what happens to an earlier run in the output folder (``sftkit.rundir.Overwrite``)."""
     import json
 
     from sftkit.pipeline import run_pipeline
+    from sftkit.rundir import Overwrite
 
     try:
-        out = run_pipeline(config, overrides or [], console=err, fresh=fresh)
+        out = run_pipeline(config, overrides or [], console=err, overwrite=Overwrite(previous))
     except (*_user_errors(), FileNotFoundError, ValueError) as e:
         raise fail(str(e)) from None
     if as_json:
@@ -130,6 +137,7 @@ def run_cmd(
     example: Annotated[str, typer.Argument(help="Example name (api_assistant, ...), folder, or config file.")],
     overrides: Annotated[list[str] | None, typer.Argument(help="Dotted overrides: train.max_steps=2 ...")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON line last.")] = False,
+    overwrite: Annotated[bool, typer.Option(help=OVERWRITE_HELP)] = False,
 ) -> None:
     """The whole workflow: data check, baseline, training, evaluation, report."""
     from sftkit.pipeline import resolve_example
@@ -138,7 +146,7 @@ def run_cmd(
         config = resolve_example(example)
     except FileNotFoundError as e:
         raise fail(str(e)) from None
-    _pipeline(config, overrides, as_json)
+    _pipeline(config, overrides, as_json, "move aside" if overwrite else "no")
 
 
 @app.command()
@@ -154,7 +162,8 @@ def demo(
     except FileNotFoundError as e:
         raise fail(str(e)) from None
     has_out = any(o.startswith("output_dir=") for o in overrides or [])
-    _pipeline(config, [*(overrides or []), *([] if has_out else ["output_dir=runs/demo"])], as_json, fresh=True)
+    # the demo's folder holds only its own re-runnable run: an earlier one is deleted, not kept
+    _pipeline(config, [*(overrides or []), *([] if has_out else ["output_dir=runs/demo"])], as_json, "delete")
 
 
 # Registered after train/run/demo/chat so that `sft --help` lists the workflow in order.

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from sftkit.data import DataError, LoadResult, load_file
 from sftkit.data.types import Reject
+from sftkit.safepaths import check_output_file
 
 app = typer.Typer(help="Check, inspect and prepare SFT data files.", no_args_is_help=True)
 console = Console(highlight=False)
@@ -28,6 +29,7 @@ err_console = Console(stderr=True, highlight=False)
 
 FormatOpt = Annotated[str | None, typer.Option("--format", "-f", help="Row layout; default: detect.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line of stdout.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace output files that already exist.")]
 ThresholdOpt = Annotated[float, typer.Option(help="Near-duplicate Jaccard similarity (0-1).", min=0.0, max=1.0)]
 MAX_SHOWN = 20
 
@@ -91,12 +93,16 @@ def check(
     format: FormatOpt = None,
     rejects_out: Annotated[str | None, typer.Option("--rejects", help="Write rejected rows (JSONL).")] = None,
     as_json: JsonOpt = False,
+    force: ForceOpt = False,
 ) -> None:
     """Validate files: every row accepted or rejected with file:line and a reason.
 
     Exit 0: every row valid; 1: rows rejected; 2: a file is unusable (missing, unreadable, unknown
     or mixed layout). With several files, "format" in --json is the common layout, or the
     comma-joined per-file layouts when they differ."""
+    if rejects_out:
+        with _fatal():
+            check_output_file(rejects_out, list(files), force, "--rejects")
     checked = [(f, *_check_one(f, format)) for f in files]
     results = [res for _, res, _, _ in checked if res is not None]
     fatal = [{"path": f, "error": e} for f, _, e, _ in checked if e]
@@ -147,11 +153,14 @@ def stats(
     plot: Annotated[str | None, typer.Option(help="Write a PNG histogram + CDF here.")] = None,
     format: FormatOpt = None,
     as_json: JsonOpt = False,
+    force: ForceOpt = False,
 ) -> None:
     """Token lengths, recommended cutoff, turns and n-gram diversity."""
     from sftkit.data import stats as st
 
     with _fatal():
+        if plot:
+            check_output_file(plot, [file], force, "--plot")
         res = _load(file, format)
         try:
             renderer = st.make_renderer(model)
@@ -195,12 +204,15 @@ def dedup(
     out: Annotated[str | None, typer.Option("--out", "-o", help="Write the de-duplicated rows (JSONL).")] = None,
     format: FormatOpt = None,
     as_json: JsonOpt = False,
+    force: ForceOpt = False,
 ) -> None:
     """Exact and near duplicates (MinHash LSH), reported in groups."""
     from sftkit.data.dedup import find_duplicates
     from sftkit.data.io import write_jsonl
 
     with _fatal():
+        if out:
+            check_output_file(out, [file], force)
         res = _load(file, format)
     d = find_duplicates(res.conversations, threshold)
     report = {
@@ -268,6 +280,7 @@ def split(
     out_dir: Annotated[str | None, typer.Option(help="Write train/val/test.jsonl here.")] = None,
     format: FormatOpt = None,
     as_json: JsonOpt = False,
+    force: ForceOpt = False,
 ) -> None:
     """Deterministic train/val/test split (stratified with --label-field)."""
     from sftkit.data.io import write_jsonl
@@ -281,6 +294,8 @@ def split(
                              "column (e.g. output, label, category)")
         share, why = recommend_val_share(res.valid)
         parts = run_split(res.conversations, share if val is None else val, test, seed, bool(label_field))
+        for k in parts if out_dir else ():
+            check_output_file(Path(out_dir) / f"{k}.jsonl", [file], force, "--out-dir")
         written = {k: write_jsonl(v, Path(out_dir) / f"{k}.jsonl") for k, v in parts.items()} if out_dir else {}
     report = {
         "file": file,

@@ -40,9 +40,9 @@ def _run_eval_defaults(model_or_run: str) -> dict[str, Any]:
     p = Path(model_or_run)
     if not (p / "config.yaml").is_file():
         return {}
-    import yaml
+    from sftkit.config import read_yaml_file
 
-    return (yaml.safe_load((p / "config.yaml").read_text()) or {}).get("eval") or {}
+    return (read_yaml_file(p / "config.yaml", "run config") or {}).get("eval") or {}
 
 
 def _num(v: Any, key: str) -> str:

@@ -17,6 +17,7 @@ from rich.text import Text
 
 from sftkit.conversation import Conversation
 from sftkit.models import BUNDLED_ALIAS
+from sftkit.textfile import read_text
 
 if TYPE_CHECKING:
     from sftkit.templates.base import ChatTemplate, Segment
@@ -80,9 +81,7 @@ def _template(ref: str | None, tokenizer: Any) -> ChatTemplate:
 
 def _read_messages(path: Path) -> Conversation:
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise _UserError(f"{path}: cannot read the messages file ({e.strerror})") from None
+        raw = json.loads(read_text(path, "messages file", _UserError))
     except json.JSONDecodeError as e:
         raise _UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
     msgs = raw.get("messages") if isinstance(raw, dict) else raw

@@ -62,7 +62,9 @@ def generate_cmd(
     model: Annotated[str, typer.Argument(help="Run folder, exported folder, or model reference.")],
     data: Annotated[Path, typer.Option("--data", help="Prompts: any data layout sft reads (the final reply, "
                                                       "if any, becomes `reference`).")],
-    out: Annotated[Path, typer.Option("--out", help="Output JSON Lines; rows already in it are skipped (resume).")],
+    out: Annotated[Path, typer.Option("--out", help="Output JSON Lines (+ OUT.meta.json); rows whose input is "
+                                                    "unchanged are kept, the rest answered (resume). Only an "
+                                                    "answers file of sft generate is resumed.")],
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer in tokens.")] = 256,
     temperature: Annotated[float, typer.Option(help="0 = greedy (deterministic).")] = 0.0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass (with temperature > 0).")] = 1.0,
@@ -74,7 +76,7 @@ def generate_cmd(
     """Answer every prompt of a data file with a model; resumable, one JSON line per row."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from sftkit.batch_generate import run_generate
+    from sftkit.batch_generate import open_answers, rejects_path, run_generate
     from sftkit.data import write_rejects
     from sftkit.generate import GenParams
 
@@ -83,6 +85,7 @@ def generate_cmd(
             raise _fail(f"--data {data}: no such file")
         if batch_size < 1:
             raise _fail("--batch-size must be at least 1")
+        answers = open_answers(data, out)  # a foreign --out is refused before the model loads
         params = GenParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
         with err.status(f"loading {model} ..."):
             engine = load_engine(model, batch_size=batch_size, template=template)
@@ -91,29 +94,35 @@ def generate_cmd(
         task = progress.add_task("generate", total=None)
         with progress:
             summary = run_generate(
-                engine, data, out, params, format=format,
+                engine, data, out, params, format=format, answers=answers,
                 on_total=lambda n: progress.update(task, total=n),
                 on_progress=lambda done, _n: progress.update(task, completed=done),
             )
     rej_note = ""
     if summary.rejects:
-        rej_path = out.with_name(out.name + ".rejects.jsonl")
+        rej_path = rejects_path(out)  # checked by open_answers: absent or an earlier rejects file
         write_rejects(summary.rejects, rej_path)
         for r in summary.rejects[:5]:
             err.print(f"[yellow]rejected[/] {escape(r.where)}: {escape(r.reason)}", highlight=False, soft_wrap=True)
         if len(summary.rejects) > 5:
             err.print(f"[yellow]... and {len(summary.rejects) - 5} more[/]")
         rej_note = f", {len(summary.rejects)} rejected (see {rej_path})"
-    err.print(f"{summary.total} rows: {summary.generated} generated, {summary.skipped} already in {out}{rej_note}",
-              highlight=False)
+    drop_note = (f", {summary.dropped} earlier answers dropped (their input row changed or is gone)"
+                 if summary.dropped else "")
+    err.print(f"{summary.total} rows: {summary.generated} generated, {summary.skipped} already in {out}{rej_note}"
+              f"{drop_note}", highlight=False)
 
 
 def serve_cmd(
     model: Annotated[str, typer.Argument(help="Run folder, exported folder, or model reference.")],
-    host: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0 for all).")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0 for all: needs --api-key, "
+                                           "or --insecure-no-auth).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    api_key: Annotated[str | None, typer.Option(help="Require 'Authorization: Bearer KEY' on /v1/* "
+    api_key: Annotated[str | None, typer.Option(help="Require 'Authorization: Bearer KEY' on every path but /health "
                                                      "(default: $SFTKIT_API_KEY, else no key).")] = None,
+    insecure_no_auth: Annotated[bool, typer.Option(
+        "--insecure-no-auth", help="Listen beyond loopback without an API key: anyone who reaches the port "
+                                   "can use the model.")] = False,
     engine: Annotated[str, typer.Option(help="transformers (built in) or vllm (hands over to `vllm serve`).")]
     = "transformers",
     max_batch: Annotated[int, typer.Option(help="Most requests decoded together (and concurrent streams).")] = 16,
@@ -126,6 +135,13 @@ def serve_cmd(
         raise _fail(f"--engine {engine}: use transformers or vllm")
     if max_batch < 1 or max_tokens_limit < 1:
         raise _fail("--max-batch and --max-tokens-limit must be at least 1")
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"
+    if not api_key and not _is_loopback(host):  # checked before loading: refused in a second, not a minute
+        if not insecure_no_auth:
+            raise _fail(f"--host {host} is reachable from other machines and no API key is set: pass --api-key KEY "
+                        "(or set SFTKIT_API_KEY), or --insecure-no-auth to serve without one.")
+        err.print(f"[bold yellow]warning:[/] no API key: anyone who can reach {url} can use this model "
+                  "(--insecure-no-auth)", highlight=False, soft_wrap=True)
     if engine == "vllm":
         _exec_vllm(model, host, port, api_key, max_batch)
         return
@@ -139,11 +155,23 @@ def serve_cmd(
     with _user_errors():
         with err.status(f"loading {model} ..."):
             eng = load_engine(model, dtype=dtype, batch_size=max_batch)
-        err.print(f"serving [bold]{served_name(model)}[/] on http://{host}:{port}/v1 "
+        err.print(f"serving [bold]{served_name(model)}[/] on {url} "
                   f"(max batch {max_batch}, max_tokens <= {max_tokens_limit}{', API key required' if api_key else ''})",
                   highlight=False)
         serve(eng, model, host=host, port=port, api_key=api_key, max_batch=max_batch,
               max_tokens_limit=max_tokens_limit)
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether listening on ``host`` keeps the server on this machine (127.0.0.0/8, ::1, localhost).
+    Any other name may resolve to an outside interface, so it counts as beyond loopback."""
+    import ipaddress
+
+    name = host.strip("[]")
+    try:
+        return name.lower() == "localhost" or ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _exec_vllm(model: str, host: str, port: int, api_key: str | None, max_batch: int) -> None:
@@ -167,7 +195,9 @@ def export_cmd(
     dtype: Annotated[str | None, typer.Option(help="bf16, fp16 or fp32 (default: the run's model.dtype).")] = None,
     gguf: Annotated[bool, typer.Option("--gguf", help="Also convert to GGUF (needs llama.cpp's converter).")]
     = False,
-    force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    force: Annotated[bool, typer.Option(help="Replace --out if it is an earlier sft export (never any other "
+                                             "folder, nor one that is, holds or lies in the run or base model).")]
+    = False,
 ) -> None:
     """Merge a run's adapter into its base model and write a standalone, verified model folder."""
     from sftkit.export import GGUF_HELP, export_run, find_gguf_converter, to_gguf

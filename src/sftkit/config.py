@@ -9,7 +9,6 @@ command-line overrides are relative to the current directory.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 from dataclasses import dataclass
 from enum import Enum, StrEnum
@@ -19,10 +18,12 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
+from yaml.composer import ComposerError
 
 from sftkit.models import BUNDLED_ALIAS
 from sftkit.templates.base import MaskPolicy
 from sftkit.templates.render import Overflow
+from sftkit.textfile import read_text
 
 
 class ConfigError(ValueError):
@@ -362,7 +363,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected dotted key=value, e.g. train.max_steps=10")
-        _set_dotted(out, key.strip(), yaml.safe_load(raw) if raw else "")
+        _set_dotted(out, key.strip(), load_yaml(raw, f"override {item!r}") if raw else "")
     return out
 
 
@@ -373,11 +374,16 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _key_lines(text: str) -> dict[tuple[str, ...], int]:
-    """Line number (1-based) of every mapping key in a YAML document, by key path."""
+def _key_lines(root: yaml.Node | None) -> dict[tuple[str, ...], int]:
+    """Line number (1-based) of every mapping key in a composed YAML document, by key path.
+    Each node is visited once: a value reached again through an alias keeps its first lines."""
     lines: dict[tuple[str, ...], int] = {}
+    seen: set[int] = set()
 
     def walk(node: Any, path: tuple[str, ...]) -> None:
+        if id(node) in seen:
+            return
+        seen.add(id(node))
         if isinstance(node, yaml.MappingNode):
             for k, v in node.value:
                 p = (*path, str(k.value))
@@ -387,8 +393,8 @@ def _key_lines(text: str) -> dict[tuple[str, ...], int]:
             for i, v in enumerate(node.value):
                 walk(v, (*path, str(i)))
 
-    with contextlib.suppress(yaml.YAMLError):  # a YAML error is reported by the loader itself
-        walk(yaml.compose(text), ())
+    if root is not None:
+        walk(root, ())
     return lines
 
 
@@ -508,26 +514,138 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     path = Path(path)
     if path.is_dir() and (path / "config.yaml").is_file():
         path = path / "config.yaml"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read config ({e.strerror})") from e
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    node, raw = _compose(read_text(path, "config", ConfigError), str(path))
+    raw = raw if raw is not None else {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys (model:, data:, train:, ...)")
     raw = _resolve_paths(raw, path.resolve().parent)
     over = parse_overrides(overrides or [])
     over = _resolve_paths(over, Path.cwd())
     merged = _merge(raw, over)
-    lines = _key_lines(text)
+    lines = _key_lines(node)
     try:
         cfg = RunConfig.model_validate(merged)
     except ValidationError as e:
         raise ConfigError(_describe(e, str(path), lines, _dotted_keys(over))) from None
     return cfg
+
+
+# ---------------------------------------------------------------- the one YAML loader
+# Every YAML a user can write or edit (config files, overrides, the console's editor, a run folder's
+# config.yaml) is read here. A YAML alias is a reference: ``b: [*a, *a]`` costs two nodes to parse but
+# expands to two copies of ``a`` for anything that walks the result (validation, key lines, a report),
+# so eight levels of ten aliases each (a 500-byte file) expand to 10^8 values. Aliases may add at most
+# ALIAS_BUDGET values beyond what is written, counted on the composed graph before anything walks it.
+
+ALIAS_BUDGET = 10_000
+"""Values YAML aliases may add to a document beyond those written out (a config needs a handful)."""
+MAX_DEPTH = 100
+"""Deepest nesting accepted (a config is 3 or 4 levels; the YAML composer recurses per level)."""
+
+
+class _Loader(yaml.SafeLoader):
+    """``SafeLoader`` that records where each alias is used, bounds the nesting depth, and gives a
+    value the constructor refuses (a date like 2023-13-45, an integer of 5,000 digits) its line."""
+
+    def __init__(self, text: str, where: str) -> None:
+        super().__init__(text)
+        self.where = where
+        self.aliases: list[tuple[str, yaml.Mark, int]] = []  # (anchor, where used, id of the target node)
+        self.depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            node = super().compose_node(parent, index)
+            self.aliases.append((event.anchor, event.start_mark, id(node)))
+            return node
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise ComposerError(None, None, f"nested more than {MAX_DEPTH} levels deep", mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except ValueError as e:
+            raise ConfigError(f"{self.where}{_line(node.start_mark)}: cannot read {node.value!r:.40}: {e} "
+                              "(quote the value to keep it as text)") from None
+
+
+def _line(mark: yaml.Mark | None) -> str:
+    return f":{mark.line + 1}" if mark is not None else ""
+
+
+def _expanded_size(root: yaml.Node, loader: _Loader, where: str) -> tuple[int, int]:
+    """(values after expanding every alias, distinct values), memoised per node: linear in the
+    document, however large the expansion. A recursive alias (a value containing itself) is refused."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            anchor, mark, _ = next((a for a in loader.aliases if a[2] == key), ("?", None, key))
+            raise ConfigError(f"{where}{_line(mark)}: the YAML alias *{anchor} is used inside the value it names "
+                              "(a recursive alias, an endless value); write the value out instead")
+        open_nodes.add(key)
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [x for pair in node.value for x in pair]
+        sizes[key] = 1 + sum(size(c) for c in children)
+        open_nodes.discard(key)
+        return sizes[key]
+
+    return size(root), len(sizes)
+
+
+def _check_aliases(root: yaml.Node, loader: _Loader, where: str) -> None:
+    if not loader.aliases:
+        return
+    total, written = _expanded_size(root, loader, where)
+    if total - written > ALIAS_BUDGET:
+        anchor, mark, _ = loader.aliases[0]
+        raise ConfigError(
+            f"{where}{_line(mark)}: YAML aliases (*{anchor} here and {len(loader.aliases) - 1} more) expand this "
+            f"document from {written:,} to {total:,} values, over the {ALIAS_BUDGET:,} extra values aliases may "
+            "add; refused before reading further. Write the repeated values out, or use fewer aliases")
+
+
+def _compose(text: str, where: str) -> tuple[yaml.Node | None, Any]:
+    """The composed node graph (for key lines) and the constructed value, from one parse."""
+    loader = _Loader(text, where)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, None
+        _check_aliases(node, loader, where)
+        return node, loader.construct_document(node)
+    except yaml.MarkedYAMLError as e:
+        what = "; ".join(x for x in (e.context, e.problem) if x)
+        raise ConfigError(f"{where}{_line(e.problem_mark or e.context_mark)}: not valid YAML: {what}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML: {e}") from None
+    finally:
+        loader.dispose()
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """Parse YAML a user wrote (``where`` names it in errors): safe tags only, aliases within
+    ``ALIAS_BUDGET``, nesting within ``MAX_DEPTH``. Every problem is a ``ConfigError`` with its line."""
+    return _compose(text, where)[1]
+
+
+def read_yaml_file(path: str | Path, what: str = "YAML file") -> Any:
+    """``load_yaml`` on a file (a run folder's config.yaml, a launch.yaml), read as strict UTF-8."""
+    return load_yaml(read_text(path, what, ConfigError), str(path))
 
 
 def config_to_yaml(cfg: RunConfig) -> str:

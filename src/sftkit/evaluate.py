@@ -45,10 +45,10 @@ class Side:
 
 
 def _run_config(run_dir: Path) -> dict[str, Any]:
-    import yaml
+    from sftkit.config import read_yaml_file
 
     p = run_dir / "config.yaml"
-    return (yaml.safe_load(p.read_text()) or {}) if p.is_file() else {}
+    return (read_yaml_file(p, "run config") or {}) if p.is_file() else {}
 
 
 def _adapter_off(model: Any) -> Callable[[], contextlib.AbstractContextManager[Any]]:

@@ -16,6 +16,12 @@ identically, no Jinja template is claimed: the card says to use the JSON file.
 The export is written to a hidden folder next to ``--out``, verified there
 (merged vs base+adapter logits in fp32; the folder loads with plain
 ``AutoModelForCausalLM.from_pretrained``), and only then renamed into place.
+
+``--out`` never overlaps what the export reads: it may not be, lie inside, or contain
+the run folder or the base model folder (real paths, symlinks resolved). An existing
+``--out`` (and ``OUT.unverified``) is replaced only when it is empty or an earlier
+export, recognised by its model card (``is_export``), and only with ``--force``; any
+other folder is refused and left as it was (``sftkit.safepaths``).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from sftkit.conversation import Conversation
+from sftkit.safepaths import check_replaceable_dir, refuse_overlap, replace_dir
 from sftkit.templates.json_template import _PLACEHOLDER, JSONTemplate, TurnSpec
 
 DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
@@ -73,14 +80,13 @@ class ExportResult:
 
 
 def read_run(run: Path) -> RunInfo:
-    import yaml
-
+    from sftkit.config import read_yaml_file
     from sftkit.generate import _run_template
     from sftkit.models import BUNDLED_ALIAS, resolve
 
     if not (run / "config.yaml").is_file():
         raise ExportError(f"{run}: not a run folder (no config.yaml); export needs the folder `sft train` wrote")
-    cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    cfg = read_yaml_file(run / "config.yaml", "run config") or {}
     if (run / "adapter" / "adapter_config.json").is_file():
         weights, kind = run / "adapter", "lora"
     elif (run / "model" / "config.json").is_file():
@@ -256,20 +262,48 @@ def _load_merged(info: RunInfo, batch: list[list[int]], log: Any) -> tuple[Any, 
     return model, reference, merge_diff
 
 
+def _unverified(out: Path) -> Path:
+    return out.with_name(out.name + ".unverified")
+
+
+def is_export(folder: Path) -> bool:
+    """Whether ``folder`` is an earlier ``sft export`` output: config.json and the
+    model card ``model_card`` writes (its front matter tags it ``sftkit``)."""
+    try:
+        card = (folder / "README.md").read_text(encoding="utf-8")[:2000]
+    except (OSError, UnicodeDecodeError):
+        return False
+    front = card.split("\n---\n", 1)[0]
+    return (folder / "config.json").is_file() and front.startswith("---\nlibrary_name: transformers\n") \
+        and "\n- sftkit\n" in front
+
+
+def check_out(info: RunInfo, out: Path, force: bool) -> None:
+    """Refuse an ``out`` that overlaps the run or its base model, or that holds anything
+    but an earlier export (``RefusedPath``, before any work; see the module docstring)."""
+    protected = {"run folder": info.run_dir, "base model folder": info.base}
+    refuse_overlap(out, protected)
+    refuse_overlap(_unverified(out), protected, flag="the folder for an unverified export,")
+    check_replaceable_dir(out, is_export, force, "sft export")
+    # OUT.unverified is only ever sft export's own (a failed verification): replaced without --force.
+    check_replaceable_dir(_unverified(out), is_export, True, "sft export",
+                          flag="the folder for an unverified export,")
+
+
 def export_run(run: Path, out: Path, dtype: str | None = None, force: bool = False,
                log: Any = print) -> ExportResult:
     """Write the standalone folder ``out`` for ``run``; see the module docstring."""
+    info = read_run(run)
+    dt = DTYPES.get(dtype, "") if dtype else _default_dtype(info)
+    if not dt:
+        raise ExportError(f"--dtype {dtype}: use one of bf16, fp16, fp32")
+    check_out(info, out, force)
+
     import torch
     from transformers import AutoModelForCausalLM
 
     from sftkit.models import load_tokenizer
 
-    info = read_run(run)
-    dt = DTYPES.get(dtype, "") if dtype else _default_dtype(info)
-    if not dt:
-        raise ExportError(f"--dtype {dtype}: use one of bf16, fp16, fp32")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise ExportError(f"{out} exists and is not empty; pass --force to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -297,15 +331,9 @@ def export_run(run: Path, out: Path, dtype: str | None = None, force: bool = Fal
             f"{reload_diff:.2e}" + ("" if dt == "float32" else f" ({dt} rounding, not held to {TOLERANCE:g})"))
         res = ExportResult(out, info.kind, dt, template_note, eos_ids, merge_diff, reload_diff, dt == "float32")
         (tmp / "README.md").write_text(model_card(info, res, out.name), encoding="utf-8")
-        if not res.ok:
-            bad = out.with_name(out.name + ".unverified")
-            shutil.rmtree(bad, ignore_errors=True)
-            os.replace(tmp, bad)
-            res.out = bad
-            return res
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)  # the folder appears complete and verified, or not at all
+        res.out = out if res.ok else _unverified(out)
+        check_out(info, out, force)  # again: the folders may have changed during the export
+        replace_dir(tmp, res.out)  # the folder appears complete and verified, or not at all
         return res
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

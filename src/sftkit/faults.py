@@ -1,8 +1,8 @@
 """Training faults: the run folder's disk, Ctrl-C, NaN/inf loss, and I/O failures mid-run.
 
-* ``check_writable`` / ``check_free_space`` fail fast, before any weights load: an
-  output folder that cannot be created or written, or a disk without room for the
-  checkpoints this run will write (estimated from the model's weight files).
+* ``check_free_space`` fails fast, before any weights load, on a disk without room for
+  the checkpoints this run will write (estimated from the model's weight files). Whether
+  the output folder may be used at all, and can be written, is ``sftkit.rundir``'s call.
 * ``GracefulStop``: the first Ctrl-C (SIGINT) saves a checkpoint at the end of the
   current optimizer step and stops; the run then raises ``Interrupted`` (exit 130)
   saying how to resume. A second Ctrl-C stops at once (the last *complete*
@@ -54,20 +54,6 @@ RESUME_HINT = "continue with the same command plus --resume (`sft train CONFIG -
 # -- before training -------------------------------------------------------------------
 
 
-def check_writable(run_dir: Path) -> None:
-    """Create ``run_dir`` and write a probe file in it; ``TrainError`` if either fails."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        blocker = next((p for p in run_dir.parents if p.exists()), None)
-        why = f"{blocker} is a file, not a folder" if blocker and not blocker.is_dir() else (e.strerror or str(e))
-        raise TrainError(f"output_dir {run_dir} is not writable ({why}); choose another output_dir "
-                         "(nothing was loaded or trained)") from e
-
-
 def weights_bytes(model_path: Path) -> int:
     """Size of the model's weight files on disk (0 if none are found)."""
     files = [*model_path.glob("*.safetensors"), *model_path.glob("*.bin")]
@@ -87,11 +73,14 @@ def _tree_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
 
 
-def check_free_space(run_dir: Path, need: int) -> None:
-    """Fail unless the disk has room for the run; checkpoints already in the run folder (a
-    resume) count as room taken: they are rotated out or removed, not added to."""
-    free = shutil.disk_usage(run_dir).free
-    need = max(need - _tree_bytes(run_dir / "checkpoints"), _MIN_FREE)
+def check_free_space(run_dir: Path, need: int, reused: bool = True) -> None:
+    """Fail unless the disk has room for the run. The folder need not exist yet (it is made
+    only once the run's inputs have passed their checks): its nearest existing parent's disk
+    counts. Checkpoints already in the folder count as room taken when they are ``reused``
+    (a resume rotates them out or removes them) rather than moved aside and kept."""
+    existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    need = max(need - (_tree_bytes(run_dir / "checkpoints") if reused else 0), _MIN_FREE)
     if free < need:
         raise TrainError(f"output_dir {run_dir}: {free / MB:.1f} MB free, but this run's checkpoints need about "
                          f"{need / MB:.0f} MB; free some space or choose another output_dir "

@@ -384,9 +384,9 @@ def pos_last(pos: torch.Tensor) -> torch.Tensor:
 def _run_template(run_dir: Any) -> str | None:
     from pathlib import Path
 
-    import yaml
+    from sftkit.config import read_yaml_file
 
-    cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
+    cfg = read_yaml_file(Path(run_dir) / "config.yaml", "run config") or {}
     tpl = cfg.get("template")
     if isinstance(tpl, dict):  # a config section, e.g. {name: chatml, ...}
         tpl = tpl.get("name") or tpl.get("ref")

@@ -88,11 +88,11 @@ def resolve(ref: str | os.PathLike[str]) -> ResolvedModel:
 
 
 def _resolve_run(run: Path) -> ResolvedModel:
-    import yaml
+    from sftkit.config import read_yaml_file  # (here: sftkit.config imports this module)
 
     if (run / "model" / "config.json").is_file():  # full / freeze fine-tuning: a complete model
         return ResolvedModel(str(run), (run / "model").resolve(), run_dir=run.resolve())
-    cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    cfg = read_yaml_file(run / "config.yaml", "run config") or {}
     base = (cfg.get("model") or {}).get("name_or_path", BUNDLED_ALIAS)
     return ResolvedModel(str(run), resolve(base).path, adapter=(run / "adapter").resolve(), run_dir=run.resolve())
 

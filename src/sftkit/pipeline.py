@@ -16,6 +16,7 @@ from rich.table import Table
 
 from sftkit.config import RunConfig, load_config
 from sftkit.metrics import HEADLINE, headline_metric
+from sftkit.rundir import Overwrite, RunDir, RunDirError, State
 
 DEMO_EXAMPLE = "api_assistant"
 
@@ -65,18 +66,18 @@ def _headline(scores: dict[str, Any]) -> tuple[str | None, float | None]:
     return key, (float(scores[key]) if key else None)
 
 
-def _clear_previous(run_dir: Path, console: Console) -> None:
-    """``fresh``: remove an earlier run in the same folder, and nothing that is not a run."""
-    import shutil
-
-    if not run_dir.is_dir():
-        return
-    markers = ("fingerprint.json", "config.yaml", "train_summary.json")
-    if any(run_dir.iterdir()) and not any((run_dir / m).exists() for m in markers):
-        raise ValueError(f"output_dir {run_dir} exists and is not an sftkit run folder; refusing to delete it "
-                         "(choose another output_dir)")
-    console.print(f"[dim]removing the previous run in {run_dir}[/]")
-    shutil.rmtree(run_dir)
+def _check_folder(cfg: RunConfig, overwrite: Overwrite) -> None:
+    """Refuse a folder training may not use before the first step, not after the baseline (reads only;
+    training claims the folder). This command has no --resume: an earlier run is replaced or kept."""
+    folder = RunDir(cfg.run_dir())
+    try:
+        folder.plan(cfg, None, overwrite)
+    except RunDirError as e:
+        if folder.state() not in (State.FINISHED, State.IN_PROGRESS):
+            raise
+        raise RunDirError(f"output_dir {folder.path} holds an earlier run ({folder.state().value}); nothing was "
+                          "written. `sft run --overwrite` moves it aside and starts over, `sft train CONFIG "
+                          "--resume` continues it, or set output_dir=... to a new folder") from e
 
 
 def _baseline_first(cfg: RunConfig, test: str, console: Console) -> Any:
@@ -95,9 +96,12 @@ def _baseline_first(cfg: RunConfig, test: str, console: Console) -> Any:
 
 
 def run_pipeline(
-    config: Path, overrides: list[str] | None = None, console: Console | None = None, fresh: bool = False
+    config: Path, overrides: list[str] | None = None, console: Console | None = None,
+    overwrite: Overwrite = Overwrite.NO,
 ) -> dict[str, Any]:
-    """The whole workflow; ``fresh`` first removes an earlier run in the same output folder."""
+    """The whole workflow. ``overwrite``: what happens to an earlier run in the output folder when
+    training starts (``sft demo`` deletes its own previous run; ``sft run --overwrite`` moves it aside).
+    A folder training may not use is refused before the first step, not after the baseline."""
     from sftkit.cli_eval import comparison_table
     from sftkit.evaluate import evaluate
     from sftkit.report import write_report
@@ -109,8 +113,7 @@ def run_pipeline(
         raise ValueError(f"{config}: data.test is empty; the before/after comparison needs a held-out test file")
     test = str(cfg.data.test[0].path)
     e = cfg.eval
-    if fresh:
-        _clear_previous(cfg.run_dir(), console)
+    _check_folder(cfg, overwrite)
 
     console.rule("[bold]1/5 data check")
     _check_data(cfg, console)
@@ -119,7 +122,7 @@ def run_pipeline(
     baseline = _baseline_first(cfg, test, console)
 
     console.rule("[bold]3/5 LoRA training" if cfg.method.type.value in ("lora", "qlora") else "[bold]3/5 training")
-    trained = run(cfg, console=console)
+    trained = run(cfg, console=console, overwrite=overwrite)
 
     console.rule("[bold]4/5 tuned vs base on the same prompts")
     result = evaluate(str(trained.run_dir), test, None, e.metrics, e.max_new_tokens, e.limit,

@@ -492,10 +492,10 @@ def _latency_section(ev: dict[str, Any]) -> str:
 
 
 def render_report(run: Path) -> str:
-    import yaml
+    from sftkit.config import read_yaml_file
 
     cfg_path = run / "config.yaml"
-    cfg = (yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}) if cfg_path.is_file() else {}
+    cfg = (read_yaml_file(cfg_path, "run config") or {}) if cfg_path.is_file() else {}
     ev = _read_json(run / "eval.json") or {}
     name = cfg.get("name") or run.name
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -1,7 +1,9 @@
 """``sft serve``: an OpenAI-compatible HTTP server over the shared ``Engine``.
 
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions``,
-``GET /v1/models`` (+ ``/v1/models/{id}``), ``GET /health`` (never needs a key).
+``GET /v1/models`` (+ ``/v1/models/{id}``), ``GET /health``, and FastAPI's ``/docs``,
+``/redoc`` and ``/openapi.json``. With an API key every path needs it except ``/health``
+(load balancers probe it): that one answers without the key but then does not name the model.
 
 Batching: all generation goes through one ``Batcher`` worker thread (see
 ``sftkit.batcher``): concurrent non-streaming requests share ``Engine.generate``
@@ -14,9 +16,16 @@ wrong key, 404 for an unknown model, 413 for a body over ``max_body_bytes``, 500
 only for a genuine server bug (the server keeps running).
 
 Hostile input: bodies are validated strictly (``true`` is not a number, ``"yes"`` is
-not a boolean), their size is capped before they are parsed, text that is not valid
-Unicode is refused before it reaches the tokenizer, and a request that makes a shared
-batch fail is retried alone so it cannot fail the other clients' requests.
+not a boolean), down to every tool call, content part and tool, and a bad field is named
+in ``param`` (``messages[1].tool_calls[0].function``); their size is capped before they
+are parsed; text that is not valid Unicode is refused where it is parsed; and a request
+that makes a shared batch fail is retried alone so it cannot fail the other clients' requests.
+
+The event loop only moves bytes: parsing, validating, rendering and tokenising a request
+run on a small thread pool (``_Server.off_loop``), so one huge prompt cannot stall
+``/health`` or the streams of other clients. Text longer than ``MAX_CHARS_PER_TOKEN``
+characters per token of context is refused before the tokenizer sees it: no model reads
+that much, and it bounds the tokenising work a request can cause.
 """
 
 from __future__ import annotations
@@ -24,17 +33,21 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import os
+import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -44,6 +57,10 @@ from sftkit.generate import Engine, GenParams, GenResult
 
 DEFAULT_MAX_TOKENS_LIMIT = 1024
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024  # far above any real prompt for a local model; bounds parsing work
+# Tokens average 3-5 characters in English and 1-2 in Chinese; text over 8 per token of
+# context cannot fit, so it is refused by its length alone, before it is tokenised.
+MAX_CHARS_PER_TOKEN = 8
+PREP_WORKERS = min(4, os.cpu_count() or 1)  # request preparation threads (the model has its own)
 
 
 # -- errors -------------------------------------------------------------------
@@ -63,8 +80,15 @@ def error_body(message: str, type: str = "invalid_request_error", param: str | N
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
+def _printable(text: str | None) -> str | None:
+    """Error text that can always be sent: an echoed lone surrogate would make the JSON
+    response itself fail to encode (a 500 instead of the 4xx being reported)."""
+    return None if text is None else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _error_response(e: APIError) -> JSONResponse:
-    return JSONResponse(error_body(e.message, e.type, e.param, e.code), status_code=e.status)
+    return JSONResponse(error_body(_printable(e.message) or "", e.type, _printable(e.param), e.code),
+                        status_code=e.status)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -74,24 +98,29 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     first = errs[0]
     if first.get("type") == "json_invalid":
         return "could not parse the JSON body of the request", None
-    loc = [str(x) for x in first.get("loc", ()) if x != "body"]
-    param = ".".join(loc) or None
+    param = _param([x for x in first.get("loc", ()) if x != "body"]) or None
     return (f"{param}: {first.get('msg')}" if param else str(first.get("msg"))), param
 
 
+def _key_ok(authorization: bytes, key: bytes) -> bool:
+    scheme, _, token = authorization.partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), key)
+
+
 class _AuthMiddleware:
-    """``Authorization: Bearer KEY`` on ``/v1/*``. Pure ASGI (not BaseHTTPMiddleware)
-    so streaming responses and client-disconnect detection are left untouched;
-    it runs before the body is parsed, so a bad body without a key is still a 401."""
+    """``Authorization: Bearer KEY`` on every path but ``/health`` (the API, the docs and
+    the OpenAPI schema alike; routes added later are covered without a second thought).
+    Pure ASGI (not BaseHTTPMiddleware) so streaming responses and client-disconnect
+    detection are left untouched; it runs before the body is read, so a bad body without
+    a key is still a 401."""
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self.app, self.key = app, api_key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1"):
+        if scope["type"] == "http" and scope["path"] != "/health":
             auth = dict(scope.get("headers") or []).get(b"authorization", b"")
-            scheme, _, token = auth.partition(b" ")
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key):
+            if not _key_ok(auth, self.key):
                 body = error_body("Incorrect or missing API key: send 'Authorization: Bearer <key>'.",
                                   code="invalid_api_key")
                 await JSONResponse(body, status_code=401)(scope, receive, send)
@@ -157,15 +186,38 @@ class _Body(BaseModel):
 
 
 class ContentPart(_Body):
-    type: str
+    type: str  # any string here: a non-text part gets its own message ("only text ... supported")
     text: str | None = None
+
+
+class ToolCallFunction(_Body):
+    name: str = Field(min_length=1)
+    arguments: str | dict[str, Any] = "{}"  # OpenAI sends a JSON string; an object is accepted too
+
+
+class ToolCall(_Body):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
+class FunctionDef(_Body):
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema: shown to the model as it is
+    strict: bool | None = None
+
+
+class Tool(_Body):
+    type: Literal["function"] = "function"
+    function: FunctionDef
 
 
 class ChatMessage(_Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
     reasoning_content: str | None = None
 
@@ -200,13 +252,108 @@ class _Sampling(_Body):
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    tools: list[dict[str, Any]] | None = None
+    tools: list[Tool] | None = None
 
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str]
     echo: bool = False
     suffix: str | None = None
+
+
+# -- parsing ------------------------------------------------------------------------
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_OBJECT_ERRORS = {"model_type", "model_attributes_type", "dict_type"}
+M = TypeVar("M", bound=BaseModel)
+
+
+def _param(path: list[Any]) -> str:
+    """``["messages", 0, "tool_calls"]`` -> ``messages[0].tool_calls`` (OpenAI's way of naming a field)."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _find_surrogate(data: Any) -> tuple[list[Any], int] | None:
+    """Where a lone surrogate (valid JSON as ``\\ud800``, not text: tokenizers and encoders
+    reject it) sits in parsed JSON: (path, character). Iterative, with parent links, so depth
+    and width cost nothing extra."""
+    stack: list[tuple[Any, Any]] = [(data, None)]
+    while stack:
+        value, link = stack.pop()
+        if isinstance(value, dict):
+            stack += [(k, (k, link)) for k in value] + [(v, (k, link)) for k, v in value.items()]
+        elif isinstance(value, list):
+            stack += [(v, (i, link)) for i, v in enumerate(value)]
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                path = []
+                while link is not None:
+                    key, link = link
+                    path.append(key)
+                return path[::-1], e.start
+    return None
+
+
+def loads(text: str, param: str | None = None) -> Any:
+    """JSON text from a client -> data: NaN/Infinity and invalid Unicode refused (400)."""
+    what = f"{param}: the JSON" if param else "the JSON body of the request"
+    try:
+        data = json.loads(text, parse_constant=_no_constants)
+    except RecursionError:
+        raise APIError(400, f"{what} is nested too deeply", param=param) from None
+    except ValueError as e:
+        raise APIError(400, f"could not parse {what} ({e})" if not param else f"{what} is not valid ({e})",
+                       param=param) from None
+    hit = _find_surrogate(data) if _SURROGATE_ESCAPE.search(text) else None
+    if hit is not None:
+        at = _param([*([param] if param else []), *hit[0]]) or None
+        raise APIError(400, f"{at or 'body'}: invalid Unicode (a lone surrogate escape at character {hit[1]})",
+                       param=at)
+    return data
+
+
+def _real_path(loc: tuple[Any, ...], data: Any, missing: bool) -> list[Any]:
+    """Pydantic's error location minus the names of union members (``content.str``): only
+    the steps that exist in the body, plus the name of a missing field."""
+    path, node = [], data
+    for i, step in enumerate(loc):
+        if (isinstance(node, dict) and step in node) or (
+                isinstance(node, list) and isinstance(step, int) and 0 <= step < len(node)):
+            path.append(step)
+            node = node[step]
+        elif missing and i == len(loc) - 1 and isinstance(node, dict):
+            path.append(step)
+    return path
+
+
+def _invalid(exc: ValidationError, data: Any) -> APIError:
+    """The most specific problem; a union's alternatives at that place are listed together."""
+    found = [(_real_path(e["loc"], data, e["type"] == "missing"),
+              "Input should be a JSON object" if e["type"] in _OBJECT_ERRORS else e["msg"]) for e in exc.errors()]
+    deepest = max(len(p) for p, _ in found)
+    path = next(p for p, _ in found if len(p) == deepest)
+    why = "; ".join(dict.fromkeys(m for p, m in found if p == path))
+    param = _param(path) or None
+    return APIError(400, f"{param}: {why}" if param else why, param=param)
+
+
+def parse_body(model: type[M], raw: bytes) -> M:
+    """A request body -> ``model``; every way it can be wrong is a 400 naming the field."""
+    try:
+        text = raw.decode("utf-8")  # JSON on the wire is UTF-8 (RFC 8259)
+    except UnicodeDecodeError as e:
+        raise APIError(400, f"the request body is not valid UTF-8 (byte {e.start})") from None
+    data = loads(text)
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise _invalid(e, data) from None
 
 
 # -- conversion ---------------------------------------------------------------------
@@ -216,27 +363,35 @@ def _text_content(m: ChatMessage, i: int) -> str:
     if m.content is None or isinstance(m.content, str):
         return m.content or ""
     parts = []
-    for part in m.content:
+    for j, part in enumerate(m.content):
         if part.type != "text" or part.text is None:
-            raise APIError(400, f"messages.{i}.content: only text content parts are supported (got {part.type!r})",
-                           param=f"messages.{i}.content")
+            where = f"messages[{i}].content[{j}]"
+            raise APIError(400, f"{where}: only text content parts are supported (got {part.type!r})", param=where)
         parts.append(part.text)
     return "".join(parts)
 
 
-def _flat_call(call: dict[str, Any]) -> dict[str, Any]:
-    fn = call.get("function", call)
-    return {"name": fn.get("name"), "arguments": fn.get("arguments", {})}
+def _tool_call(call: ToolCall, where: str) -> dict[str, Any]:
+    """A call as the data readers produce it: ``{"name", "arguments": {...}}``, so the prompt is
+    rendered the way training rows were."""
+    args = call.function.arguments
+    where += ".function.arguments"
+    if isinstance(args, str):
+        args = loads(args, where) if args.strip() else {}
+    if not isinstance(args, dict):
+        raise APIError(400, f"{where}: must be a JSON object (or a string holding one)", param=where)
+    return {"name": call.function.name, "arguments": args}
 
 
 def to_conversation(req: ChatRequest) -> Conversation:
     msgs = []
     for i, m in enumerate(req.messages):
         role = "system" if m.role == "developer" else m.role  # OpenAI's newer name for the system role
+        calls = [_tool_call(c, f"messages[{i}].tool_calls[{j}]") for j, c in enumerate(m.tool_calls or [])]
         msgs.append(Message(role=role, content=_text_content(m, i), reasoning=m.reasoning_content,
-                            tool_calls=[_flat_call(c) for c in m.tool_calls] if m.tool_calls else None,
-                            name=m.name))
-    return Conversation(messages=msgs, tools=req.tools or None)
+                            tool_calls=calls or None, name=m.name))
+    tools = [t.model_dump(exclude_none=True) for t in req.tools or []]
+    return Conversation(messages=msgs, tools=tools or None)
 
 
 # -- the app ------------------------------------------------------------------------
@@ -251,8 +406,29 @@ def context_length(engine: Engine) -> int:
     return tok_max if 0 < tok_max < 10**7 else 2048
 
 
+def _template_errors() -> tuple[type[Exception], ...]:
+    """What a chat template raises for a conversation it cannot render: sftkit's TemplateError
+    (a ValueError) and Jinja's (a model's own template calling ``raise_exception``)."""
+    try:
+        from jinja2 import TemplateError
+    except ImportError:
+        return (ValueError,)
+    return (ValueError, TemplateError)
+
+
+@dataclass(slots=True)
+class _Job:
+    """A validated request, ready for the batcher: its prompts, their token counts and settings."""
+
+    req: Any
+    prompts: list[str]
+    counts: list[int]
+    params: list[GenParams]
+
+
 class _Server:
-    """Per-app state and request handling (kept off module globals so tests can run several apps)."""
+    """Per-app state and request handling (kept off module globals so tests can run several apps).
+    ``prepare_*`` do a request's CPU work and run on the preparation pool, never on the event loop."""
 
     def __init__(self, engine: Engine, model_name: str, aliases: set[str], max_tokens_limit: int,
                  batcher: Batcher) -> None:
@@ -260,19 +436,63 @@ class _Server:
         self.max_tokens_limit, self.batcher = max_tokens_limit, batcher
         self.context = context_length(engine)
         self.created = int(time.time())
+        self.pool: ThreadPoolExecutor | None = None
+
+    async def off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(PREP_WORKERS, thread_name_prefix="sftkit-prep")
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None
 
     def check_model(self, name: str) -> None:
         if name not in self.aliases:
             raise APIError(404, f"The model '{name}' does not exist; this server serves '{self.model_name}'.",
                            param="model", code="model_not_found")
 
-    def n_tokens(self, prompt: str, param: str) -> int:
+    def count_tokens(self, prompt: str, param: str) -> int:
+        """Tokens in ``prompt``; text too long for the context by its length alone never reaches the tokenizer."""
+        limit = MAX_CHARS_PER_TOKEN * self.context
+        if len(prompt) > limit:
+            raise APIError(400, f"This model's maximum context length is {self.context} tokens; the prompt has "
+                                f"{len(prompt)} characters, more than {limit} ({MAX_CHARS_PER_TOKEN} per token) "
+                                "could fit. Shorten the prompt.", param=param, code="context_length_exceeded")
         try:
             prompt.encode("utf-8")
-        except UnicodeEncodeError as e:  # a lone \ud800 escape: valid JSON, not text; tokenizers reject it
+        except UnicodeEncodeError as e:  # bodies are checked when parsed; this guards the tokenizer regardless
             raise APIError(400, f"{param}: invalid Unicode (a lone surrogate escape at character {e.start})",
                            param=param) from None
-        return len(self.engine.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        ids = self.engine.tokenizer(prompt, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+        return len(ids)
+
+    def prepare_chat(self, raw: bytes) -> _Job:
+        req = parse_body(ChatRequest, raw)
+        self.check_model(req.model)
+        if req.stream and req.n != 1:
+            raise APIError(400, "n > 1 is not supported with stream=true", param="n")
+        try:
+            prompt = self.engine.prompt_for(to_conversation(req))
+        except _template_errors() as e:  # e.g. a role this model family has no turn for
+            raise APIError(400, f"the chat template cannot render these messages: {e}", param="messages") from None
+        n = self.count_tokens(prompt, "messages")
+        return _Job(req, [prompt], [n], [self.params(req, n, req.max_completion_tokens or req.max_tokens)])
+
+    def prepare_completion(self, raw: bytes) -> _Job:
+        req = parse_body(CompletionRequest, raw)
+        self.check_model(req.model)
+        if req.suffix:
+            raise APIError(400, "suffix is not supported by this server", param="suffix")
+        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        if not prompts:
+            raise APIError(400, "prompt must not be empty", param="prompt")
+        if req.stream and (req.n != 1 or len(prompts) != 1):
+            raise APIError(400, "stream=true needs one prompt and n=1", param="stream")
+        one = isinstance(req.prompt, str)
+        counts = [self.count_tokens(p, "prompt" if one else f"prompt[{i}]") for i, p in enumerate(prompts)]
+        return _Job(req, prompts, counts, [self.params(req, c, req.max_tokens) for c in counts])
 
     def params(self, req: _Sampling, prompt_tokens: int, requested: int | None) -> GenParams:
         if req.logprobs:
@@ -323,18 +543,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error_response(APIError(500, f"internal server error ({type(e).__name__}: {e})", type="server_error"))
 
 
-async def _chat(srv: _Server, req: ChatRequest) -> dict[str, Any] | StreamingResponse:
-    srv.check_model(req.model)
-    try:
-        prompt = srv.engine.prompt_for(to_conversation(req))
-    except ValueError as e:  # TemplateError: e.g. a role this model family has no turn for
-        raise APIError(400, str(e), param="messages") from None
-    n_prompt = srv.n_tokens(prompt, "messages")
-    params = srv.params(req, n_prompt, req.max_completion_tokens or req.max_tokens)
+async def _chat(srv: _Server, raw: bytes) -> dict[str, Any] | StreamingResponse:
+    job = await srv.off_loop(srv.prepare_chat, raw)
+    req: ChatRequest = job.req
+    prompt, n_prompt, params = job.prompts[0], job.counts[0], job.params[0]
     rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     if req.stream:
-        if req.n != 1:
-            raise APIError(400, "n > 1 is not supported with stream=true", param="n")
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return _stream(srv, prompt, params, n_prompt, include_usage, rid, created, chat=True)
     results = await asyncio.wrap_future(srv.batcher.submit([prompt] * req.n, params))
@@ -347,19 +561,12 @@ async def _chat(srv: _Server, req: ChatRequest) -> dict[str, Any] | StreamingRes
     }
 
 
-async def _completions(srv: _Server, req: CompletionRequest) -> dict[str, Any] | StreamingResponse:
-    srv.check_model(req.model)
-    if req.suffix:
-        raise APIError(400, "suffix is not supported by this server", param="suffix")
-    prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
-    if not prompts:
-        raise APIError(400, "prompt must not be empty", param="prompt")
-    counts = [srv.n_tokens(p, "prompt") for p in prompts]
-    params = [srv.params(req, c, req.max_tokens) for c in counts]
+async def _completions(srv: _Server, raw: bytes) -> dict[str, Any] | StreamingResponse:
+    job = await srv.off_loop(srv.prepare_completion, raw)
+    req: CompletionRequest = job.req
+    prompts, counts, params = job.prompts, job.counts, job.params
     rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     if req.stream:
-        if req.n != 1 or len(prompts) != 1:
-            raise APIError(400, "stream=true needs one prompt and n=1", param="stream")
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return _stream(srv, prompts[0], params[0], counts[0], include_usage, rid, created, chat=False,
                        echo=prompts[0] if req.echo else "")
@@ -390,6 +597,7 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         batcher.start()
         yield
+        srv.close()
         batcher.stop()
 
     app = FastAPI(title="sftkit", lifespan=lifespan)
@@ -398,11 +606,20 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
     if api_key:  # added last = runs first: no key, no body read
         app.add_middleware(_AuthMiddleware, api_key=api_key)
     _install_error_handlers(app)
+    _add_routes(app, srv, api_key.encode() if api_key else None)
+    _document_bodies(app, {"/v1/chat/completions": ChatRequest, "/v1/completions": CompletionRequest})
+    return app
+
+
+def _add_routes(app: FastAPI, srv: _Server, key: bytes | None) -> None:
+    model_name, batcher = srv.model_name, srv.batcher
 
     @app.get("/health")
-    async def health() -> JSONResponse:
+    async def health(request: Request) -> JSONResponse:
         ok = batcher.alive
-        body = {"status": "ok" if ok else "error", "model": model_name, **batcher.load(), **batcher.stats}
+        body: dict[str, Any] = {"status": "ok" if ok else "error", **batcher.load(), **batcher.stats}
+        if key is None or _key_ok(request.headers.get("authorization", "").encode("latin-1"), key):
+            body["model"] = model_name  # which model runs is the key holders' business
         return JSONResponse(body, status_code=200 if ok else 503)
 
     def model_card() -> dict[str, Any]:
@@ -418,15 +635,34 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
         srv.check_model(model_id)
         return model_card()
 
+    # The bodies are read raw and parsed on the preparation pool (FastAPI would parse and
+    # validate them on the event loop); _document_bodies puts their schemas back in the docs.
     @app.post("/v1/chat/completions", response_model=None)
-    async def chat(req: ChatRequest) -> dict[str, Any] | StreamingResponse:
-        return await _chat(srv, req)
+    async def chat(request: Request) -> dict[str, Any] | StreamingResponse:
+        return await _chat(srv, await request.body())
 
     @app.post("/v1/completions", response_model=None)
-    async def completions(req: CompletionRequest) -> dict[str, Any] | StreamingResponse:
-        return await _completions(srv, req)
+    async def completions(request: Request) -> dict[str, Any] | StreamingResponse:
+        return await _completions(srv, await request.body())
 
-    return app
+
+def _document_bodies(app: FastAPI, bodies: dict[str, type[BaseModel]]) -> None:
+    """The request body schemas in ``/openapi.json`` (and so in ``/docs``)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = build()
+            schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+            for path, model in bodies.items():
+                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                schemas.update(schema.pop("$defs", {}))
+                schemas[model.__name__] = schema
+                spec["paths"][path]["post"]["requestBody"] = {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _stream(srv: _Server, prompt: str, params: GenParams, n_prompt: int, include_usage: bool, rid: str,

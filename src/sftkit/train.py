@@ -33,6 +33,7 @@ from sftkit.progress import (
     plot_loss,
     print_summary,
 )
+from sftkit.rundir import Action, Overwrite, Plan, RunDir, config_digest
 from sftkit.templates.registry import load_template
 from sftkit.templates.render import Renderer
 
@@ -44,6 +45,7 @@ class TrainResult:
     global_step: int
     final_loss: float | None
     best_eval_loss: float | None
+    already_finished: bool = False  # --resume on a run that had finished with this config: nothing was done
 
 
 def _is_main() -> bool:
@@ -51,18 +53,38 @@ def _is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _prepare_run_dir(cfg: RunConfig, resume: str | None) -> Path:
-    run_dir = cfg.run_dir().resolve()
-    if not _is_main():  # the other ranks only read; rank 0 prepares (and probes) the folder
-        return run_dir
-    faults.check_writable(run_dir)
-    if resume is None and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
-        raise TrainError(
-            f"{run_dir} already holds checkpoints from an earlier run; continue it with "
-            f"`sft train CONFIG --resume`, or set output_dir to a new folder"
-        )
-    (run_dir / "config.yaml").write_text(config_to_yaml(cfg), encoding="utf-8")
-    return run_dir
+def _plan(folder: RunDir, cfg: RunConfig, resume: str | None, overwrite: Overwrite) -> Plan:
+    """Whether this run may use its folder (reads only). Rank 0 decides and acts; another rank
+    only needs to know whether there is nothing to do, which rank 0 never changes (``RunDir.claim``
+    clears a finished run's summary before it records the new config)."""
+    if _is_main():
+        return folder.plan(cfg, resume, overwrite)
+    done = resume == "auto" and folder.summary.is_file() and folder.recorded_digest() == config_digest(cfg)
+    return Plan(Action.DONE if done else Action.NEW)
+
+
+def _claim(folder: RunDir, cfg: RunConfig, resume: str | None, overwrite: Overwrite, console: Console) -> None:
+    """Make the folder this run's (rank 0): everything before this only read."""
+    if not _is_main():
+        return
+    plan = folder.claim(cfg, resume, overwrite)
+    if plan.moved_to is not None:
+        console.print(f"[yellow]--overwrite: moved the previous run to {plan.moved_to}[/]", soft_wrap=True)
+    elif plan.replace is Overwrite.DELETE:
+        console.print(f"[dim]removed the previous run in {folder.path}[/]", soft_wrap=True)
+    elif plan.action is Action.CONTINUE:
+        console.print(f"continuing the finished run in {folder.path}; its train_summary.json and evaluation "
+                      "(eval.json, report.html) described the old weights and were removed", soft_wrap=True)
+    folder.config.write_text(config_to_yaml(cfg), encoding="utf-8")
+
+
+def _already_finished(folder: RunDir, console: Console) -> TrainResult:
+    s = folder.read_summary()
+    console.print(f"{folder.path} already finished training with this config (step {s.get('global_step', '?')}); "
+                  "nothing to do. To train it again from scratch use --overwrite (the old run is moved aside)",
+                  soft_wrap=True)
+    return TrainResult(folder.path, 0.0, int(s.get("global_step") or 0), s.get("train_loss"),
+                       s.get("best_eval_loss"), already_finished=True)
 
 
 def _write_environment(run_dir: Path) -> None:
@@ -83,9 +105,9 @@ def _write_data_report(run_dir: Path, data: Prepared) -> None:
     write_rejects(data.rejects, run_dir / "rejected.jsonl")
 
 
-def _check_template(template: Any, tokenizer: Any, data: Prepared, model_path: Path, run_dir: Path,
-                    console: Console) -> None:
-    """The template contract (sftkit.templates.check) must hold before any compute is spent."""
+def _check_template(template: Any, tokenizer: Any, data: Prepared, model_path: Path, console: Console) -> Any:
+    """The template contract (sftkit.templates.check) must hold before any compute is spent (and
+    before the run folder is made: a run that fails it leaves nothing behind). Returns the report."""
     from transformers import GenerationConfig
 
     from sftkit.templates import check_template
@@ -95,13 +117,12 @@ def _check_template(template: Any, tokenizer: Any, data: Prepared, model_path: P
     except OSError:
         gen = None
     report = check_template(template, tokenizer, data.sample, generation_config=gen)
-    if _is_main():
-        (run_dir / "template_check.json").write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     if not report.ok:
         reasons = "; ".join(f"{f.check}: {f.message}" for f in report.failures)
         raise TrainError(f"template check failed for {template.name!r}: {reasons} "
-                         f"(details: {run_dir / 'template_check.json'}; `sft template check` explains)")
+                         "(`sft template check` explains; nothing was written)")
     console.print(f"template: {template.name} (contract check passed)")
+    return report
 
 
 def _load_base(cfg: RunConfig, path: Path) -> Any:
@@ -219,17 +240,26 @@ def _preflight(cfg: RunConfig, data: Prepared, force: bool, console: Console) ->
     console.print(f"memory estimate: {est.total_gb:.2f} GB of {est.device.memory_gb:.1f} GB available")
 
 
-def _check_fingerprint(run_dir: Path, current: dict[str, Any], resume: str | None, force: bool) -> None:
-    path = run_dir / "fingerprint.json"
+def _check_fingerprint(folder: RunDir, current: dict[str, Any], resume: str | None, force: bool) -> None:
+    """Resuming: refuse inputs that changed since the checkpoints were written (reads only)."""
+    path = folder.fingerprint
     if resume and path.exists():
         diffs = differences(json.loads(path.read_text()), current)
         if diffs and not force:
-            raise TrainError(f"refusing to resume {run_dir}: {'; '.join(diffs)} since the checkpoints were written "
-                             f"(resume with the original inputs, start a new output_dir, or pass --force)")
-    if _is_main():  # atomic: another rank may be reading it
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(current, indent=2))
-        os.replace(tmp, path)
+            raise TrainError(f"refusing to resume {folder.path}: {'; '.join(diffs)} since the checkpoints were "
+                             f"written (resume with the original inputs, start a new output_dir, or pass --force)")
+
+
+def _write_records(folder: RunDir, fp: dict[str, Any], data: Prepared, template_report: Any) -> None:
+    """What the run was made from, written once the folder is claimed (rank 0)."""
+    if not _is_main():
+        return
+    _write_environment(folder.path)
+    tmp = folder.fingerprint.with_suffix(f".tmp{os.getpid()}")  # atomic: another rank may be reading it
+    tmp.write_text(json.dumps(fp, indent=2))
+    os.replace(tmp, folder.fingerprint)
+    _write_data_report(folder.path, data)
+    folder.template_check.write_text(json.dumps(template_report.to_dict(), indent=2, ensure_ascii=False))
 
 
 def _resume_point(run_dir: Path, resume: str | None, console: Console) -> str | None:
@@ -255,8 +285,6 @@ def _resume_point(run_dir: Path, resume: str | None, console: Console) -> str | 
 
 
 def _report_data(data: Prepared, run_dir: Path, console: Console) -> None:
-    if _is_main():
-        _write_data_report(run_dir, data)
     r = data.report
     console.print(f"data: {r['train_examples']} train / {r['val_examples']} val examples, "
                   f"{r['rejected']} rejected (see {run_dir / 'rejected.jsonl'}), {r['truncated']} truncated",
@@ -321,39 +349,49 @@ def run(
     console: Console | None = None,
     callbacks: list[Any] | None = None,
     force: bool = False,
+    overwrite: Overwrite = Overwrite.NO,
 ) -> TrainResult:
-    """Train as ``cfg`` says; extra Trainer ``callbacks`` may observe the run (tests, the console)."""
-    accel_warnings = accel.check_train(cfg)  # GPU switches: refuse what this machine cannot do, before any work
-    check_data_files(cfg)  # then a missing data file is named, before anything is written
-    from transformers import Trainer
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    """Train as ``cfg`` says; extra Trainer ``callbacks`` may observe the run (tests, the console).
 
+    ``overwrite``: what happens to an earlier run in the output folder (``RunDir.plan`` says when
+    one is in the way). Nothing is written until the config, data and template have passed."""
+    accel_warnings = accel.check_train(cfg)  # GPU switches: refuse what this machine cannot do, before any work
+    check_data_files(cfg)  # then a missing data file is named
+    folder = RunDir(cfg.run_dir())
+    plan = _plan(folder, cfg, resume, overwrite)  # a folder training may not use is refused before any work
     if not _is_main():
         console = Console(stderr=True, quiet=True)  # one voice under torchrun: rank 0
     console = console or Console(stderr=True)
+    if plan.action is Action.DONE:
+        return _already_finished(folder, console)
+    from transformers import Trainer
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
     for w in accel_warnings:
         console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
-    run_dir = _prepare_run_dir(cfg, resume)
-    if _is_main():
-        _write_environment(run_dir)
+    run_dir = folder.path
     report_to, tracker_callbacks = tracking.setup(cfg.train.report_to, run_dir, cfg.name)
 
     resolved = models.resolve(cfg.model.name_or_path)
     safety.check_remote_code(resolved.path, cfg.model.trust_remote_code)
     if _is_main():
         full = cfg.method.type in (Method.full, Method.freeze)
-        faults.check_free_space(run_dir, faults.checkpoint_need(resolved.path, full, cfg.train.save_total_limit))
+        faults.check_free_space(run_dir, faults.checkpoint_need(resolved.path, full, cfg.train.save_total_limit),
+                                reused=plan.replace is not Overwrite.MOVE_ASIDE)
     console.print(safety.describe_paths(cfg, resolved.path, run_dir), highlight=False, soft_wrap=True)
     tokenizer = models.load_tokenizer(resolved.path, cfg.model.trust_remote_code)
     template = load_template(cfg.template, tokenizer)
     renderer = Renderer(template, tokenizer, cfg.data.mask, cfg.data.cutoff_len, cfg.data.overflow)
-    _check_fingerprint(run_dir, fingerprint(cfg, renderer, resolved.path), resume, force)
-    checkpoint = _resume_point(run_dir, resume, console)
-
+    fp = fingerprint(cfg, renderer, resolved.path)
+    _check_fingerprint(folder, fp, resume, force)
     data = prepare(cfg.data, renderer, cfg.train.seed)
-    _report_data(data, run_dir, console)
     _preflight(cfg, data, force, console)
-    _check_template(template, tokenizer, data, resolved.path, run_dir, console)
+    template_report = _check_template(template, tokenizer, data, resolved.path, console)
+
+    _claim(folder, cfg, resume, overwrite, console)  # the first write into the run folder
+    _write_records(folder, fp, data, template_report)
+    checkpoint = _resume_point(run_dir, resume, console)
+    _report_data(data, run_dir, console)
     model, trainable, total = _build_model(cfg, resolved.path, console)
     train_rows = _train_rows(cfg, data, console)
 
@@ -382,16 +420,23 @@ def run(
 
     final = _save_final(trainer, tokenizer, cfg, run_dir)
     if trainer.is_world_process_zero():
-        from sftkit.report import write_report
-
-        plot_loss(run_dir / "metrics.jsonl", run_dir / "loss.png")
-        summary = {"train_seconds": round(seconds, 2), "global_step": out.global_step,
-                   "train_loss": out.training_loss, "best_eval_loss": trainer.state.best_metric,
-                   "best_checkpoint": trainer.state.best_model_checkpoint,
-                   "tokens": round(tokens_per_step * out.global_step),
-                   "session_tokens": round(tokens_per_step * (out.global_step - _step_of(checkpoint))),
-                   "trainable_parameters": trainable, "total_parameters": total, "final": str(final)}
-        (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
-        write_report(run_dir)  # updated again by `sft eval`
-        print_summary(console, run_dir, summary)
+        _finish(folder, out, trainer, seconds, tokens_per_step, checkpoint, (trainable, total), final, console)
     return TrainResult(run_dir, seconds, out.global_step, out.training_loss, trainer.state.best_metric)
+
+
+def _finish(folder: RunDir, out: Any, trainer: Any, seconds: float, tokens_per_step: float,
+            checkpoint: str | None, params: tuple[int, int], final: Path, console: Console) -> None:
+    """Rank 0, after the final weights are in place: the curves, the summary (its presence means
+    the run finished), the report."""
+    from sftkit.report import write_report
+
+    plot_loss(folder.metrics, folder.loss_plot)
+    summary = {"train_seconds": round(seconds, 2), "global_step": out.global_step,
+               "train_loss": out.training_loss, "best_eval_loss": trainer.state.best_metric,
+               "best_checkpoint": trainer.state.best_model_checkpoint,
+               "tokens": round(tokens_per_step * out.global_step),
+               "session_tokens": round(tokens_per_step * (out.global_step - _step_of(checkpoint))),
+               "trainable_parameters": params[0], "total_parameters": params[1], "final": str(final)}
+    folder.summary.write_text(json.dumps(summary, indent=2))
+    write_report(folder.path)  # updated again by `sft eval`
+    print_summary(console, folder.path, summary)

@@ -20,14 +20,21 @@ def workdir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def live(workdir: Path) -> Iterator[LiveConsole]:
-    with LiveConsole(workdir / "runs", workdir) as srv:
+def readable(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ...]:
+    """The console reads only its own folders (and --allow ones): the tests' tiny model is built
+    under pytest's base temp folder, outside each test's workdir."""
+    return (tmp_path_factory.getbasetemp(),)
+
+
+@pytest.fixture
+def live(workdir: Path, readable: tuple[Path, ...]) -> Iterator[LiveConsole]:
+    with LiveConsole(workdir / "runs", workdir, allow=readable) as srv:
         yield srv
 
 
 @pytest.fixture
-def live_token(workdir: Path) -> Iterator[LiveConsole]:
-    with LiveConsole(workdir / "runs", workdir, token=TOKEN) as srv:
+def live_token(workdir: Path, readable: tuple[Path, ...]) -> Iterator[LiveConsole]:
+    with LiveConsole(workdir / "runs", workdir, token=TOKEN, allow=readable) as srv:
         yield srv
 
 

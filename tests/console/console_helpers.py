@@ -42,12 +42,14 @@ def write_jsonl(path: Path, items: list[dict], extra: str = "") -> Path:
 class LiveConsole:
     """The console app in uvicorn on a daemon thread; ``client`` is an httpx client for it."""
 
-    def __init__(self, runs: Path, base: Path, token: str | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(self, runs: Path, base: Path, token: str | None = None, host: str = "127.0.0.1",
+                 allow: tuple[Path, ...] = ()) -> None:
         import uvicorn
 
         from sftkit.console.app import create_app
 
-        self.app = create_app(runs=runs, base=base, token=token, host=host)
+        extra = {"allow": allow} if allow else {}  # only when asked: create_app before 'allow' had none
+        self.app = create_app(runs=runs, base=base, token=token, host=host, **extra)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))

@@ -68,17 +68,20 @@ def test_token_required_on_every_api(live_token, workdir):
     r = c.get(f"/?token={TOKEN}", headers=bare, follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/"
     assert "httponly" in r.headers["set-cookie"].lower() and "samesite=strict" in r.headers["set-cookie"].lower()
-    cookie = {"Cookie": f"sftkit_console_token={TOKEN}", "Authorization": ""}
+    # One cookie name per port: two consoles on one machine do not overwrite each other's.
+    name = f"sftkit_console_token_{live_token.port}"
+    assert r.headers["set-cookie"].startswith(f"{name}={TOKEN};")
+    cookie = {"Cookie": f"{name}={TOKEN}", "Authorization": ""}
     assert c.get("/api/runs", headers=cookie).status_code == 200
-    wrong = {"Cookie": "sftkit_console_token=nope", "Authorization": ""}
-    assert c.get("/api/runs", headers=wrong).status_code == 401
+    for wrong in (f"{name}=nope", f"sftkit_console_token={TOKEN}", f"sftkit_console_token_1{live_token.port}={TOKEN}"):
+        assert c.get("/api/runs", headers={"Cookie": wrong, "Authorization": ""}).status_code == 401, wrong
     assert not (workdir / "runs" / "x").exists()
 
 
 def test_foreign_host_and_non_json_posts_are_refused(live, workdir, tiny_model_dir):
     before = {p.name for p in live.state.ws.runs.iterdir()}
     r = live.client.get("/api/runs", headers={"Host": "attacker.example:7860"})
-    assert r.status_code == 403 and "loopback" in err(r)
+    assert r.status_code == 403 and "DNS rebinding" in err(r)
     body = json.dumps({"yaml": run_yaml("csrf", tiny_model_dir, 2)})
     r = live.client.post("/api/runs", content=body, headers={"Content-Type": "text/plain"})
     assert r.status_code == 415
@@ -246,8 +249,8 @@ def test_length_stats_match_the_data_module(live, workdir, tiny_model_dir):
     assert res["recommended_cutoff"] == direct["recommended_cutoff"]
     assert res["tokens"] == direct["tokens"] and res["rows"] == 32
     assert sum(res["histogram"]["counts"]) == 32 and any(c["cutoff"] == 64 for c in res["cut"])
-    r = live.client.post("/api/data/stats", json={"files": ["train.jsonl"], "model": "/no/model"})
-    assert r.status_code == 400 and "/no/model" in err(r)
+    r = live.client.post("/api/data/stats", json={"files": ["train.jsonl"], "model": "no/model/here"})
+    assert r.status_code == 400 and "no/model/here" in err(r)
 
 
 def test_file_listing(live, workdir, tiny_model_dir):
@@ -257,7 +260,8 @@ def test_file_listing(live, workdir, tiny_model_dir):
     assert names["train.jsonl"] == "file" and names["runs"] == "dir"
     model = live.client.get(f"/api/files?dir={tiny_model_dir.parent}").json()
     assert {e["name"]: e["kind"] for e in model["entries"]}[tiny_model_dir.name] == "model"
-    assert live.client.get("/api/files?dir=/no/such/dir").status_code == 400
+    assert live.client.get("/api/files?dir=no/such/dir").status_code == 400
+    assert live.client.get("/api/files?dir=/no/such/dir").status_code == 403  # outside the console's folders
 
 
 # -- status from facts ------------------------------------------------------------------------------------
@@ -333,10 +337,12 @@ def test_chat_refuses_bad_requests(live, workdir, tiny_model_dir):
              ({"run": "x", "model": "y", "prompt": "你好"}, 400, "exactly one"),
              ({"run": "missing", "prompt": "你好"}, 404, "missing"),
              ({"run": "untrained", "prompt": "你好"}, 409, "no trained weights"),
-             ({"model": "/no/such/model", "prompt": "你好"}, 400, "/no/such/model"),
+             ({"model": "no/such/model", "prompt": "你好"}, 400, "no/such/model"),
+             ({"model": "/no/such/model", "prompt": "你好"}, 403, "outside the folders this console reads"),
              ({"model": str(tiny_model_dir), "prompt": ""}, 400, "prompt"),
              ({"model": str(tiny_model_dir), "prompt": "hi", "temperature": 5}, 400, "temperature"),
-             ({"model": str(tiny_model_dir), "prompt": "hi", "baseline": "/no/base"}, 400, "/no/base")]
+             ({"model": str(tiny_model_dir), "prompt": "hi", "baseline": "no/base/x"}, 400, "no/base/x"),
+             ({"model": str(tiny_model_dir), "prompt": "hi", "baseline": "/no/base"}, 403, "/no/base")]
     for body, status, needle in cases:
         r = live.client.post("/api/chat", json=body)
         assert r.status_code == status, (body, r.text)

@@ -59,13 +59,31 @@ def test_taken_port_and_short_token_are_refused(tmp_path):
     assert proc.returncode == 2 and "--token must be at least 8 characters" in err
 
 
-def test_loopback_needs_no_token(tmp_path):
+def test_loopback_console_has_a_token_and_its_printed_url_works(tmp_path):
+    """Any local user can reach 127.0.0.1 (a shared GPU box), so loopback gets a token too; the
+    printed URL still opens a working page: it sets the cookie, and the page's API calls pass."""
     host, port = "127.0.0.1", free_port()
     proc = _start(["--host", host, "--port", str(port)], tmp_path)
     try:
-        assert proc.stdout.readline().strip().startswith(f"sftkit console: http://{host}:{port}/  (runs:")
+        line = proc.stdout.readline()
+        assert line.startswith(f"sftkit console: http://{host}:{port}/?token="), line
+        url = line.split()[2]
         wait_for(lambda: _up(f"http://{host}:{port}/"), 30, "the console", every=0.2)
-        assert httpx.get(f"http://{host}:{port}/api/runs").status_code == 200
+        assert httpx.get(f"http://{host}:{port}/api/runs").status_code == 401
+        with httpx.Client() as browser:  # keeps cookies, follows the redirect like a browser
+            page = browser.get(url, follow_redirects=True)
+            assert page.status_code == 200 and str(page.url) == f"http://{host}:{port}/" and "<script" in page.text
+            origin = {"Origin": f"http://{host}:{port}"}  # what a browser sends on the page's POSTs
+            assert browser.get(f"http://{host}:{port}/api/runs").json()["runs"] == []
+            r = browser.post(f"http://{host}:{port}/api/data/check", json={"files": [{"path": "nope.jsonl"}]},
+                             headers=origin)
+            assert r.status_code == 400 and "nope.jsonl" in r.json()["error"]["message"]
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+def test_allow_must_name_a_folder(tmp_path):
+    proc = _start(["--port", str(free_port()), "--allow", "no-such-folder"], tmp_path)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "--allow no-such-folder: not a folder" in err

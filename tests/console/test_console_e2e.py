@@ -29,14 +29,16 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 
 
 @pytest.fixture
-def console(workdir: Path) -> Iterator[str]:
-    """`python -m sftkit.cli console` in the data folder; yields the URL it printed."""
+def console(workdir: Path, tiny_model_dir: Path) -> Iterator[str]:
+    """`python -m sftkit.cli console` in the data folder (the model's folder allowed: it is
+    elsewhere); yields the URL it printed."""
     from console_helpers import free_port
 
     port = free_port()
     errlog = (workdir / "console.stderr").open("w")  # a file, not a pipe nobody reads (it could fill up)
     proc = subprocess.Popen([sys.executable, "-m", "sftkit.cli", "console", "--port", str(port), "--runs", "runs",
-                             "--token", TOKEN], cwd=workdir, stdout=subprocess.PIPE, stderr=errlog, text=True)
+                             "--token", TOKEN, "--allow", str(tiny_model_dir)], cwd=workdir,
+                            stdout=subprocess.PIPE, stderr=errlog, text=True)
     try:
         line = proc.stdout.readline()
         assert line.startswith("sftkit console: http://127.0.0.1:"), (line, (workdir / "console.stderr").read_text())

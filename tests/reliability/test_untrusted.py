@@ -26,6 +26,7 @@ from rich.console import Console
 from sftkit.config import load_config
 from sftkit.models import ModelNotFound, load_model, resolve
 from sftkit.safety import UnsafeWeights, UntrustedCode
+from sftkit.templates.base import TemplateError
 from sftkit.train import TrainError, run
 from trainlib import write_workdir
 
@@ -79,8 +80,9 @@ def test_jinja_template_cannot_run_code(tmp_path, tokenizer):
     tpl = tmp_path / "evil.jinja"
     tpl.write_text("{{ cycler.__init__.__globals__.os.system('touch " + str(marker) + "') }}"
                    "{% for m in messages %}{{ m.content }}{% endfor %}")
-    renderer = Renderer(load_template(str(tpl), tokenizer), tokenizer)
-    with pytest.raises(Exception, match="unsafe"):  # transformers renders chat templates in a jinja sandbox
+    # sftkit's own sandbox (templates/sandbox.py) refuses the template when it is loaded
+    with pytest.raises(TemplateError, match="blocked"):
+        renderer = Renderer(load_template(str(tpl), tokenizer), tokenizer)
         renderer.render(Conversation.from_messages([{"role": "user", "content": "a"},
                                                     {"role": "assistant", "content": "b"}]))
     assert not marker.exists()
@@ -162,7 +164,8 @@ def test_tampered_checkpoint_is_refused_on_resume_and_paths_are_reported(tmp_pat
     marker = tmp_path / "OPTIMIZER_RAN"
     torch.save({"state": Evil(marker)}, first.run_dir / "checkpoints" / "checkpoint-4" / "optimizer.pt")
     with pytest.raises(TrainError, match=r"refusing to load a checkpoint file that is not plain tensor data"):
-        run(load_config(cfg, [*over[:-1], f"output_dir={first.run_dir}"]), resume="auto")
+        # a bigger max_steps: a finished run with the same config has nothing to resume
+        run(load_config(cfg, [*over[:-1], "train.max_steps=6", f"output_dir={first.run_dir}"]), resume="auto")
     assert not marker.exists()
 
 

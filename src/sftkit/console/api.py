@@ -81,10 +81,21 @@ def _validated(text: str, st: Any) -> tuple[RunConfig, Path]:
         raise bad_request(str(e), "yaml") from None
     run_dir = st.ws.run_dir(cfg.name, "name")
     _check_model(st.ws.model_ref(cfg.model.name_or_path, "model.name_or_path"))
+    _check_files(cfg, st.ws)
+    return cfg, run_dir
+
+
+def _check_files(cfg: RunConfig, ws: Any) -> None:
+    """Every file the run would read exists and is one the console may read (workspace.py):
+    data, a template file, a DeepSpeed file."""
+    from sftkit.methods import DEEPSPEED_PRESETS
+
     for split in ("train", "val", "test"):
         for i, src in enumerate(getattr(cfg.data, split)):
-            st.ws.existing_file(str(src.path), f"data.{split}.{i}")
-    return cfg, run_dir
+            ws.existing_file(str(src.path), f"data.{split}.{i}")
+    ws.template_ref(cfg.template, "template")
+    if cfg.train.deepspeed and cfg.train.deepspeed not in DEEPSPEED_PRESETS:
+        ws.existing_file(cfg.train.deepspeed, "train.deepspeed")
 
 
 def _check_model(ref: str) -> None:
@@ -148,7 +159,8 @@ class StatsBody(_Body):
 def data_stats(body: StatsBody, request: Request) -> dict[str, Any]:
     ws = _st(request).ws
     paths = [ws.existing_file(p, f"files.{i}") for i, p in enumerate(body.files)]
-    return precheck.length_stats(paths, ws.model_ref(body.model), body.template or None, body.cutoff)
+    template = ws.template_ref(body.template or None, "template")
+    return precheck.length_stats(paths, ws.model_ref(body.model), template, body.cutoff)
 
 
 # -- runs ----------------------------------------------------------------------------------------

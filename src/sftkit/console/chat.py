@@ -30,16 +30,16 @@ def default_baseline(ref: str) -> str | None:
     """What "the base model" of ``ref`` is: None = a LoRA run's base (adapter off), the
     configured base of a full fine-tuning run, the ``base_model`` an exported folder's model
     card names (when that model is here), else "none"."""
-    import yaml
-
+    from sftkit.config import read_yaml_file
     from sftkit.models import ModelNotFound, resolve
 
     resolved = resolve(ref)
     if resolved.adapter is not None:
         return None
     if resolved.run_dir is not None:
-        cfg = yaml.safe_load((resolved.run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
-        return (cfg.get("model") or {}).get("name_or_path") or NO_BASELINE
+        cfg = read_yaml_file(resolved.run_dir / "config.yaml", "run config")
+        model = cfg.get("model") if isinstance(cfg, dict) else None
+        return (model.get("name_or_path") if isinstance(model, dict) else None) or NO_BASELINE
     card = Path(ref) / "README.md"
     if card.is_file():
         for line in card.read_text(encoding="utf-8").splitlines()[:20]:

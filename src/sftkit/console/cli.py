@@ -27,13 +27,15 @@ def _port_free(host: str, port: int) -> str | None:
 
 
 def console_cmd(
-    host: Annotated[str, typer.Option(help="Interface to listen on; anything but loopback requires a token.")]
-    = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="Interface to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 7860,
     runs: Annotated[Path, typer.Option(help="Folder holding the run folders (created if missing).")] = Path("runs"),
     token: Annotated[str | None, typer.Option(
-        help="Access token for the page and API (default: none on loopback; generated and printed otherwise).")]
+        help="Access token for the page and API (default: a new random one, in the URL printed at start).")]
     = None,
+    allow: Annotated[list[Path] | None, typer.Option(
+        help="A further folder the page may read (e.g. where your models are); repeatable. The console reads "
+             "only the folder it starts in, the runs folder and these.")] = None,
 ) -> None:
     """Web console: configure, launch, watch and compare runs, and chat with the result."""
     try:
@@ -46,17 +48,22 @@ def console_cmd(
     if token is not None and len(token) < 8:
         err.print("[bold red]error:[/] --token must be at least 8 characters")
         raise typer.Exit(2)
-    if token is None and not is_loopback(host):
-        token = secrets.token_urlsafe(18)  # bound beyond this machine: never without a token
+    # Always a token, loopback too: any local user (a shared GPU box) can reach 127.0.0.1, and the
+    # API can start code. The printed URL carries it; opening it moves it into a cookie.
+    token = token or secrets.token_urlsafe(18)
     problem = _port_free(host, port)
     if problem:
         err.print(f"[bold red]error:[/] cannot listen on {host}:{port} ({problem}); pick another --port")
         raise typer.Exit(2)
-    app = create_app(runs=runs, token=token, host=host, warm_up=True)
+    try:
+        app = create_app(runs=runs, token=token, host=host, warm_up=True, allow=tuple(allow or ()))
+    except ValueError as e:
+        err.print(f"[bold red]error:[/] {e}")
+        raise typer.Exit(2) from None
     shown = f"[{host}]" if ":" in host else host
-    url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+    url = f"http://{shown}:{port}/?token={token}"
     # stdout, one line, so scripts (and the tests) can read the address and the token
     print(f"sftkit console: {url}  (runs: {app.state.console.ws.runs})", flush=True)
-    if token and not is_loopback(host):
+    if not is_loopback(host):
         err.print(f"access token: {token} (every API request needs it; the URL above sets it in the browser)")
     uvicorn.run(app, host=host, port=port, log_level="warning")

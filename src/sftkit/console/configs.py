@@ -23,7 +23,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from sftkit.config import ConfigError, DataSource, FieldDoc, RunConfig, field_docs, load_config
+from sftkit.config import ConfigError, DataSource, FieldDoc, RunConfig, field_docs, load_config, load_yaml
 from sftkit.console.errors import bad_request
 from sftkit.console.workspace import Workspace
 
@@ -147,14 +147,14 @@ def _parse_value(f: dict[str, Any], text: str, ws: Workspace) -> Any:
             line = raw_line.strip()
             if not line:
                 continue
-            item = yaml.safe_load(line) if line.startswith("{") else line
+            item = load_yaml(line, f["key"]) if line.startswith("{") else line
             if isinstance(item, dict) and isinstance(item.get("path"), str):
                 item = {**item, "path": str(ws.resolve(item["path"], f["key"]))}
             elif isinstance(item, str):
                 item = str(ws.resolve(item, f["key"]))
             out.append(item)
         return out
-    return yaml.safe_load(text)
+    return load_yaml(text, f["key"])
 
 
 def _set(d: dict[str, Any], key: str, value: Any) -> None:
@@ -265,8 +265,8 @@ def notes_for(raw_text: str, cfg: RunConfig, run_dir: Path) -> list[str]:
     """What the console changes in a config, said out loud (nothing silently lost)."""
     notes = []
     try:
-        raw = yaml.safe_load(raw_text) or {}
-    except yaml.YAMLError:
+        raw = load_yaml(raw_text, "YAML") or {}
+    except ConfigError:
         raw = {}
     given = raw.get("output_dir") if isinstance(raw, dict) else None
     if given and Path(str(cfg.output_dir or "")).resolve() != run_dir:

@@ -1,7 +1,9 @@
 """Before training: the data check, the length statistics and the memory estimate.
 
 Thin adapters from the page's requests to ``sftkit.data`` (``load_file``, ``data.stats``) and
-``sftkit.estimate``; they add nothing but JSON shaping and a cache of loaded tokenizers.
+``sftkit.estimate``; they add nothing but JSON shaping and a cache of loaded tokenizers,
+and for a file with no usable row they leave out the key names the data module's reasons
+list (paths are confined to the console's folders by workspace.py before they get here).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from sftkit.console import heavy
 from sftkit.console.errors import bad_request
 
 MAX_REJECTS_SHOWN = 50
+_NO_LAYOUT = "no known layout fields"  # the start of sftkit.data.load's reason for a row in no layout
 _tokenizer_lock = threading.Lock()
 
 
@@ -34,12 +37,22 @@ def check_files(files: list[tuple[str, Path, str | None]]) -> dict[str, Any]:
             entry["error"] = str(e)
             out.append(entry)
             continue
-        entry.update(format=res.format, total=res.total, valid=res.valid, rejected=res.rejected,
-                     rejects=[r.to_dict(with_raw=False) for r in res.rejects[:MAX_REJECTS_SHOWN]])
+        rejects = [r.to_dict(with_raw=False) for r in res.rejects[:MAX_REJECTS_SHOWN]]
+        if not res.valid:
+            rejects = [{**r, "reason": _without_keys(str(r["reason"]))} for r in rejects]
+        entry.update(format=res.format, total=res.total, valid=res.valid, rejected=res.rejected, rejects=rejects)
         out.append(entry)
     ok = all("error" not in f for f in out)
     return {"files": out, "ok": ok, "total": sum(f.get("total", 0) for f in out),
             "valid": sum(f.get("valid", 0) for f in out), "rejected": sum(f.get("rejected", 0) for f in out)}
+
+
+def _without_keys(reason: str) -> str:
+    """A file with no usable row may be no data file at all (a settings or credentials JSON in
+    the workspace): the page does not list its key names. ``sft data check`` still does."""
+    if reason.startswith(_NO_LAYOUT):
+        return f"{_NO_LAYOUT} (key names are not shown for a file with no usable row); pass columns= to map them"
+    return reason
 
 
 @lru_cache(maxsize=4)

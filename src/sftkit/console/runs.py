@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from sftkit.config import ConfigError, read_yaml_file
 from sftkit.console.jobs import JOB, LAUNCH, LOG, STATE, STOP, Jobs, read_json
 
 FILES = ("launch.yaml", "config.yaml", "console.log", "metrics.jsonl", "report.html", "eval.json",
@@ -69,8 +70,8 @@ def read_config(run_dir: Path) -> dict[str, Any]:
         p = run_dir / name
         if p.is_file():
             try:
-                data = yaml.safe_load(p.read_text(encoding="utf-8"))
-            except yaml.YAMLError:
+                data = read_yaml_file(p, "run config")
+            except ConfigError:  # not this one (hand-edited, not UTF-8, an alias bomb): the next
                 continue
             if isinstance(data, dict):
                 return data

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -20,9 +21,11 @@ def write_jsonl(convs: Iterable[Conversation], path: str | Path) -> int:
     """One ``{"messages": ...}`` (or ``{"text": ...}``) object per line; returns the count."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.partial")  # whole or not at all: a crash never leaves half a file
     n = 0
-    with p.open("w", encoding="utf-8") as f:
+    with tmp.open("w", encoding="utf-8") as f:
         for c in convs:
             f.write(json.dumps(conv_record(c), ensure_ascii=False) + "\n")
             n += 1
+    os.replace(tmp, p)
     return n

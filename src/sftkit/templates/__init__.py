@@ -1,6 +1,6 @@
 """Chat templates: one protocol, three sources (tokenizer, shipped JSON, user file), one renderer."""
 
-from sftkit.templates.base import ChatTemplate, MaskPolicy, RowRejected, Segment, TemplateError
+from sftkit.templates.base import ChatTemplate, MaskPolicy, RowRejected, Segment, TemplateBlocked, TemplateError
 from sftkit.templates.check import CheckReport, Finding, check_template
 from sftkit.templates.hf import HFChatTemplate
 from sftkit.templates.json_template import JSONTemplate
@@ -20,6 +20,7 @@ __all__ = [
     "Renderer",
     "RowRejected",
     "Segment",
+    "TemplateBlocked",
     "TemplateError",
     "check_template",
     "list_templates",

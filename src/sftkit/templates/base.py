@@ -53,3 +53,8 @@ class TemplateError(ValueError):
 class RowRejected(TemplateError):
     """This one row cannot be used (too long under ``drop``, nothing left to
     train after truncation); it is reported, the run goes on."""
+
+
+class TemplateBlocked(TemplateError):
+    """The template itself is refused: it reached for Python internals, or a render went over its
+    time or size budget (``sandbox.py``). Never a bad row to skip: the template is at fault."""

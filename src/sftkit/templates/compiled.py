@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sftkit.conversation import Conversation, Message
-from sftkit.templates.base import Segment, TemplateError
+from sftkit.templates.base import Segment, TemplateBlocked, TemplateError
 from sftkit.templates.json_template import JSONTemplate
 
 Render = Callable[[list[dict[str, str]], bool], str]
@@ -103,6 +103,8 @@ def _tool_turn(render: Render, gen_prompt: str, assistant_close: str) -> dict[st
     """The wrapper of a ``tool`` message, if the template renders one after a reply."""
     try:
         text = render(_chat(("user", _U1), ("assistant", _A1), ("tool", _T), ("assistant", _A2)), False)
+    except TemplateBlocked:
+        raise
     except Exception:  # noqa: BLE001 - a template may refuse tool turns without tool calls
         return None
     p = _between(text, [_U1, _A1, _T, _A2])
@@ -181,6 +183,8 @@ def compile_jinja(jinja_segments: Callable[[Conversation, bool], list[Segment]],
     try:
         spec = infer_spec(render, eos, name)
         fast = JSONTemplate.from_dict(spec, origin=f"{name} (compiled)") if spec else None
+    except TemplateBlocked:
+        raise  # the sandbox refused the template: loading it fails, whatever the form
     except Exception:  # noqa: BLE001 - any template error means: not compilable, use Jinja
         return None
     if fast is None:
@@ -188,6 +192,8 @@ def compile_jinja(jinja_segments: Callable[[Conversation, bool], list[Segment]],
     for conv, gen in probes():
         try:
             want = jinja_segments(conv, gen)
+        except TemplateBlocked:
+            raise
         except Exception:  # noqa: BLE001 - a shape the template refuses is verified per row, if it ever occurs
             continue
         if not agrees(fast, conv, gen, want):

@@ -13,6 +13,11 @@ checked against Jinja on a real row; other shapes stay on Jinja.
 
 Fields the template ignores (reasoning, tool calls, tools) are written into the text first
 (``inline.py``), on every path, so nothing in a row is dropped from training.
+
+The template is code from the model's publisher: it is rendered in sftkit's budgeted sandbox
+(``sandbox.py``), not by ``tokenizer.apply_chat_template``, and the probes run when the template
+is loaded render it several times, so a template the sandbox refuses fails at load
+(``TemplateBlocked``), before a run folder exists or a model is loaded.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from sftkit.conversation import Conversation
 from sftkit.templates.base import Segment, TemplateError
 from sftkit.templates.compiled import Shape, agrees, compile_jinja, shape
 from sftkit.templates.inline import Support, describe, lower, probe
+from sftkit.templates.sandbox import compile_template, render_chat
 
 
 def _to_hf(conv: Conversation, upto: int) -> list[dict[str, Any]]:
@@ -48,14 +54,17 @@ class HFChatTemplate:
     ``compile=False`` renders every row through Jinja (the reference the compiled form
     is checked against). ``stats`` counts rows rendered each way."""
 
-    def __init__(self, tokenizer: Any, name: str = "tokenizer", compile: bool = True) -> None:
+    def __init__(self, tokenizer: Any, name: str = "tokenizer", compile: bool = True, where: str | None = None) -> None:
         if not getattr(tokenizer, "chat_template", None):
             raise TemplateError(
                 "the tokenizer has no chat template; set `template:` in the config to a shipped "
                 "template (see `sft template list`) or a JSON/Jinja file"
             )
         self.tokenizer = tokenizer
-        self.name = name
+        self.name = name  # (part of a run's fingerprint: unchanged across versions)
+        # how errors name the template: its file, or the model it came with
+        self.where = where or f"the chat template of {getattr(tokenizer, 'name_or_path', '') or 'the tokenizer'}"
+        compile_template(self._source(None), self.where)  # a syntax error is named here, not on the first row
         self.stats = {"compiled": 0, "jinja": 0}
         self._shapes: dict[Shape, bool] = {}  # row shape -> compiled form checked equal on a real row
         self.support: Support = probe(lambda m, tools: self._render(m, False, tools))
@@ -68,8 +77,15 @@ class HFChatTemplate:
         eos = self.tokenizer.eos_token
         return [eos] if eos else []
 
+    def _source(self, tools: Any) -> str:
+        """The template text (a tokenizer may carry several named ones: "default", "tool_use")."""
+        try:
+            return self.tokenizer.get_chat_template(None, tools)
+        except ValueError as e:
+            raise TemplateError(f"{self.where}: {e}") from None
+
     def _render(self, messages: list[dict[str, Any]], gen: bool, tools: Any = None) -> str:
-        return self.tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=gen)
+        return render_chat(self._source(tools), self.where, messages, tools, gen, self.tokenizer.special_tokens_map)
 
     def _text(self, conv: Conversation, upto: int, gen: bool) -> str:
         if upto == 0 and not gen:

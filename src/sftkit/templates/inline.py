@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from sftkit.conversation import Conversation, Message
+from sftkit.templates.base import TemplateBlocked
 
 _MARK = "sftkit-probe-7f3a"
 _TOOL = {"type": "function", "function": {"name": f"{_MARK}fn", "description": "d", "parameters": {}}}
@@ -48,6 +49,8 @@ class Support:
 def _shows(render: Render, messages: list[dict[str, Any]], tools: Any = None) -> bool:
     try:
         return _MARK in render(messages, tools)
+    except TemplateBlocked:
+        raise  # the sandbox refused the template itself: that is not "this field is unsupported"
     except Exception:  # noqa: BLE001 - a template that raises on a field does not support it
         return False
 

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from sftkit.conversation import Conversation, Message
 from sftkit.templates.base import Segment, TemplateError
+from sftkit.textfile import read_text
 
 _PLACEHOLDER = re.compile(r"\{(content|reasoning|name|arguments|arguments_kwargs|tool|tools|tools_json)\}")
 
@@ -102,9 +103,7 @@ class JSONTemplate:
     def from_file(cls, path: str | Path) -> JSONTemplate:
         p = Path(path)
         try:
-            raw = json.loads(p.read_text(encoding="utf-8"))
-        except OSError as e:
-            raise TemplateError(f"{p}: cannot read template file ({e.strerror})") from e
+            raw = json.loads(read_text(p, "template file", TemplateError))
         except json.JSONDecodeError as e:
             raise TemplateError(f"{p}:{e.lineno}: not valid JSON ({e.msg})") from e
         return cls.from_dict(raw, origin=str(p))

@@ -11,6 +11,7 @@ from typing import Any
 from sftkit.templates.base import ChatTemplate, TemplateError
 from sftkit.templates.hf import HFChatTemplate
 from sftkit.templates.json_template import JSONTemplate
+from sftkit.textfile import read_text
 
 SHIPPED_DIR = Path(__file__).parent / "shipped"
 AUTO = "auto"
@@ -74,5 +75,5 @@ def _jinja(path: Path, tokenizer: Any) -> HFChatTemplate:
         raise TemplateError(f"{path}: a Jinja template is rendered by the model's tokenizer, but none was given")
     # A shallow copy: the caller's tokenizer keeps its own template, the vocabulary is shared.
     tok = copy.copy(tokenizer)
-    tok.chat_template = path.read_text(encoding="utf-8")
-    return HFChatTemplate(tok, name=path.name)
+    tok.chat_template = read_text(path, "chat template", TemplateError)
+    return HFChatTemplate(tok, name=path.name, where=str(path))

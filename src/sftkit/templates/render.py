@@ -20,7 +20,7 @@ from operator import itemgetter
 from typing import Any, Literal
 
 from sftkit.conversation import Conversation
-from sftkit.templates.base import ChatTemplate, MaskPolicy, RowRejected, Segment, TemplateError
+from sftkit.templates.base import ChatTemplate, MaskPolicy, RowRejected, Segment, TemplateBlocked, TemplateError
 
 IGNORE = -100
 _start = itemgetter(0)  # a token's first character, from its (start, end) offsets
@@ -180,7 +180,7 @@ class Renderer:
             try:
                 segs = self.text_segments(c)
             except Exception as e:
-                if errors == "raise":
+                if errors == "raise" or isinstance(e, TemplateBlocked):  # a refused template is not a bad row
                     raise
                 failed[k], segs = e, []
             texts.append("".join(s.text for s in segs))

@@ -25,6 +25,11 @@ export function pick(mode, onPick, startDir) {
     }
     const list = h("ul", { class: "files" });
     if (data.parent) list.append(h("li", null, h("a", { href: "#", onclick: (e) => { e.preventDefault(); show(data.parent); } }, "⬆ ..")));
+    // The console reads only its own folders (the one it started in, runs, --allow): jump between them.
+    for (const root of data.parent ? [] : (data.roots || []).filter((r) => r !== data.dir)) {
+      list.append(h("li", { class: "dir" }, h("a", { href: "#", "data-path": root,
+        onclick: (e) => { e.preventDefault(); show(root); } }, `⇢ ${root}`)));
+    }
     for (const ent of data.entries) {
       const choose = () => { onPick(ent.path); close(); };
       if (ent.kind === "file") {

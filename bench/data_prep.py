@@ -68,7 +68,7 @@ def log(msg: str) -> None:
 
 
 def tokenizer() -> Any:
-    from sftkit.models import BUNDLED_ALIAS, load_tokenizer, resolve
+    from sftkit.hub.models import BUNDLED_ALIAS, load_tokenizer, resolve
 
     return load_tokenizer(resolve(BUNDLED_ALIAS).path)
 
@@ -99,8 +99,8 @@ def sftkit_prepare(path: Path, tok: Any, template: str = "auto") -> dict[str, An
 def cache_cold_warm(path: Path, tok: Any) -> dict[str, Any]:
     """``sft train``'s whole preparation (``dataset.prepare``: also lint, duplicate counts, the
     report) run twice with an empty prepared-data cache: cold (prepares, stores) and warm (loads)."""
-    from sftkit.config import DataConfig
-    from sftkit.dataset import prepare
+    from sftkit.core.config import DataConfig
+    from sftkit.data.prepare import prepare
     from sftkit.templates import Renderer, load_template
 
     old = os.environ.get("SFTKIT_HOME")

@@ -1,7 +1,7 @@
 """Predicted vs measured peak memory (and step time) of real short CPU training runs.
 
 Each configuration trains the bundled model for a few optimizer steps via
-``sftkit.train.run`` in a fresh subprocess, on generated rows that are exactly
+``sftkit.train.recipe.run`` in a fresh subprocess, on generated rows that are exactly
 ``seq_len`` tokens long; the child reports its own peak RSS
 (``getrusage(RUSAGE_SELF).ru_maxrss``). The prediction comes from
 ``sftkit.estimate`` with the machine's CPU profile (process baseline and matmul
@@ -78,9 +78,9 @@ def child(spec: dict) -> None:
     """Runs in the subprocess: train, then print peak RSS and timing as one JSON line."""
     from rich.console import Console
 
-    from sftkit.config import RunConfig
-    from sftkit.rundir import Overwrite
-    from sftkit.train import run
+    from sftkit.core.config import RunConfig
+    from sftkit.core.rundir import Overwrite
+    from sftkit.train.recipe import run
 
     tmp = Path(spec["tmp"])
     data = tmp / "train.jsonl"
@@ -125,7 +125,7 @@ def measure(name: str, method: str, seq: int, batch: int, gc: bool, steps: int) 
 
 
 def predict(method: str, seq: int, batch: int, gc: bool) -> dict:
-    from sftkit.config import RunConfig
+    from sftkit.core.config import RunConfig
     from sftkit.estimate import estimate_run
 
     raw = _overrides(method, seq, batch, gc, 1)

@@ -45,8 +45,8 @@ def main() -> None:
         # while their partner is descheduled, which makes timings erratic.
         torch.set_num_threads(a.threads)
 
-    from sftkit.conversation import Conversation
-    from sftkit.generate import Engine, GenParams
+    from sftkit.core.conversation import Conversation
+    from sftkit.infer.engine import Engine, GenParams
 
     engine = Engine.from_ref(a.model, batch_size=a.batch_size)
     texts = [ASKS[i % len(ASKS)].format(TOPICS[(i // len(ASKS)) % len(TOPICS)]) for i in range(a.prompts)]

@@ -45,7 +45,7 @@ def _inputs(args, dtype, device):
 def _step(head, hidden, weight, labels, chunk):
     import torch.nn.functional as F
 
-    from sftkit.losshead import linear_cross_entropy
+    from sftkit.train.losshead import linear_cross_entropy
 
     if head == "plain":
         loss = F.cross_entropy(F.linear(hidden, weight).float(), labels)
@@ -94,7 +94,7 @@ def main() -> None:
     if args.head:
         print(json.dumps(run_one(args)))
         return
-    from sftkit.losshead import default_chunk_tokens
+    from sftkit.train.losshead import default_chunk_tokens
 
     rows = []
     for dtype in DTYPES:

@@ -60,7 +60,7 @@ def conversations(n: int, seed: int = 0) -> list[list[dict[str, str]]]:
 
 
 def bench_sftkit(tok: Any, rows: list[list[dict[str, str]]], template: str) -> float:
-    from sftkit.conversation import Conversation
+    from sftkit.core.conversation import Conversation
     from sftkit.templates import Renderer, load_template
 
     r = Renderer(load_template(template, tok), tok, cutoff_len=1024)  # TRL's default max_length
@@ -89,7 +89,7 @@ def main() -> None:
     ap.add_argument("--trl-rows", type=int, default=100_000)
     a = ap.parse_args()
 
-    from sftkit.models import BUNDLED_ALIAS, load_tokenizer, resolve
+    from sftkit.hub.models import BUNDLED_ALIAS, load_tokenizer, resolve
 
     tok = load_tokenizer(resolve(BUNDLED_ALIAS).path)
     rows = conversations(a.rows)

@@ -20,9 +20,9 @@ Sides:
 * ``trl``: ``SFTConfig`` defaults (``use_cpu=True``, which a CPU needs; fp32 as the reference run did,
   ``bf16=False``): batch 8, padding to the longest row, gradient checkpointing on (TRL's default).
 * ``trl_best``: the same plus ``bf16=True`` and ``packing=True`` (its ``bfd`` strategy, padding-free rows).
-* ``sftkit``: ``sft train`` (``sftkit.train.run``, the whole command in-process) with ``train.packing``,
+* ``sftkit``: ``sft train`` (``sftkit.train.recipe.run``, the whole command in-process) with ``train.packing``,
   ``train.bf16`` and no gradient checkpointing; attention and LoRA dropout take sftkit's CPU paths
-  (``sftkit.attention``, ``sftkit.dropout``).
+  (``sftkit.train.attention``, ``sftkit.train.dropout``).
 
 Timing: the wall time between consecutive optimizer steps (data loading, forward, backward, optimizer),
 warm-up steps excluded; real tokens (not padding) counted from the rows each collator receives; the
@@ -122,8 +122,8 @@ def measure(timer: Any, counter: Counting, warmup: int) -> dict[str, float]:
 
 
 def rendered_rows(data: Path) -> list[dict[str, list[int]]]:
-    from sftkit import models
     from sftkit.data import load_file
+    from sftkit.hub import models
     from sftkit.templates.registry import load_template
     from sftkit.templates.render import Renderer
 
@@ -140,7 +140,7 @@ def run_trl(rows: list[dict[str, list[int]]], best: bool, steps: int, warmup: in
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from sftkit import models
+    from sftkit.hub import models
 
     path = models.resolve(MODEL).path
     tok = AutoTokenizer.from_pretrained(path)
@@ -164,9 +164,10 @@ def run_trl(rows: list[dict[str, list[int]]], best: bool, steps: int, warmup: in
 def run_sftkit(data: Path, steps: int, warmup: int, out: Path) -> dict[str, float]:
     from rich.console import Console
 
-    from sftkit import accel, train
-    from sftkit.config import RunConfig
-    from sftkit.rundir import Overwrite
+    from sftkit.core.config import RunConfig
+    from sftkit.core.rundir import Overwrite
+    from sftkit.train import accel
+    from sftkit.train import recipe as train
 
     cfg = RunConfig.model_validate({
         "name": "throughput", "output_dir": str(out),
@@ -210,7 +211,7 @@ def linear_weights() -> int:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from sftkit import models
+    from sftkit.hub import models
 
     model = AutoModelForCausalLM.from_pretrained(models.resolve(MODEL).path)
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))

@@ -17,14 +17,14 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 @pytest.fixture(scope="session")
 def bundled_path() -> Path:
-    from sftkit.models import BUNDLED_ALIAS, resolve
+    from sftkit.hub.models import BUNDLED_ALIAS, resolve
 
     return resolve(BUNDLED_ALIAS).path
 
 
 @pytest.fixture(scope="session")
 def tokenizer(bundled_path):
-    from sftkit.models import load_tokenizer
+    from sftkit.hub.models import load_tokenizer
 
     return load_tokenizer(bundled_path)
 

@@ -55,8 +55,8 @@ def tiny_engine(tiny_model_dir: Path, context: int) -> Any:
     import torch
     from transformers import AutoConfig, LlamaForCausalLM
 
-    from sftkit.generate import Engine, build_renderer
-    from sftkit.models import load_tokenizer
+    from sftkit.hub.models import load_tokenizer
+    from sftkit.infer.engine import Engine, build_renderer
 
     torch.manual_seed(0)
     cfg = AutoConfig.from_pretrained(tiny_model_dir, initializer_range=0.1, max_position_embeddings=context)

@@ -11,10 +11,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from sftkit.accel import AcceleratorUnavailable, Capabilities, check_train, train_collator
-from sftkit.batching import Collator, FlatCollator
 from sftkit.cli import app
-from sftkit.config import load_config
+from sftkit.core.config import load_config
+from sftkit.train.accel import AcceleratorUnavailable, Capabilities, check_train, train_collator
+from sftkit.train.collate import Collator, FlatCollator
 
 A100 = Capabilities(cuda=True, capability=(8, 0), bf16=True,
                     packages=frozenset({"unsloth", "liger_kernel", "flash_attn", "bitsandbytes", "vllm"}))
@@ -94,7 +94,7 @@ def test_gpu_decisions_with_stated_capabilities(cfg_file):
 
 
 def test_liger_goes_to_training_arguments(cfg_file, tmp_path):
-    from sftkit.train import _training_args
+    from sftkit.train.recipe import _training_args
 
     args = _training_args(cfg(cfg_file, "train.use_liger_kernel=true"), tmp_path, False, [])
     assert args.use_liger_kernel is True
@@ -121,7 +121,7 @@ class _Seen:
 def test_bitsandbytes_optimizers_train_the_tiny_model(cfg_file, tmp_path, optim, capsys):
     from rich.console import Console
 
-    from sftkit.train import run
+    from sftkit.train.recipe import run
 
     seen = _Seen()
     console = Console(stderr=True, width=200)
@@ -186,7 +186,7 @@ def test_gpu_quickstart_config_is_valid_and_passes_the_checks_on_a_gpu():
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes not installed")
 def test_qlora_with_paged_8bit_adamw_trains_on_cpu(cfg_file, tmp_path):
     """The GPU quick-start's method and optimizer, on the tiny model: 4-bit NF4 base + LoRA + 8-bit AdamW."""
-    from sftkit.train import run
+    from sftkit.train.recipe import run
 
     seen = _Seen()
     res = run(cfg(cfg_file, "method.type=qlora", "train.optim=paged_adamw_8bit", f"output_dir={tmp_path / 'q'}"),

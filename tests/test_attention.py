@@ -1,4 +1,4 @@
-"""Segment attention (sftkit.attention) equals transformers' sdpa with the block-diagonal mask, in value
+"""Segment attention (sftkit.train.attention) equals transformers' sdpa with the block-diagonal mask, in value
 and in gradient, for packed and right-padded training batches; evaluation falls back to sdpa."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from sftkit import attention  # noqa: E402
-from sftkit.batching import Collator  # noqa: E402
+from sftkit.train import attention  # noqa: E402
+from sftkit.train.collate import Collator  # noqa: E402
 
 VOCAB = 300
 

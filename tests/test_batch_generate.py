@@ -9,8 +9,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from sftkit.batch_generate import meta_path, run_generate
-from sftkit.generate import Engine, GenParams, build_renderer
+from sftkit.infer.answers import meta_path, run_generate
+from sftkit.infer.engine import Engine, GenParams, build_renderer
 
 ROWS = [
     {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]},
@@ -23,7 +23,7 @@ ROWS = [
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir) -> Engine:
-    from sftkit.models import load_model, load_tokenizer, resolve
+    from sftkit.hub.models import load_model, load_tokenizer, resolve
 
     tok = load_tokenizer(tiny_model_dir)
     return Engine(load_model(resolve(str(tiny_model_dir))), tok, build_renderer(tok), batch_size=2)
@@ -95,7 +95,7 @@ def test_rejects_are_reported(engine, tmp_path):
 
 
 def test_cli(tiny_model_dir, tmp_path):
-    from sftkit.cli_use import generate_cmd
+    from sftkit.cli.use import generate_cmd
 
     app = typer.Typer()
     app.command()(generate_cmd)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sftkit.config import ConfigError, RunConfig, field_docs, load_config, parse_overrides
+from sftkit.core.config import ConfigError, RunConfig, field_docs, load_config, parse_overrides
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -87,11 +87,11 @@ def test_every_field_is_documented():
 
 
 def test_reference_config_is_in_sync_with_the_schema():
-    from sftkit.config_reference import reference_yaml
+    from sftkit.core.reference import reference_yaml
 
     shipped = Path(__file__).resolve().parents[1] / "configs" / "finetune_reference.yaml"
     assert shipped.read_text(encoding="utf-8") == reference_yaml(), (
-        "configs/finetune_reference.yaml is stale: python -m sftkit.config_reference > configs/finetune_reference.yaml"
+        "configs/finetune_reference.yaml is stale: python -m sftkit.core.reference > configs/finetune_reference.yaml"
     )
 
 
@@ -121,8 +121,8 @@ def test_typo_inside_a_list_item_gets_a_suggestion(tmp_path):
 
 
 def test_missing_data_file_is_named_before_training(tmp_path):
-    from sftkit.config import check_data_files
-    from sftkit.train import run
+    from sftkit.core.config import check_data_files
+    from sftkit.train.recipe import run
 
     cfg = load_config(write(tmp_path, "data:\n  train: nosuch.jsonl\n"), [f"output_dir={tmp_path / 'run'}"])
     with pytest.raises(ConfigError, match=r"data.train\[0\]: .*nosuch.jsonl does not exist"):
@@ -135,7 +135,7 @@ def test_missing_data_file_is_named_before_training(tmp_path):
 def test_alias_budget_is_on_the_values_aliases_add(tmp_path):
     """Aliases may add up to ALIAS_BUDGET values beyond those written; the same file with more
     references to the same anchor is refused, naming the first alias."""
-    from sftkit.config import ALIAS_BUDGET, read_yaml_file
+    from sftkit.core.config import ALIAS_BUDGET, read_yaml_file
 
     def doc(refs: int) -> str:
         return "a: &a [" + ", ".join(["x"] * 99) + "]\nb: [" + ", ".join(["*a"] * refs) + "]\n"

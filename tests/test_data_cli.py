@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sftkit.cli_data import app
+from sftkit.cli.data import app
 
 BROKEN = Path(__file__).parent / "data" / "broken"
 runner = CliRunner()

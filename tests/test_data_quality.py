@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sftkit.conversation import Conversation, Message
+from sftkit.core.conversation import Conversation, Message
 from sftkit.data import LoadResult, fold_rendered
 from sftkit.data.dedup import find_duplicates
 from sftkit.data.leak import find_leaks
@@ -125,8 +125,8 @@ def test_stats_and_fold(tokenizer) -> None:
 def test_weighted_upsampling_never_puts_a_row_in_both_train_and_val(tmp_path, tokenizer) -> None:
     """val is held out of each weighted file before mixing: an upsampled row (weight 3.0) has all
     its copies on one side of the split."""
-    from sftkit.config import DataConfig
-    from sftkit.dataset import prepare
+    from sftkit.core.config import DataConfig
+    from sftkit.data.prepare import prepare
     from sftkit.templates import HFChatTemplate, Renderer
 
     small, big = tmp_path / "small.jsonl", tmp_path / "big.jsonl"

@@ -1,4 +1,4 @@
-"""FastDropout (sftkit.dropout) is dropout: the right share dropped, kept values scaled to keep the
+"""FastDropout (sftkit.train.dropout) is dropout: the right share dropped, kept values scaled to keep the
 mean, gradients through the same mask, identity in eval, reproducible from the seed."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from sftkit.dropout import FastDropout, speed_up_lora_dropout  # noqa: E402
+from sftkit.train.dropout import FastDropout, speed_up_lora_dropout  # noqa: E402
 
 
 def test_drops_the_right_share_in_every_bit_lane_and_keeps_the_mean():

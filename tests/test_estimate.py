@@ -118,7 +118,7 @@ def test_recommendations_have_reasons():
 
 
 def _app() -> typer.Typer:
-    from sftkit.cli_estimate import estimate_cmd
+    from sftkit.cli.estimate import estimate_cmd
 
     app = typer.Typer()
     app.command()(estimate_cmd)
@@ -145,7 +145,7 @@ def test_cli_known_gpu_fits():
 
 
 def test_preflight_refuses_with_breakdown(tmp_path, bundled_path):
-    from sftkit.config import RunConfig
+    from sftkit.core.config import RunConfig
     from sftkit.estimate import DoesNotFit, preflight
 
     cfg = RunConfig.model_validate({"model": {"name_or_path": str(bundled_path)},

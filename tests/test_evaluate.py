@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from sftkit.evaluate import evaluate, fit_latency, general_check_path, load_conversations
-from sftkit.generate import GenResult
+from sftkit.evaluate.runner import evaluate, fit_latency, general_check_path, load_conversations
+from sftkit.infer.engine import GenResult
 
 ROWS = [
     ("Is 'I love it' positive or negative?", "positive"),
@@ -128,7 +128,7 @@ def test_cli_eval_json_last_line(tiny_model_dir, other_tiny_dir, eval_file, tmp_
     import typer
     from typer.testing import CliRunner
 
-    from sftkit.cli_eval import eval_cmd, report_cmd
+    from sftkit.cli.eval import eval_cmd, report_cmd
 
     app = typer.Typer()
     app.command("eval")(eval_cmd)
@@ -150,7 +150,7 @@ def test_cli_eval_json_last_line(tiny_model_dir, other_tiny_dir, eval_file, tmp_
 def test_baseline_first_scores_equal_the_adapter_off_baseline(tiny_run, tiny_model_dir, eval_file):
     """The pipeline measures the base model before training and reuses it in the comparison: that is
     only honest if the plain base model and the run's adapter-off base score identically."""
-    from sftkit.evaluate import load_sides, metric_names, run_side, side_scores
+    from sftkit.evaluate.runner import load_sides, metric_names, run_side, side_scores
 
     convs = load_conversations(eval_file)
     names = metric_names(None, convs)
@@ -170,7 +170,7 @@ def test_cli_eval_on_a_run_writes_report_and_names_skipped_rows(tiny_run, tmp_pa
     import typer
     from typer.testing import CliRunner
 
-    from sftkit.cli_eval import eval_cmd
+    from sftkit.cli.eval import eval_cmd
 
     data = tmp_path / "t.jsonl"
     rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in ROWS[:2]]

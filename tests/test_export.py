@@ -12,7 +12,7 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from sftkit.cli_use import export_cmd, load_engine
+from sftkit.cli.use import export_cmd, load_engine
 
 TEMPLATE = "qwen2_chatml"  # two stop strings (<|im_end|>, <|endoftext|>), both single tokens here
 PROBES = ["Hello there, how are you?", "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"]
@@ -49,7 +49,7 @@ def lora_run(tmp_path_factory, tiny_model_dir, tokenizer) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(lora_run, tmp_path_factory) -> Path:
-    from sftkit.export import export_run
+    from sftkit.export.merge import export_run
 
     out = tmp_path_factory.mktemp("exports") / "tiny-merged"
     res = export_run(lora_run, out, log=lambda _m: None)
@@ -83,7 +83,7 @@ def test_merged_equals_base_plus_adapter(lora_run, exported, tiny_model_dir, tok
 def test_export_files_template_and_stops(exported):
     from transformers import AutoTokenizer
 
-    from sftkit.conversation import Conversation
+    from sftkit.core.conversation import Conversation
     from sftkit.templates.registry import load_template
 
     tok = AutoTokenizer.from_pretrained(exported)
@@ -116,7 +116,7 @@ def test_chat_and_server_accept_run_and_export(lora_run, exported):
     assert outs[0] == outs[1], "the merged model answers like base+adapter (greedy)"
 
     openai = pytest.importorskip("openai")
-    from sftkit.serve import create_app, served_name
+    from sftkit.infer.server import create_app, served_name
     from test_serve import LiveServer
 
     answers = []
@@ -157,7 +157,7 @@ def test_export_cli_gguf_unavailable_and_errors(lora_run, tmp_path, monkeypatch)
 def test_full_finetune_run_exports(tmp_path, tiny_model_dir, tokenizer):
     from transformers import AutoModelForCausalLM
 
-    from sftkit.export import export_run
+    from sftkit.export.merge import export_run
 
     run = tmp_path / "full-run"
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
@@ -175,7 +175,7 @@ def test_full_finetune_run_exports(tmp_path, tiny_model_dir, tokenizer):
 
 
 def test_jinja_conversion_matches_every_shipped_template(tokenizer):
-    from sftkit.export import json_to_jinja, verify
+    from sftkit.export.merge import json_to_jinja, verify
     from sftkit.templates.registry import load_template, shipped_names
 
     for name in shipped_names():
@@ -188,7 +188,7 @@ def test_jinja_conversion_matches_every_shipped_template(tokenizer):
 
 
 def test_model_card_formats_both_columns(tmp_path):
-    from sftkit.export import ExportResult, RunInfo, model_card
+    from sftkit.export.merge import ExportResult, RunInfo, model_card
 
     (tmp_path / "eval.json").write_text(json.dumps({"model": {"loss": 0.123456789}, "baseline": {"loss": 10.836133}}))
     info = RunInfo(tmp_path, tmp_path, tmp_path, "lora", None, {"method": {"type": "lora"}})

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from sftkit.config import RunConfig
-from sftkit.fingerprint import differences, fingerprint
-from sftkit.models import load_tokenizer
+from sftkit.core.config import RunConfig
+from sftkit.hub.models import load_tokenizer
 from sftkit.templates.registry import load_template
 from sftkit.templates.render import Renderer
+from sftkit.train.fingerprint import differences, fingerprint
 
 
 def _fp(tmp_path, tiny_model_dir, **train):

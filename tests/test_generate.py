@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from sftkit.conversation import Conversation
-from sftkit.generate import Engine, GenParams, build_renderer
+from sftkit.core.conversation import Conversation
+from sftkit.infer.engine import Engine, GenParams, build_renderer
 
 PROMPTS = [
     "Hi",
@@ -25,7 +25,7 @@ def tiny_engine(tiny_model_dir):
     import torch
     from transformers import AutoConfig, LlamaForCausalLM
 
-    from sftkit.models import load_tokenizer
+    from sftkit.hub.models import load_tokenizer
 
     torch.manual_seed(0)
     cfg = AutoConfig.from_pretrained(tiny_model_dir, initializer_range=0.1)
@@ -159,7 +159,7 @@ def test_params_validated():
 
 @pytest.mark.integration
 def test_bundled_batched_equals_single(bundled_path):
-    from sftkit.models import load_model, load_tokenizer, resolve
+    from sftkit.hub.models import load_model, load_tokenizer, resolve
 
     resolved = resolve(str(bundled_path))
     tok = load_tokenizer(resolved.path)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from sftkit.losshead import (
+from sftkit.train.losshead import (
     LossHeadUnsupported,
     install,
     linear_cross_entropy,

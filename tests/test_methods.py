@@ -10,9 +10,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from sftkit.config import MethodConfig, load_config
-from sftkit.methods import MethodUnavailable, attach, count_parameters, deepspeed_config, quantization_config
-from sftkit.train import TrainError, run
+from sftkit.core.config import MethodConfig, load_config
+from sftkit.train.methods import MethodUnavailable, attach, count_parameters, deepspeed_config, quantization_config
+from sftkit.train.recipe import TrainError, run
 
 
 def _model(path):
@@ -143,8 +143,8 @@ def test_each_method_really_trains(method, tmp_path, tiny_model_dir):
 def test_qlora_counts_real_parameters(tiny_model_dir):
     if importlib.util.find_spec("bitsandbytes") is None:
         pytest.skip("bitsandbytes is not installed")
-    from sftkit.config import MethodConfig as MC
-    from sftkit.methods import quantization_config as qc
+    from sftkit.core.config import MethodConfig as MC
+    from sftkit.train.methods import quantization_config as qc
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     _, plain_total = count_parameters(attach(base, MC(type="lora", r=4)))

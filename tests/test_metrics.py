@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from sftkit import metrics as M
+from sftkit.evaluate import metrics as M
 
 
 def test_normalisation_full_width_and_case():

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from sftkit.models import BUNDLED_ALIAS, ModelNotFound, resolve
+from sftkit.hub.models import BUNDLED_ALIAS, ModelNotFound, resolve
 
 
 def test_bundled_alias_resolves_to_cached_safetensors_folder(bundled_path):

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from sftkit import prepared_cache
-from sftkit.config import DataConfig
-from sftkit.dataset import prepare
+from sftkit.core.config import DataConfig
+from sftkit.data import cache as prepared_cache
+from sftkit.data.prepare import prepare
 from sftkit.templates import Renderer, load_template
 
 ROWS = [

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sftkit.report import svg_bar_chart, svg_line_chart, write_report
+from sftkit.evaluate.report import svg_bar_chart, svg_line_chart, write_report
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 

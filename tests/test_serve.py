@@ -16,8 +16,8 @@ openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
 from servelib import LiveServer, tiny_engine  # noqa: E402
-from sftkit.conversation import Conversation  # noqa: E402
-from sftkit.generate import Engine, GenParams  # noqa: E402
+from sftkit.core.conversation import Conversation  # noqa: E402
+from sftkit.infer.engine import Engine, GenParams  # noqa: E402
 
 KEY = "sk-test-key"
 CONTEXT = 256
@@ -31,7 +31,7 @@ def engine(tiny_model_dir) -> Engine:
 
 @pytest.fixture(scope="module")
 def live(engine) -> Iterator[LiveServer]:
-    from sftkit.serve import create_app
+    from sftkit.infer.server import create_app
 
     app = create_app(engine, "tiny", api_key=KEY, max_tokens_limit=LIMIT, max_batch=16, batch_wait_s=0.02)
     with LiveServer(app) as srv:
@@ -204,7 +204,7 @@ def test_client_disconnect_mid_stream_frees_slot(client, live):
 
 
 def test_vllm_command_line(tmp_path, tiny_model_dir):
-    from sftkit.serve import vllm_command
+    from sftkit.infer.server import vllm_command
 
     cmd = vllm_command(str(tiny_model_dir), "0.0.0.0", 9000, "k", 8)
     assert str(tiny_model_dir) in cmd and cmd[cmd.index("--port") + 1] == "9000"
@@ -214,13 +214,13 @@ def test_vllm_command_line(tmp_path, tiny_model_dir):
 def test_serve_cli_vllm_missing_is_one_line():
     from typer.testing import CliRunner
 
-    from sftkit.serve import vllm_available
+    from sftkit.infer.server import vllm_available
 
     if vllm_available():
         pytest.skip("vllm is installed here")
     import typer
 
-    from sftkit.cli_use import serve_cmd
+    from sftkit.cli.use import serve_cmd
 
     app = typer.Typer()
     app.command()(serve_cmd)

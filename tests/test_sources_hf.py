@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from hubserver import Hub, HubServer
-from sftkit.models import ModelNotFound, load_model, load_tokenizer, resolve
+from sftkit.hub.models import ModelNotFound, load_model, load_tokenizer, resolve
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 REPO = "tiny-org/tiny-llama"
@@ -84,8 +84,8 @@ def test_download_then_resolve_and_load_from_cache(hub, hf_home, tiny_model_dir)
 
 
 def test_train_with_the_hub_reference_after_download(hub, hf_home, tmp_path):
-    from sftkit.config import load_config
-    from sftkit.train import run
+    from sftkit.core.config import load_config
+    from sftkit.train.recipe import run
 
     with HubServer(hub) as url:
         assert sft(["download", REPO], url, hf_home).returncode == 0
@@ -113,7 +113,7 @@ def test_revision_suffix_and_option(hub, hf_home):
         resolve(REPO)
     assert missing.returncode == 2 and "no revision 'nope'" in missing.stderr
     with pytest.raises(ModelNotFound, match="names revision 'v1' but --revision says 'v2'"):
-        from sftkit.sources import parse_ref
+        from sftkit.hub.sources import parse_ref
 
         parse_ref(f"{REPO}@v1", "v2")
 
@@ -182,7 +182,7 @@ def test_unknown_repo_unreachable_hub_and_offline_mode(hub, hf_home):
 
 
 def test_reference_parsing():
-    from sftkit.sources import looks_like_hub_ref, parse_ref
+    from sftkit.hub.sources import looks_like_hub_ref, parse_ref
 
     assert str(parse_ref("Qwen/Qwen2-7B-Instruct@v1.0")) == "Qwen/Qwen2-7B-Instruct@v1.0"
     ms = parse_ref("modelscope:qwen/Qwen2-7B-Instruct")

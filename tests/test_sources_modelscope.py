@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 
 modelscope = pytest.importorskip("modelscope")
 
-from sftkit import sources  # noqa: E402
+from sftkit.hub import sources  # noqa: E402
 from sftkit.cli import app  # noqa: E402
-from sftkit.models import ModelNotFound, load_model, load_tokenizer, resolve  # noqa: E402
+from sftkit.hub.models import ModelNotFound, load_model, load_tokenizer, resolve  # noqa: E402
 
 REF = "modelscope:qwen/tiny-llama"
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from chartok import CharTokenizer
-from sftkit.conversation import Conversation
+from sftkit.core.conversation import Conversation
 from sftkit.templates import CheckReport, JSONTemplate, Segment, check_template, load_template
 
 CONVS = [

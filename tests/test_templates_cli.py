@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from sftkit.cli_template import app
+from sftkit.cli.template import app
 
 runner = CliRunner()
 MSGS = [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."}]
@@ -107,7 +107,7 @@ def test_check_fails_for_a_template_of_another_family() -> None:
 
 
 def test_render_json_labels_match_training(messages_file, tokenizer) -> None:
-    from sftkit.conversation import Conversation
+    from sftkit.core.conversation import Conversation
     from sftkit.templates import Renderer, load_template
 
     r = runner.invoke(app, ["render", "--template", "chatglm3", "--messages", str(messages_file), "--json"])

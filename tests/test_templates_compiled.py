@@ -14,7 +14,7 @@ import random
 
 import pytest
 
-from sftkit.conversation import Conversation
+from sftkit.core.conversation import Conversation
 from sftkit.data.stats import render_all
 from sftkit.templates import HFChatTemplate, MaskPolicy, Renderer, Segment, TemplateError, load_template
 from sftkit.templates.compiled import PROBE_CONTENTS, normal_form, shape

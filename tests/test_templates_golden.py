@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from sftkit.conversation import Conversation
+from sftkit.core.conversation import Conversation
 from sftkit.templates import JSONTemplate, TemplateError, list_templates, load_template
 
 SINGLE = [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."}]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sftkit.conversation import Conversation
+from sftkit.core.conversation import Conversation
 from sftkit.templates import HFChatTemplate, MaskPolicy, Renderer, TemplateError, load_template
 
 CONVS = {

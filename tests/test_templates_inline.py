@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import json
 
-from sftkit.conversation import Conversation, Message
+from sftkit.core.conversation import Conversation, Message
 from sftkit.data import load_file
 from sftkit.templates import HFChatTemplate, Renderer
 from sftkit.templates.check import check_template
@@ -116,7 +116,7 @@ def test_check_fails_a_template_that_drops_data(tokenizer) -> None:
 
 
 def test_the_check_sample_holds_a_row_of_every_kind() -> None:
-    from sftkit.dataset import check_sample
+    from sftkit.data.prepare import check_sample
 
     plain = [Conversation([Message("user", f"q{i}"), Message("assistant", "a")]) for i in range(100)]
     cot = Conversation([Message("user", "q"), Message("assistant", "a", reasoning="r")])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from chartok import CharTokenizer
-from sftkit.conversation import Conversation
+from sftkit.core.conversation import Conversation
 from sftkit.templates import (
     IGNORE,
     MaskPolicy,

@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from sftkit.config import load_config
-from sftkit.methods import MethodUnavailable
-from sftkit.tracking import setup
-from sftkit.train import run
+from sftkit.core.config import load_config
+from sftkit.train.methods import MethodUnavailable
+from sftkit.train.recipe import run
+from sftkit.train.tracking import setup
 
 
 def _cfg(tmp_path, tiny_model_dir, trackers):

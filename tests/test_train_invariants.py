@@ -12,12 +12,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from sftkit.batching import Collator, pack
-from sftkit.config import load_config
-from sftkit.conversation import Conversation
+from sftkit.core.config import load_config
+from sftkit.core.conversation import Conversation
 from sftkit.templates.hf import HFChatTemplate
 from sftkit.templates.render import IGNORE, Renderer
-from sftkit.train import run
+from sftkit.train.collate import Collator, pack
+from sftkit.train.recipe import run
 from trainlib import rows as _rows
 from trainlib import weights as _weights
 from trainlib import write_workdir
@@ -48,7 +48,7 @@ class _Seen(TrainerCallback):
     """Records what the trainer's model runs with."""
 
     def on_train_begin(self, args, state, control, model=None, **kw):
-        from sftkit.dropout import FastDropout
+        from sftkit.train.dropout import FastDropout
 
         self.attention = model.config._attn_implementation
         self.fast_dropouts = sum(isinstance(m, FastDropout) for m in model.modules())
@@ -136,7 +136,7 @@ def test_resume_ignores_incomplete_checkpoint_and_refuses_changed_data(workdir):
     partial.mkdir()
     (partial / "model.safetensors").write_bytes(b"truncated")
     (workdir / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows(15)))
-    from sftkit.train import TrainError
+    from sftkit.train.recipe import TrainError
 
     with pytest.raises(TrainError, match=r"data file .*train.jsonl changed"):
         run(load_config(workdir / "cfg.yaml", [*over, "train.max_steps=6", f"output_dir={first.run_dir}"]),
@@ -148,7 +148,7 @@ def test_resume_ignores_incomplete_checkpoint_and_refuses_changed_data(workdir):
 
 
 def test_new_run_refuses_to_overwrite_checkpoints(workdir):
-    from sftkit.train import TrainError
+    from sftkit.train.recipe import TrainError
 
     over = ["train.max_steps=2", "train.save_steps=2", f"output_dir={workdir / 'once'}"]
     run(load_config(workdir / "cfg.yaml", over))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from sftkit.config import load_config
-from sftkit.train import run
+from sftkit.core.config import load_config
+from sftkit.train.recipe import run
 
 
 def test_early_stopping_stops_when_validation_loss_stops_improving(tmp_path, tiny_model_dir):

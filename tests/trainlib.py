@@ -66,7 +66,7 @@ def curve(run_dir: Path, digits: int = 5) -> list[tuple[int, float]]:
 @functools.cache
 def _context() -> Any:
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "transformers", "peft", "sftkit.train", "sftkit.cli", "trainlib"])
+    ctx.set_forkserver_preload(["torch", "transformers", "peft", "sftkit.train.recipe", "sftkit.cli", "trainlib"])
     return ctx
 
 
@@ -77,15 +77,15 @@ def _kill_self() -> None:
 def _kill_at_step(k: int) -> None:
     from transformers import TrainerCallback
 
-    import sftkit.train
+    import sftkit.train.recipe
 
     class Kill(TrainerCallback):
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if state.global_step == k:
                 _kill_self()
 
-    original = sftkit.train._callbacks
-    sftkit.train._callbacks = lambda *a, **kw: [*original(*a, **kw), Kill()]
+    original = sftkit.train.recipe._callbacks
+    sftkit.train.recipe._callbacks = lambda *a, **kw: [*original(*a, **kw), Kill()]
 
 
 def _kill_mid_save(k: int) -> None:
@@ -107,16 +107,16 @@ def _kill_mid_save(k: int) -> None:
 
 
 def _kill_before_marker(k: int) -> None:
-    import sftkit.progress
+    import sftkit.train.callbacks
 
-    real_on_save = sftkit.progress.CheckpointMarker.on_save
+    real_on_save = sftkit.train.callbacks.CheckpointMarker.on_save
 
     def on_save(self: Any, args: Any, state: Any, control: Any, **kw: Any) -> None:
         if state.global_step == k:
             _kill_self()
         real_on_save(self, args, state, control, **kw)
 
-    sftkit.progress.CheckpointMarker.on_save = on_save
+    sftkit.train.callbacks.CheckpointMarker.on_save = on_save
 
 
 def _kill_final(_: int) -> None:

@@ -14,9 +14,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from sftkit.config import RunConfig, load_config
-from sftkit.metrics import HEADLINE, headline_metric
-from sftkit.rundir import Overwrite, RunDir, RunDirError, State
+from sftkit.core.config import RunConfig, load_config
+from sftkit.core.rundir import Overwrite, RunDir, RunDirError, State
+from sftkit.evaluate.metrics import HEADLINE, headline_metric
 
 DEMO_EXAMPLE = "api_assistant"
 
@@ -83,7 +83,7 @@ def _check_folder(cfg: RunConfig, overwrite: Overwrite) -> None:
 def _baseline_first(cfg: RunConfig, test: str, console: Console) -> Any:
     """Step 2: the base model on the held-out set, before any training. Its scores are reused in the
     comparison (same weights, template, prompts and greedy decoding), so they are measured once."""
-    from sftkit import evaluate as E
+    from sftkit.evaluate import runner as E
 
     e = cfg.eval
     convs = E.load_conversations(test, e.limit)
@@ -102,10 +102,10 @@ def run_pipeline(
     """The whole workflow. ``overwrite``: what happens to an earlier run in the output folder when
     training starts (``sft demo`` deletes its own previous run; ``sft run --overwrite`` moves it aside).
     A folder training may not use is refused before the first step, not after the baseline."""
-    from sftkit.cli_eval import comparison_table
-    from sftkit.evaluate import evaluate
-    from sftkit.report import write_report
-    from sftkit.train import run
+    from sftkit.cli.eval import comparison_table
+    from sftkit.evaluate.report import write_report
+    from sftkit.evaluate.runner import evaluate
+    from sftkit.train.recipe import run
 
     console = console or Console(stderr=True)
     cfg = load_config(config, overrides or [])

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from console_helpers import TOKEN, LiveConsole, run_yaml, wait_for
 
-from sftkit.config import field_docs, load_config
+from sftkit.core.config import field_docs, load_config
 
 STATIC = Path(__file__).resolve().parents[2] / "src" / "sftkit" / "console" / "static"
 
@@ -239,8 +239,8 @@ def test_data_check_reports_every_row(live, workdir):
 def test_length_stats_match_the_data_module(live, workdir, tiny_model_dir):
     from sftkit.data import load_file
     from sftkit.data import stats as st
-    from sftkit.generate import build_renderer
-    from sftkit.models import load_tokenizer
+    from sftkit.hub.models import load_tokenizer
+    from sftkit.infer.engine import build_renderer
 
     res = live.client.post("/api/data/stats", json={"files": ["train.jsonl"], "model": str(tiny_model_dir),
                                                     "cutoff": 64}).json()

@@ -10,9 +10,9 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from sftkit.config import load_config
-from sftkit.models import load_model, resolve
-from sftkit.train import run
+from sftkit.core.config import load_config
+from sftkit.hub.models import load_model, resolve
+from sftkit.train.recipe import run
 
 pytestmark = pytest.mark.integration
 

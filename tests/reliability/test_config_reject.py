@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from sftkit.config import ConfigError, load_config
+from sftkit.core.config import ConfigError, load_config
 
 BASE = "data:\n  train: t.jsonl\n"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sftkit.cli_data import app
+from sftkit.cli.data import app
 
 ROWS = [{"messages": [{"role": "user", "content": f"q{i % 7}"}, {"role": "assistant", "content": f"a{i % 7}"}]}
         for i in range(20)]

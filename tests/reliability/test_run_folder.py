@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from sftkit.config import load_config
-from sftkit.train import run
+from sftkit.core.config import load_config
+from sftkit.train.recipe import run
 from trainlib import sft, write_workdir
 
 STEPS = ["method.type=lora", "train.max_steps=2", "train.save_steps=1", "train.per_device_train_batch_size=4"]
@@ -171,8 +171,8 @@ def _pipeline_config(work: Path) -> Path:
 
 
 def test_demo_reruns_over_its_own_run_and_refuses_a_foreign_folder(work, tmp_path):
+    from sftkit.core.rundir import Overwrite, RunDirError
     from sftkit.pipeline import run_pipeline
-    from sftkit.rundir import Overwrite, RunDirError
 
     cfg, out = _pipeline_config(work), tmp_path / "demo"
     over = [*STEPS, "eval.max_new_tokens=2", "eval.forgetting_check=false", f"output_dir={out}"]

@@ -17,9 +17,9 @@ openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
 from servelib import LiveServer, tiny_engine  # noqa: E402
-from sftkit.conversation import Conversation  # noqa: E402
-from sftkit.generate import GenParams  # noqa: E402
-from sftkit.serve import create_app  # noqa: E402
+from sftkit.core.conversation import Conversation  # noqa: E402
+from sftkit.infer.engine import GenParams  # noqa: E402
+from sftkit.infer.server import create_app  # noqa: E402
 from trainlib import wait_for  # noqa: E402
 
 KEY = "sk-reliability"

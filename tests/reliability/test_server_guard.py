@@ -30,7 +30,7 @@ openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
 from servelib import LiveServer, free_port, tiny_engine  # noqa: E402
-from sftkit.serve import create_app  # noqa: E402
+from sftkit.infer.server import create_app  # noqa: E402
 from trainlib import wait_for  # noqa: E402
 
 KEY = "sk-guard"

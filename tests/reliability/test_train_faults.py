@@ -29,10 +29,10 @@ from pathlib import Path
 import pytest
 from transformers import TrainerCallback
 
-from sftkit.config import load_config
-from sftkit.faults import NonFiniteLoss, TrainError
-from sftkit.progress import COMPLETE, last_complete_checkpoint
-from sftkit.train import run
+from sftkit.core.config import load_config
+from sftkit.train.callbacks import COMPLETE, last_complete_checkpoint
+from sftkit.train.faults import NonFiniteLoss, TrainError
+from sftkit.train.recipe import run
 from trainlib import Child, curve, logged_step, max_weight_diff, rows, sft, wait_for, write_workdir
 
 STEPS = ["train.max_steps=8", "train.save_steps=2", "train.per_device_train_batch_size=4"]
@@ -166,7 +166,7 @@ def _poisoned_workdir(tmp_path: Path, tokenizer) -> tuple[Path, str]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from sftkit.conversation import Conversation
+    from sftkit.core.conversation import Conversation
     from sftkit.templates.hf import HFChatTemplate
     from sftkit.templates.render import Renderer
 

@@ -23,11 +23,11 @@ import pytest
 import torch
 from rich.console import Console
 
-from sftkit.config import load_config
-from sftkit.models import ModelNotFound, load_model, resolve
-from sftkit.safety import UnsafeWeights, UntrustedCode
+from sftkit.core.config import load_config
+from sftkit.hub.models import ModelNotFound, load_model, resolve
+from sftkit.hub.safety import UnsafeWeights, UntrustedCode
 from sftkit.templates.base import TemplateError
-from sftkit.train import TrainError, run
+from sftkit.train.recipe import TrainError, run
 from trainlib import write_workdir
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "sftkit"
@@ -72,7 +72,7 @@ def test_shipped_code_never_runs_unless_trusted(tmp_path, tiny_model_dir):
 
 
 def test_jinja_template_cannot_run_code(tmp_path, tokenizer):
-    from sftkit.conversation import Conversation
+    from sftkit.core.conversation import Conversation
     from sftkit.templates.registry import load_template
     from sftkit.templates.render import Renderer
 
@@ -241,7 +241,7 @@ def test_nothing_is_downloaded_implicitly(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env |= {"HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}", "HF_HOME": str(tmp_path / "hf"),
             "PYTHONPATH": os.pathsep.join(sys.path)}
-    code = ("from sftkit.models import ModelNotFound, resolve\n"
+    code = ("from sftkit.hub.models import ModelNotFound, resolve\n"
             "try:\n    resolve('someorg/some-model')\nexcept ModelNotFound as e:\n    print('REFUSED', e)\n")
     try:
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,

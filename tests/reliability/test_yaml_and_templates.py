@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from sftkit.config import ConfigError, load_config, parse_overrides
-from sftkit.conversation import Conversation
+from sftkit.core.config import ConfigError, load_config, parse_overrides
+from sftkit.core.conversation import Conversation
 from sftkit.templates.base import TemplateError
 from sftkit.templates.registry import load_template
 from sftkit.templates.render import Renderer

@@ -2,9 +2,9 @@
 
 The server is FastAPI; the page is plain HTML/JS/CSS shipped in ``static/`` (no CDN, works
 offline). Everything the page does goes through the project's own modules: the data check
-and statistics (``sftkit.data``), the config schema (``sftkit.config``), the memory estimate
+and statistics (``sftkit.data``), the config schema (``sftkit.core.config``), the memory estimate
 (``sftkit.estimate``), training as ``python -m sftkit.cli train`` in a subprocess, evaluation
-and the report as ``sft eval`` / ``sft report``, chat through ``sftkit.generate.Engine``.
+and the report as ``sft eval`` / ``sft report``, chat through ``sftkit.infer.engine.Engine``.
 
     from sftkit.console.app import create_app
     app = create_app(runs="runs", token=None)   # then any ASGI server (sft console uses uvicorn)

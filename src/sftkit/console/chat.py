@@ -1,7 +1,7 @@
 """Chat with a run or a model, with its base model answering the same prompt beside it.
 
-Both sides go through ``sftkit.generate.Engine`` (what ``sft chat`` and ``sft serve`` use),
-loaded by ``sftkit.evaluate.load_sides``: for a LoRA run the base is the same loaded
+Both sides go through ``sftkit.infer.engine.Engine`` (what ``sft chat`` and ``sft serve`` use),
+loaded by ``sftkit.evaluate.runner.load_sides``: for a LoRA run the base is the same loaded
 weights with the adapter switched off, so the comparison costs no second model. The two
 answers stream token by token, interleaved, as NDJSON events:
 
@@ -30,8 +30,8 @@ def default_baseline(ref: str) -> str | None:
     """What "the base model" of ``ref`` is: None = a LoRA run's base (adapter off), the
     configured base of a full fine-tuning run, the ``base_model`` an exported folder's model
     card names (when that model is here), else "none"."""
-    from sftkit.config import read_yaml_file
-    from sftkit.models import ModelNotFound, resolve
+    from sftkit.core.config import read_yaml_file
+    from sftkit.hub.models import ModelNotFound, resolve
 
     resolved = resolve(ref)
     if resolved.adapter is not None:
@@ -66,8 +66,8 @@ class ChatModels:
     def sides(self, model_ref: str, baseline: str) -> list[Any]:
         """``baseline``: "auto" (see ``default_baseline``), "none", or a model reference."""
         heavy.ensure()
-        from sftkit.evaluate import load_sides
-        from sftkit.models import ModelNotFound
+        from sftkit.evaluate.runner import load_sides
+        from sftkit.hub.models import ModelNotFound
         from sftkit.templates.base import TemplateError
 
         with self._load_lock:
@@ -87,7 +87,7 @@ class ChatModels:
 
 def conversation(system: str | None, history: list[dict[str, str]], prompt: str, side: str) -> Any:
     """The messages one side sees: its own earlier answers, not the other side's."""
-    from sftkit.conversation import Conversation, Message
+    from sftkit.core.conversation import Conversation, Message
 
     msgs = [Message("system", system)] if system else []
     for turn in history:
@@ -98,7 +98,7 @@ def conversation(system: str | None, history: list[dict[str, str]], prompt: str,
 
 
 def check_lengths(sides: list[Any], prompts: list[str], max_new_tokens: int) -> None:
-    from sftkit.serve import context_length
+    from sftkit.infer.server import context_length
 
     for side, prompt in zip(sides, prompts, strict=True):
         n = len(side.engine.tokenizer(prompt, add_special_tokens=False)["input_ids"])

@@ -1,4 +1,4 @@
-"""The config form and the YAML it stands for, both built from ``sftkit.config``.
+"""The config form and the YAML it stands for, both built from ``sftkit.core.config``.
 
 The form is generated from the schema (``field_docs()`` gives every key with its type,
 default and help text; the pydantic annotations give the widget). A form value is text,
@@ -23,9 +23,9 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from sftkit.config import ConfigError, DataSource, FieldDoc, RunConfig, field_docs, load_config, load_yaml
 from sftkit.console.errors import bad_request
 from sftkit.console.workspace import Workspace
+from sftkit.core.config import ConfigError, DataSource, FieldDoc, RunConfig, field_docs, load_config, load_yaml
 
 # output_dir is the run folder, chosen by the console from the run name.
 _HIDDEN = {"output_dir"}

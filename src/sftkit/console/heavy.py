@@ -16,7 +16,8 @@ _lock = threading.Lock()
 _ready = threading.Event()
 _ATTRS = ("AutoConfig", "AutoTokenizer", "AutoModelForCausalLM", "GenerationConfig", "TrainerCallback",
           "DynamicCache", "LlamaConfig")
-_MODULES = ("peft", "sftkit.progress", "sftkit.generate", "sftkit.evaluate", "sftkit.estimate", "sftkit.data.stats",
+_MODULES = ("peft", "sftkit.train.callbacks", "sftkit.infer.engine", "sftkit.evaluate.runner", "sftkit.estimate",
+            "sftkit.data.stats",
             "sftkit.templates.registry", "sftkit.templates.hf")
 
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from sftkit.config import RunConfig
 from sftkit.console import heavy
 from sftkit.console.errors import bad_request
+from sftkit.core.config import RunConfig
 
 MAX_REJECTS_SHOWN = 50
 _NO_LAYOUT = "no known layout fields"  # the start of sftkit.data.load's reason for a row in no layout
@@ -58,8 +58,8 @@ def _without_keys(reason: str) -> str:
 @lru_cache(maxsize=4)
 def _renderer(model_ref: str, template: str | None) -> Any:
     """The model's tokenizer under the run's template, without a cutoff (full lengths)."""
-    from sftkit.generate import build_renderer
-    from sftkit.models import load_tokenizer, resolve
+    from sftkit.hub.models import load_tokenizer, resolve
+    from sftkit.infer.engine import build_renderer
 
     tok = load_tokenizer(resolve(model_ref).path)
     return build_renderer(tok, template)
@@ -70,7 +70,7 @@ def length_stats(paths: list[Path], model_ref: str, template: str | None, cutoff
     heavy.ensure()
     from sftkit.data import DataError, load_file
     from sftkit.data import stats as st
-    from sftkit.models import ModelNotFound
+    from sftkit.hub.models import ModelNotFound
     from sftkit.templates.base import TemplateError
 
     convs = []
@@ -103,10 +103,10 @@ def _histogram(total: np.ndarray, bins: int = 24) -> dict[str, list[float]]:
 def estimate(cfg: RunConfig) -> dict[str, Any]:
     """``sft estimate CONFIG`` for this machine, as JSON (with the explanation of every term)."""
     heavy.ensure()
-    from sftkit.cli_estimate import EXPLAIN
+    from sftkit.cli.estimate import EXPLAIN
     from sftkit.estimate import estimate_run
     from sftkit.estimate.recommend import cheapest_fix
-    from sftkit.models import ModelNotFound
+    from sftkit.hub.models import ModelNotFound
 
     try:
         est = estimate_run(cfg, count_data=True, lengths=True)

@@ -21,8 +21,8 @@ from typing import Any
 
 import yaml
 
-from sftkit.config import ConfigError, read_yaml_file
 from sftkit.console.jobs import JOB, LAUNCH, LOG, STATE, STOP, Jobs, read_json
+from sftkit.core.config import ConfigError, read_yaml_file
 
 FILES = ("launch.yaml", "config.yaml", "console.log", "metrics.jsonl", "report.html", "eval.json",
          "eval_predictions.jsonl", "train_summary.json", "data_report.json", "rejected.jsonl",
@@ -54,12 +54,12 @@ def status(run_dir: Path, jobs: Jobs) -> dict[str, Any]:
 
 
 def complete_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint ``sft train --resume`` would continue from (``sftkit.progress`` decides;
+    """The checkpoint ``sft train --resume`` would continue from (``sftkit.train.callbacks`` decides;
     imported here, not at the top: it loads transformers, which the list of runs does not need)."""
     from sftkit.console import heavy
 
     heavy.ensure()
-    from sftkit.progress import last_complete_checkpoint
+    from sftkit.train.callbacks import last_complete_checkpoint
 
     return last_complete_checkpoint(run_dir / "checkpoints")
 

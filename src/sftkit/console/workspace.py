@@ -11,7 +11,7 @@ local model folder -- must resolve (symlinks followed) inside one of them, and n
 below that folder may be hidden (``.ssh``, ``.env``, ``.git``, ``.cache``): else 403, before
 the path is read or even tested for existence. Whoever holds the console's API can train on
 what it can read, so this is what keeps the rest of the disk out of a request's reach. Hub ids
-(``org/name``, read from the local cache by ``sftkit.models``) and the bundled alias are not
+(``org/name``, read from the local cache by ``sftkit.hub.models``) and the bundled alias are not
 paths and are not confined.
 """
 
@@ -127,7 +127,7 @@ class Workspace:
     def model_ref(self, raw: str, param: str = "model") -> str:
         """A model reference as sftkit takes it: the bundled alias, an existing local path
         (returned absolute), or an ``org/name`` hub id (used only if already cached)."""
-        from sftkit.models import BUNDLED_ALIAS
+        from sftkit.hub.models import BUNDLED_ALIAS
 
         if not isinstance(raw, str) or not raw.strip():
             raise bad_request(f"{param}: empty model reference", param)

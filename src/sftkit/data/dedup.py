@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from sftkit.conversation import Conversation
+from sftkit.core.conversation import Conversation
 from sftkit.data.text import has_cjk, normalize, tokens
 
 NUM_PERM = 128

@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from sftkit.conversation import Conversation
+from sftkit.core.conversation import Conversation
 
 
 def conv_record(conv: Conversation) -> dict:

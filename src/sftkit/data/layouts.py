@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sftkit.conversation import Conversation, Message
+from sftkit.core.conversation import Conversation, Message
 from sftkit.data.types import DataError
 
 LAYOUTS = ("messages", "sharegpt", "alpaca", "cot", "classify", "text")

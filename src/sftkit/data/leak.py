@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sftkit.conversation import Conversation
+from sftkit.core.conversation import Conversation
 from sftkit.data.dedup import NUM_PERM, minhashes
 from sftkit.data.text import normalize, prompt_of
 

@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from sftkit.conversation import Conversation
+from sftkit.core.conversation import Conversation
 from sftkit.data.text import last_user, normalize, prompt_of, response_of, zh_share
 
 PLACEHOLDER = re.compile(r"\{\{\s*[\w.\- ]{1,40}\s*\}\}|\[(?:your|insert) [^\]\n]{1,40}\]", re.IGNORECASE)

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sftkit.conversation import Conversation
+from sftkit.core.conversation import Conversation
 from sftkit.data.layouts import ColumnMap, RowError, detect_layout, normalize_format, to_conversation
 from sftkit.data.readers import RawRow, iter_rows
 from sftkit.data.types import DataError, LoadResult, OnError, Reject

@@ -6,7 +6,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from sftkit.conversation import Conversation
+from sftkit.core.conversation import Conversation
 from sftkit.data.types import LoadResult
 
 

@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from sftkit.conversation import Conversation
+from sftkit.core.conversation import Conversation
 
 
 def recommend_val_share(n: int) -> tuple[float, str]:

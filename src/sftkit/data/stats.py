@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from sftkit.conversation import Conversation
+from sftkit.core.conversation import Conversation
 from sftkit.data.text import distinct_n, prompt_of, response_of
 from sftkit.data.types import Reject
 from sftkit.data.validate import fold_rendered, split_source
@@ -30,7 +30,7 @@ class Lengths:
 
 def make_renderer(model: str = "smollm2-135m-instruct") -> Any:
     """A Renderer with the model's own chat template (no cutoff: full lengths)."""
-    from sftkit.models import load_tokenizer, resolve
+    from sftkit.hub.models import load_tokenizer, resolve
     from sftkit.templates.hf import HFChatTemplate
     from sftkit.templates.render import Renderer
 

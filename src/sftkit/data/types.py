@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from sftkit.conversation import Conversation
+from sftkit.core.conversation import Conversation
 
 OnError = Literal["skip", "fail"]
 

@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from sftkit.conversation import Conversation, Message
+from sftkit.core.conversation import Conversation, Message
 from sftkit.data.layouts import RowError
 from sftkit.data.types import DataError, LoadResult, OnError, Reject
 

@@ -15,7 +15,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sftkit.models import sftkit_home
+from sftkit.hub.models import sftkit_home
 
 GB = 1e9
 MFU = 0.4  # typical model-FLOPs utilisation of a well-fed GPU in fine-tuning
@@ -62,14 +62,14 @@ def gpu(name: str) -> Device:
 
 @dataclass(frozen=True, slots=True)
 class CpuProfile:
-    baseline_gb: float  # RSS of a process that imported torch, transformers, peft and sftkit.train
+    baseline_gb: float  # RSS of a process that imported torch, transformers, peft and sftkit.train.recipe
     gflops: float  # fp32 matmul rate on all threads
     key: str
 
 
 _PROBE = r"""
 import json, resource, time
-import torch, transformers, peft, sftkit.train  # what `sft train` imports before any model
+import torch, transformers, peft, sftkit.train.recipe  # what `sft train` imports before any model
 a = torch.randn(1024, 1024); b = torch.randn(1024, 1024)
 a @ b
 n, t0 = 0, time.perf_counter()

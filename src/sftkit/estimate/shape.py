@@ -86,7 +86,7 @@ def from_path(ref: str | Path, trust_remote_code: bool = False) -> ModelShape:
     if p.is_file() and p.suffix == ".json":
         folder = p.parent
     else:
-        from sftkit.models import resolve
+        from sftkit.hub.models import resolve
 
         folder = resolve(str(ref)).path
     cfg = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal, Protocol
 
-from sftkit.conversation import Conversation
+from sftkit.core.conversation import Conversation
 
 
 class MaskPolicy(StrEnum):

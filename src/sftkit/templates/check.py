@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sftkit.conversation import Conversation
+from sftkit.core.conversation import Conversation
 from sftkit.templates.base import ChatTemplate, MaskPolicy, Segment, TemplateError
 from sftkit.templates.inline import needs_lowering
 from sftkit.templates.render import IGNORE, Rendered, Renderer

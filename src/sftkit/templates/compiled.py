@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sftkit.conversation import Conversation, Message
+from sftkit.core.conversation import Conversation, Message
 from sftkit.templates.base import Segment, TemplateBlocked, TemplateError
 from sftkit.templates.json_template import JSONTemplate
 

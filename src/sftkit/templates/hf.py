@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sftkit.conversation import Conversation
+from sftkit.core.conversation import Conversation
 from sftkit.templates.base import Segment, TemplateError
 from sftkit.templates.compiled import Shape, agrees, compile_jinja, shape
 from sftkit.templates.inline import Support, describe, lower, probe

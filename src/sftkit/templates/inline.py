@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sftkit.conversation import Conversation, Message
+from sftkit.core.conversation import Conversation, Message
 from sftkit.templates.base import TemplateBlocked
 
 _MARK = "sftkit-probe-7f3a"

@@ -8,10 +8,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from sftkit.core.textfile import read_text
 from sftkit.templates.base import ChatTemplate, TemplateError
 from sftkit.templates.hf import HFChatTemplate
 from sftkit.templates.json_template import JSONTemplate
-from sftkit.textfile import read_text
 
 SHIPPED_DIR = Path(__file__).parent / "shipped"
 AUTO = "auto"

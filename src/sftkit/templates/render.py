@@ -19,7 +19,7 @@ from enum import StrEnum
 from operator import itemgetter
 from typing import Any, Literal
 
-from sftkit.conversation import Conversation
+from sftkit.core.conversation import Conversation
 from sftkit.templates.base import ChatTemplate, MaskPolicy, RowRejected, Segment, TemplateBlocked, TemplateError
 
 IGNORE = -100

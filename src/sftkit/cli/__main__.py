@@ -1,0 +1,3 @@
+from sftkit.cli.app import main
+
+main()

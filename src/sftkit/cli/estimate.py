@@ -1,0 +1,139 @@
+"""``sft estimate``: peak memory per device, time, and recommendations before training.
+
+With ``--json`` the last stdout line is one JSON object:
+``{"total_gb", "breakdown", "fits", "tokens_per_step", "est_hours",
+"recommendations": [{"what", "value", "why", "seed"}], ...}``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from sftkit.estimate import Device, Estimate, Setup, detect_device, estimate_for, estimate_run, gpu, preflight
+from sftkit.estimate.recommend import cheapest_fix
+
+__all__ = ["estimate_cmd", "preflight"]
+
+console = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+EXPLAIN = {
+    "weights": "base weights as loaded (NF4 + constants for QLoRA; peft upcasts embeddings/norms to fp32)",
+    "lora_adapters": "LoRA A/B matrices, fp32",
+    "gradients": "one gradient per trainable weight",
+    "master_weights": "fp32 master copy of 16-bit trainable weights (mixed precision / DeepSpeed)",
+    "optimizer_states": "AdamW m and v (8-bit optimizers: 1 byte each)",
+    "optimizer_step_temp": "foreach AdamW's sqrt(v) buffer during step()",
+    "activations": "what autograd keeps per decoder layer x layers x micro-batch tokens",
+    "autocast_weight_copies": "16-bit casts of fp32 weights that autograd keeps until backward",
+    "logits_loss": "fp32 log-softmax of batch x seq x vocab and its two gradients",
+    "not_simultaneous": "terms above that are never alive at the same moment (grads vs activations)",
+    "allocator_retention": "CPU: freed blocks glibc malloc keeps (measured once)",
+    "framework_overhead": "CUDA context, or the torch/transformers process baseline on CPU",
+}
+
+
+def _device(gpu_name: str | None, gpu_memory: float | None) -> Device:
+    if gpu_name:
+        dev = gpu(gpu_name)
+    elif gpu_memory is not None:
+        dev = Device(f"GPU {gpu_memory:g} GB", gpu_memory, 100.0)  # unknown GPU: assume a mid-range 100 TFLOPs
+    else:
+        dev = detect_device()
+    return replace(dev, memory_gb=gpu_memory) if gpu_memory is not None else dev
+
+
+def _apply(setup: Setup, **changes: object) -> Setup:
+    return replace(setup, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _print(est: Estimate, fix: tuple[str, float] | None) -> None:
+    s, sh = est.setup, est.shape
+    console.print(f"[bold]{sh.name}[/]: {sh.n_params / 1e9:.3g}B parameters, {est.trainable:,} trainable; "
+                  f"method={s.method} seq={s.seq_len} micro-batch={s.micro_batch} accum={s.grad_accum} "
+                  f"devices={s.gpus}x {est.device.name} ({est.device.memory_gb:.1f} GB)"
+                  f"{f' ZeRO-{s.zero}' if s.zero else ''}{' +offload' if s.offload else ''}"
+                  f"{' +grad-ckpt' if s.gradient_checkpointing else ''}")
+    t = Table(title="Peak memory per device", title_justify="left")
+    for c in ("term", "GB", "what it is"):
+        t.add_column(c, overflow="fold")
+    for k, v in est.breakdown_gb.items():
+        if abs(v) >= 0.005:
+            t.add_row(k, f"{v:.2f}", EXPLAIN.get(k, ""))
+    verdict = "[green]fits[/]" if est.fits else "[red]does NOT fit[/]"
+    t.add_row("[bold]total[/]", f"[bold]{est.total_gb:.2f}[/]", verdict)
+    console.print(t)
+    if est.host_bytes:
+        console.print(f"host RAM for offloaded states: {est.host_bytes / 1e9:.1f} GB")
+    if fix and not est.fits:
+        console.print(f"cheapest fix: {fix[0]} -> {fix[1]:.1f} GB")
+    console.print(f"time: {est.flops_per_token / 1e9:.2f} GFLOP/token, {est.tokens_per_step:,} tokens/step, "
+                  f"{est.step_seconds:.2f} s/step -> {est.est_hours:.2f} h for {est.time_basis}")
+    r = Table(title="Recommendations", title_justify="left")
+    for c in ("what", "value", "why", "seeds say"):
+        r.add_column(c, overflow="fold")
+    for rec in est.recommendations:
+        r.add_row(rec.what, str(rec.value), rec.why, rec.seed)
+    console.print(r)
+
+
+def estimate_cmd(
+    config: Annotated[Path | None, typer.Argument(help="Run config YAML; omit and give --model-size instead.")] = None,
+    gpus: Annotated[int, typer.Option("--gpus", help="Data-parallel devices.", min=1)] = 1,
+    gpu_memory: Annotated[float | None, typer.Option("--gpu-memory", help="Memory per device, GB.")] = None,
+    gpu_name: Annotated[str | None, typer.Option("--gpu", help="Known GPU: A100-40GB, A100-80GB, H100, 4090, "
+                                                 "3090, V100, T4, L4, A10.")] = None,
+    model_size: Annotated[str | None, typer.Option("--model-size", help="7B, 1.5B, ... (Llama-like shape), a "
+                                                   "config.json path, or a model reference.")] = None,
+    method: Annotated[str | None, typer.Option(help="full, lora, qlora or freeze.")] = None,
+    seq_len: Annotated[int | None, typer.Option("--seq-len", help="Tokens per row (cutoff_len).", min=1)] = None,
+    batch: Annotated[int | None, typer.Option("--batch", help="Micro-batch per device.", min=1)] = None,
+    grad_accum: Annotated[int | None, typer.Option("--grad-accum", help="Accumulation steps.", min=1)] = None,
+    gradient_checkpointing: Annotated[bool | None, typer.Option(
+        "--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations in backward.")] = None,
+    zero: Annotated[int | None, typer.Option("--zero", help="DeepSpeed ZeRO stage 0-3.", min=0, max=3)] = None,
+    offload: Annotated[bool, typer.Option("--offload", help="ZeRO CPU offload.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object as the last stdout line.")] = False,
+) -> None:
+    """Estimate peak memory per device and training time, and recommend settings with reasons."""
+    try:
+        dev = _device(gpu_name, gpu_memory)
+        changes = {"method": method, "seq_len": seq_len, "micro_batch": batch, "grad_accum": grad_accum,
+                   "gradient_checkpointing": gradient_checkpointing}
+        deepspeed = {"zero": zero or 0, "offload": offload, "master_copy": zero is not None}
+        if config is not None:
+            from sftkit.core.config import load_config
+
+            est = estimate_run(load_config(config), dev, count_data=True, lengths=True,
+                               changes={"gpus": gpus, **changes, **deepspeed})
+        elif model_size is not None:
+            # No config: the usual GPU recipe - bf16 weights, LoRA unless told otherwise.
+            setup = _apply(Setup(weight_dtype="bfloat16" if dev.bf16 else "float16", gpus=gpus,
+                                 autocast=None), **changes, **deepspeed)
+            if setup.method in ("full", "freeze") and zero is None:
+                setup = replace(setup, master_copy=True)  # standard mixed precision keeps fp32 master + states
+            est = estimate_for(model_size, setup, dev)
+        else:
+            err.print("[red]error:[/] give a run CONFIG or --model-size (e.g. --model-size 7B --method qlora)")
+            raise typer.Exit(2)
+    except (ValueError, OSError, RuntimeError) as e:
+        err.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    fix = None if est.fits else cheapest_fix(est.shape, est.setup, est.device)
+    if as_json:
+        out = est.to_json()
+        out["cheapest_fix"] = {"change": fix[0], "total_gb": round(fix[1], 3)} if fix else None
+        sys.stdout.write(json.dumps(out) + "\n")
+        sys.stdout.flush()
+        return
+    _print(est, fix)
+

@@ -1,0 +1,1 @@
+"""Evaluation: baseline-versus-tuned scoring, metrics, and the run report."""

@@ -1,0 +1,1 @@
+"""Export: a run folder -> a standalone, verified model folder."""

@@ -1,0 +1,588 @@
+"""``sft export``: a run folder -> one standalone Hugging Face model folder.
+
+LoRA runs: the adapter is merged into the base weights (``merge_and_unload``);
+full fine-tuning runs: ``model/`` is copied (or re-saved in another dtype). Either
+way the folder gets safetensors, config, tokenizer, the chat template used in
+training, a ``generation_config.json`` whose ``eos_token_id`` covers the
+template's end-of-turn tokens, and a model card (README.md).
+
+Chat template: a run trained with the tokenizer's own template keeps it; a
+Jinja file is embedded as is; a JSON template (shipped or user) is rendered into
+an equivalent Jinja ``chat_template`` that is checked against the JSON renderer
+on probe conversations (``verify``), and the JSON file is saved beside as
+``sftkit_template.json`` either way. If even plain chats do not render
+identically, no Jinja template is claimed: the card says to use the JSON file.
+
+The export is written to a hidden folder next to ``--out``, verified there
+(merged vs base+adapter logits in fp32; the folder loads with plain
+``AutoModelForCausalLM.from_pretrained``), and only then renamed into place.
+
+``--out`` never overlaps what the export reads: it may not be, lie inside, or contain
+the run folder or the base model folder (real paths, symlinks resolved). An existing
+``--out`` (and ``OUT.unverified``) is replaced only when it is empty or an earlier
+export, recognised by its model card (``is_export``), and only with ``--force``; any
+other folder is refused and left as it was (``sftkit.core.safepaths``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sftkit.core.conversation import Conversation
+from sftkit.core.safepaths import check_replaceable_dir, refuse_overlap, replace_dir
+from sftkit.templates.json_template import _PLACEHOLDER, JSONTemplate, TurnSpec
+
+DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
+          "fp16": "float16", "float16": "float16"}
+TOLERANCE = 1e-4  # max |logit difference| accepted between merged and base+adapter, in fp32
+TEMPLATE_FILE = "sftkit_template.json"
+_PROBE_TEXTS = ["Hello, how are you?", "The capital of France is", "def add(a, b):\n    return"]
+
+
+class ExportError(RuntimeError):
+    """The run cannot be exported (one line for the user)."""
+
+
+@dataclass(slots=True)
+class RunInfo:
+    run_dir: Path
+    base: Path  # the base model folder
+    weights: Path  # adapter/ (LoRA) or model/ (full fine-tuning)
+    kind: str  # "lora" or "full"
+    template: str | None  # the run's template reference (None: the tokenizer's own)
+    config: dict[str, Any]
+
+
+@dataclass(slots=True)
+class ExportResult:
+    out: Path
+    kind: str
+    dtype: str
+    template_note: str
+    eos_token_ids: list[int]
+    merge_diff: float | None  # merged vs base+adapter, fp32 (LoRA only)
+    reload_diff: float  # the written folder (plain from_pretrained) vs the reference, fp32
+    reload_checked: bool  # whether reload_diff is held to TOLERANCE (fp32 exports only)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        merge_ok = self.merge_diff is None or self.merge_diff < TOLERANCE
+        return merge_ok and (self.reload_diff < TOLERANCE or not self.reload_checked)
+
+
+def read_run(run: Path) -> RunInfo:
+    from sftkit.core.config import read_yaml_file
+    from sftkit.hub.models import BUNDLED_ALIAS, resolve
+    from sftkit.infer.engine import _run_template
+
+    if not (run / "config.yaml").is_file():
+        raise ExportError(f"{run}: not a run folder (no config.yaml); export needs the folder `sft train` wrote")
+    cfg = read_yaml_file(run / "config.yaml", "run config") or {}
+    if (run / "adapter" / "adapter_config.json").is_file():
+        weights, kind = run / "adapter", "lora"
+    elif (run / "model" / "config.json").is_file():
+        weights, kind = run / "model", "full"
+    else:
+        raise ExportError(f"{run}: no adapter/ or model/ folder (training did not finish?); nothing to export")
+    base_ref = (cfg.get("model") or {}).get("name_or_path", BUNDLED_ALIAS)
+    base = resolve(base_ref).path if kind == "lora" else weights
+    return RunInfo(run.resolve(), Path(base), weights.resolve(), kind, _run_template(run), cfg)
+
+
+# -- logits checks -------------------------------------------------------------------
+
+
+def _probe_batch(tokenizer: Any) -> list[list[int]]:
+    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in _PROBE_TEXTS]
+
+
+def _logits(model: Any, batch: list[list[int]]) -> list[Any]:
+    import torch
+
+    with torch.inference_mode():
+        return [model(input_ids=torch.tensor([ids])).logits[0].float() for ids in batch]
+
+
+def _max_diff(a: list[Any], b: list[Any]) -> float:
+    return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
+
+
+# -- tokenizer, template, generation config ---------------------------------------
+
+
+def _template_files(info: RunInfo, tokenizer: Any, tmp: Path) -> tuple[str, list[str]]:
+    """Put the training template into the tokenizer (and beside it); returns a
+    note for the card and the template's stop strings."""
+    from sftkit.templates.registry import load_template
+
+    tpl = load_template(info.template, tokenizer)
+    stops = list(tpl.stop_strings)
+    if isinstance(tpl, JSONTemplate):
+        (tmp / TEMPLATE_FILE).write_text(json.dumps(tpl.spec.model_dump(exclude_defaults=True), indent=2,
+                                                    ensure_ascii=False) + "\n", encoding="utf-8")
+        jinja = json_to_jinja(tpl)
+        check = verify(tpl, jinja, tokenizer)
+        if not check.basic_ok:
+            return (f"JSON template {tpl.name!r}: could not be expressed in Jinja (probes failed: "
+                    f"{', '.join(check.failed)}); the tokenizer's template was left unchanged: render prompts "
+                    f"with `template: {TEMPLATE_FILE}` (sftkit) instead"), stops
+        tokenizer.chat_template = jinja
+        note = f"JSON template {tpl.name!r} rendered to Jinja; identical on: {', '.join(check.passed)}"
+        if check.failed:
+            note += f"; DIFFERS on: {', '.join(check.failed)} (use {TEMPLATE_FILE} for those)"
+        if check.skipped:
+            note += f"; not applicable: {', '.join(check.skipped)}"
+        return note + f". Source JSON saved as {TEMPLATE_FILE}.", stops
+    if tpl.name != "tokenizer":  # a .jinja file given as `template:`
+        tokenizer.chat_template = tpl.tokenizer.chat_template  # type: ignore[attr-defined]
+        return f"Jinja template {tpl.name} (embedded as the tokenizer's chat_template)", stops
+    return "the base tokenizer's own chat template (unchanged)", stops
+
+
+def _stop_ids(tokenizer: Any, stops: list[str]) -> list[int]:
+    ids: set[int] = set()
+    eos = tokenizer.eos_token_id
+    for e in eos if isinstance(eos, list) else [eos]:
+        if e is not None:
+            ids.add(int(e))
+    for s in stops:
+        enc = tokenizer(s, add_special_tokens=False)["input_ids"]
+        if len(enc) == 1:
+            ids.add(int(enc[0]))
+    return sorted(ids)
+
+
+def _set_eos(tokenizer: Any, stops: list[str]) -> None:
+    """Make the tokenizer's eos the template's first end-of-turn token, so tools that
+    only know ``eos_token`` (and sftkit's own Jinja path) stop where training ended turns."""
+    for s in stops:
+        enc = tokenizer(s, add_special_tokens=False)["input_ids"]
+        if len(enc) == 1:
+            if tokenizer.eos_token != s:
+                tokenizer.eos_token = s
+            return
+
+
+def _generation_config(model: Any, tokenizer: Any, eos_ids: list[int]) -> None:
+    gc = model.generation_config
+    gc.eos_token_id = eos_ids if len(eos_ids) > 1 else eos_ids[0]
+    if tokenizer.pad_token_id is not None:
+        gc.pad_token_id = tokenizer.pad_token_id
+
+
+# -- model card -------------------------------------------------------------------
+
+
+def _read_json(p: Path) -> Any:
+    try:
+        return json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def model_card(info: RunInfo, res: ExportResult, name: str) -> str:
+    summary = _read_json(info.run_dir / "train_summary.json") or {}
+    ev = _read_json(info.run_dir / "eval.json") or {}
+    method = (info.config.get("method") or {}).get("type", info.kind)
+    base_ref = (info.config.get("model") or {}).get("name_or_path", "?")
+    lines = ["---", "library_name: transformers", f"base_model: {base_ref}", "tags:", "- sftkit", f"- {method}",
+             "---", "", f"# {name}", "",
+             f"Fine-tuned from `{base_ref}` with sftkit ({method}); "
+             + ("LoRA adapter merged into the base weights." if info.kind == "lora" else "full fine-tuning."),
+             f"Weights dtype: {res.dtype}. Exported from run folder `{info.run_dir.name}`.", "",
+             "## Training", "", "| key | value |", "|---|---|"]
+    for k in ("global_step", "train_loss", "best_eval_loss", "train_seconds", "trainable_parameters",
+              "total_parameters"):
+        if summary.get(k) is not None:
+            lines.append(f"| {k} | {summary[k]} |")
+    data = (info.config.get("data") or {}).get("train") or []
+    if data:
+        lines.append(f"| train data | {', '.join(Path(str(d.get('path', '?'))).name for d in data)} |")
+    if ev:
+        lines += ["", "## Evaluation", "", "| metric | model | baseline |", "|---|---|---|"]
+        model_m, base_m = ev.get("model") or {}, ev.get("baseline") or {}
+        for k, v in model_m.items():
+            if isinstance(v, int | float):
+                b = base_m.get(k)
+                lines.append(f"| {k} | {v:.4g} | {f'{b:.4g}' if isinstance(b, int | float) else ''} |")
+    lines += ["", "## Chat template", "", res.template_note, "",
+              f"`generation_config.json` stops on token ids {res.eos_token_ids}.", "",
+              "## Verification", ""]
+    if res.merge_diff is not None:
+        lines.append(f"- merged vs base+adapter, fp32: max |logit diff| = {res.merge_diff:.2e} (< {TOLERANCE:g})")
+    lines.append(f"- this folder reloaded with `AutoModelForCausalLM.from_pretrained`: max |logit diff| = "
+                 f"{res.reload_diff:.2e} vs the reference" + ("" if res.reload_checked else f" ({res.dtype} rounding)"))
+    lines += ["", "## Use", "", "```bash", f"sft chat {name}", f"sft serve {name}  # OpenAI-compatible API",
+              "```", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+              f'tok = AutoTokenizer.from_pretrained("{name}")',
+              f'model = AutoModelForCausalLM.from_pretrained("{name}")',
+              'ids = tok.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True,',
+              '                              return_tensors="pt", return_dict=True)',
+              "out = model.generate(**ids, max_new_tokens=64)", "```", ""]
+    return "\n".join(lines)
+
+
+# -- export ----------------------------------------------------------------------
+
+
+def _default_dtype(info: RunInfo) -> str:
+    d = str((info.config.get("model") or {}).get("dtype") or "float32")
+    return DTYPES.get(d, d if d in DTYPES.values() else "float32")
+
+
+def _load_merged(info: RunInfo, batch: list[list[int]], log: Any) -> tuple[Any, list[Any], float | None]:
+    """The model to export in float32, the reference logits (base+adapter, or the
+    trained model) and, for LoRA, the merged-vs-unmerged logit difference."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    log(f"loading {info.kind} run {info.run_dir.name} (base {info.base.name}) in float32 ...")
+    model = AutoModelForCausalLM.from_pretrained(info.base, dtype=torch.float32, use_safetensors=True).eval()
+    if info.kind != "lora":
+        return model, _logits(model, batch), None
+    from peft import PeftModel
+
+    from sftkit.hub.safety import check_adapter
+
+    check_adapter(info.weights)
+    model = PeftModel.from_pretrained(model, info.weights).eval()
+    reference = _logits(model, batch)
+    model = model.merge_and_unload()
+    merge_diff = _max_diff(reference, _logits(model, batch))
+    log(f"merged adapter: max |logit diff| merged vs base+adapter (fp32) = {merge_diff:.2e}")
+    return model, reference, merge_diff
+
+
+def _unverified(out: Path) -> Path:
+    return out.with_name(out.name + ".unverified")
+
+
+def is_export(folder: Path) -> bool:
+    """Whether ``folder`` is an earlier ``sft export`` output: config.json and the
+    model card ``model_card`` writes (its front matter tags it ``sftkit``)."""
+    try:
+        card = (folder / "README.md").read_text(encoding="utf-8")[:2000]
+    except (OSError, UnicodeDecodeError):
+        return False
+    front = card.split("\n---\n", 1)[0]
+    return (folder / "config.json").is_file() and front.startswith("---\nlibrary_name: transformers\n") \
+        and "\n- sftkit\n" in front
+
+
+def check_out(info: RunInfo, out: Path, force: bool) -> None:
+    """Refuse an ``out`` that overlaps the run or its base model, or that holds anything
+    but an earlier export (``RefusedPath``, before any work; see the module docstring)."""
+    protected = {"run folder": info.run_dir, "base model folder": info.base}
+    refuse_overlap(out, protected)
+    refuse_overlap(_unverified(out), protected, flag="the folder for an unverified export,")
+    check_replaceable_dir(out, is_export, force, "sft export")
+    # OUT.unverified is only ever sft export's own (a failed verification): replaced without --force.
+    check_replaceable_dir(_unverified(out), is_export, True, "sft export",
+                          flag="the folder for an unverified export,")
+
+
+def export_run(run: Path, out: Path, dtype: str | None = None, force: bool = False,
+               log: Any = print) -> ExportResult:
+    """Write the standalone folder ``out`` for ``run``; see the module docstring."""
+    info = read_run(run)
+    dt = DTYPES.get(dtype, "") if dtype else _default_dtype(info)
+    if not dt:
+        raise ExportError(f"--dtype {dtype}: use one of bf16, fp16, fp32")
+    check_out(info, out, force)
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from sftkit.hub.models import load_tokenizer
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        tok_src = info.weights if (info.weights / "tokenizer_config.json").is_file() else info.base
+        tokenizer = load_tokenizer(tok_src)
+        batch = _probe_batch(tokenizer)
+        model, reference, merge_diff = _load_merged(info, batch, log)
+        template_note, stops = _template_files(info, tokenizer, tmp)
+        eos_ids = _stop_ids(tokenizer, stops)  # before _set_eos: the original eos stays a stop too
+        multi = [x for x in stops if len(tokenizer(x, add_special_tokens=False)["input_ids"]) != 1]
+        if multi:
+            # generation_config can only stop on token ids; say which stops need string matching.
+            template_note += (f" Stop strings that are not single tokens in this vocabulary (use them as `stop` "
+                              f"strings, as sft chat/serve do): {', '.join(map(repr, multi))}.")
+        _set_eos(tokenizer, stops)
+        _generation_config(model, tokenizer, eos_ids)
+        model = model.to(getattr(torch, dt))
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        del model
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32, use_safetensors=True).eval()
+        reload_diff = _max_diff(reference, _logits(reloaded, batch))
+        del reloaded
+        log(f"reloaded {out.name} with plain AutoModelForCausalLM.from_pretrained: max |logit diff| = "
+            f"{reload_diff:.2e}" + ("" if dt == "float32" else f" ({dt} rounding, not held to {TOLERANCE:g})"))
+        res = ExportResult(out, info.kind, dt, template_note, eos_ids, merge_diff, reload_diff, dt == "float32")
+        (tmp / "README.md").write_text(model_card(info, res, out.name), encoding="utf-8")
+        res.out = out if res.ok else _unverified(out)
+        check_out(info, out, force)  # again: the folders may have changed during the export
+        replace_dir(tmp, res.out)  # the folder appears complete and verified, or not at all
+        return res
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# -- GGUF ------------------------------------------------------------------------
+
+GGUF_HELP = ("GGUF export needs llama.cpp's converter, which is not installed here (the `gguf` Python package "
+             "alone cannot convert a model): `git clone https://github.com/ggml-org/llama.cpp`, "
+             "`pip install -r llama.cpp/requirements/requirements-convert_hf_to_gguf.txt`, then set "
+             "LLAMA_CPP_DIR=/path/to/llama.cpp (or put convert_hf_to_gguf.py on PATH) and rerun with --gguf")
+
+
+def find_gguf_converter() -> Path | None:
+    home = os.environ.get("LLAMA_CPP_DIR")
+    if home and (Path(home) / "convert_hf_to_gguf.py").is_file():
+        return Path(home) / "convert_hf_to_gguf.py"
+    for name in ("convert_hf_to_gguf.py", "convert-hf-to-gguf.py"):
+        found = shutil.which(name)
+        if found:
+            return Path(found)
+    return None
+
+
+def to_gguf(folder: Path, dtype: str) -> Path:
+    """Convert an exported folder with llama.cpp's script; ``ExportError`` when unavailable."""
+    script = find_gguf_converter()
+    if script is None:
+        raise ExportError(GGUF_HELP)
+    outtype = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}[dtype]
+    target = folder / f"{folder.name}-{outtype}.gguf"
+    proc = subprocess.run([sys.executable, str(script), str(folder), "--outfile", str(target), "--outtype", outtype],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0 or not target.is_file():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise ExportError(f"{script.name} failed (exit {proc.returncode}): {tail[0]}")
+    return target
+
+
+# -- JSON template -> Jinja ----------------------------------------------------------
+# An exported folder must carry the template it was trained with in the form other
+# tools read (tokenizer.apply_chat_template, vLLM, TGI): Jinja. The Jinja below
+# mirrors JSONTemplate.segments feature by feature; `verify` renders probe
+# conversations both ways so that an export only claims what was checked.
+
+
+def _lit(s: str) -> str:
+    # A JSON string literal is a valid Jinja string literal (Jinja decodes the same backslash escapes).
+    return json.dumps(s, ensure_ascii=False)
+
+
+def _fill(pattern: str, **values: str) -> str:
+    """A Jinja expression for ``fill(pattern, ...)``: literals and the given
+    expressions joined with ``~``; placeholders without a value become ''."""
+    parts: list[str] = []
+    pos = 0
+    for m in _PLACEHOLDER.finditer(pattern):
+        if m.start() > pos:
+            parts.append(_lit(pattern[pos : m.start()]))
+        if values.get(m.group(1)):
+            parts.append(f"({values[m.group(1)]})")
+        pos = m.end()
+    if pos < len(pattern):
+        parts.append(_lit(pattern[pos:]))
+    return " ~ ".join(parts) or "''"
+
+
+def _raise(msg: str) -> str:
+    return "{{- raise_exception(" + _lit(msg) + ") -}}"
+
+
+def _tools_block(t: JSONTemplate) -> list[str]:
+    s = t.spec
+    if s.tools is None:
+        return ["{%- if tools -%}" + _raise(f"template {s.name!r} has no 'tools' format") + "{%- endif -%}"]
+    ind = "none" if s.tools.indent is None else str(s.tools.indent)
+    item = _fill(s.tools.item, tool=f"t|tojson(indent={ind})")
+    fmt = _fill(s.tools.format, tools="ns.items", tools_json=f"tools|tojson(indent={ind})")
+    return ["{%- if tools -%}{%- for t in tools -%}{%- set ns.items = ns.items ~ " + item + " -%}{%- endfor -%}"
+            "{%- set ns.tools = " + fmt + " -%}{%- endif -%}"]
+
+
+def _system_block(t: JSONTemplate) -> list[str]:
+    s = t.spec
+    default = "none" if s.default_system is None else _lit(s.default_system)
+    out = ["{%- if ns.has_sys -%}{%- set ns.base = ns.sys -%}{%- else -%}{%- set ns.base = " + default
+           + " -%}{%- endif -%}"]
+    if s.system_placement != "turn":
+        return [*out, "{%- set ns.fold = ns.base -%}"]
+    if s.tools is not None and s.tools.placement == "system":
+        out.append("{%- if ns.tools -%}{%- if ns.base -%}{%- set ns.base = ns.base ~ " + _lit(s.tools.separator)
+                   + " ~ ns.tools -%}{%- else -%}{%- set ns.base = ns.tools -%}{%- endif -%}{%- endif -%}")
+    st = s.turns["system"]
+    text = "ns.base|trim" if st.trim else "ns.base"
+    out.append("{%- if ns.base is not none -%}{{- " + _lit(st.open) + " ~ " + _fill(st.content, content=text)
+               + " ~ " + _lit(st.close) + " -}}{%- endif -%}")
+    return out
+
+
+def _assistant_block(t: JSONTemplate) -> list[str]:
+    s = t.spec
+    at = s.turns["assistant"]
+    out = ["{%- set ns.text = message.content" + ("|trim" if at.trim else "") + " -%}"]
+    if s.reasoning is not None:
+        out.append("{%- if message.reasoning_content -%}{%- set ns.text = "
+                   + _fill(s.reasoning, reasoning="message.reasoning_content|trim") + " ~ ns.text -%}{%- endif -%}")
+    else:
+        out.append("{%- if message.reasoning_content -%}" + _raise(f"template {s.name!r} has no reasoning format")
+                   + "{%- endif -%}")
+    if s.tool_call is not None:
+        kwargs = ""
+        if "{arguments_kwargs}" in s.tool_call:
+            # Python repr() of simple values, as the JSON template writes them.
+            kwargs = ("{%- set ns.kw = '' -%}{%- if args is mapping -%}{%- for k, v in args.items() -%}"
+                      "{%- set ns.kw = ns.kw ~ (', ' if not loop.first else '') ~ k ~ '=' ~ "
+                      "((\"'\" ~ v ~ \"'\") if v is string else (v|string)) -%}{%- endfor -%}"
+                      "{%- else -%}{%- set ns.kw = args|string -%}{%- endif -%}")
+        call = _fill(s.tool_call, name="fn.name", arguments="args_json", arguments_kwargs="ns.kw")
+        sep = _lit(s.tool_call_separator)
+        out.append(
+            "{%- if message.tool_calls -%}{%- set ns.calls = '' -%}{%- for tc in message.tool_calls -%}"
+            "{%- set fn = tc.function if tc.function is defined else tc -%}"
+            "{%- set args = fn.arguments if fn.arguments is defined else {} -%}"
+            "{%- set args_json = args if args is string else args|tojson -%}" + kwargs
+            + "{%- set ns.calls = ns.calls ~ (" + sep + " if not loop.first else '') ~ " + call + " -%}{%- endfor -%}"
+            "{%- if ns.text -%}{%- set ns.text = ns.text ~ " + sep + " ~ ns.calls -%}"
+            "{%- else -%}{%- set ns.text = ns.calls -%}{%- endif -%}"
+            "{%- set ns.body = " + _fill(s.tool_call_content or at.content, content="ns.text") + " -%}"
+            "{%- else -%}{%- set ns.body = " + _fill(at.content, content="ns.text") + " -%}{%- endif -%}")
+    else:
+        out.append("{%- if message.tool_calls -%}" + _raise(f"template {s.name!r} has no tool_call format")
+                   + "{%- endif -%}{%- set ns.body = " + _fill(at.content, content="ns.text") + " -%}")
+    out.append("{%- set ns.reply = ns.body ~ " + _lit(at.close) + " -%}{{- " + _lit(at.open) + " ~ ns.reply -}}")
+    if s.eos:
+        # A final reply without an end-of-turn string is closed with eos (JSONTemplate._close_replies).
+        no_stop = " and ".join(f"{_lit(x)} not in ns.reply" for x in s.stop_strings)
+        out.append("{%- if loop.last and not add_generation_prompt and " + no_stop + " -%}{{- " + _lit(s.eos)
+                   + " -}}{%- endif -%}")
+    return out
+
+
+def _turn_block(t: JSONTemplate, role: str, spec: TurnSpec) -> list[str]:
+    s = t.spec
+    out = ["{%- set ns.text = message.content" + ("|trim" if spec.trim else "") + " -%}"]
+    if role == "user":
+        first = ["{%- set ns.first_user = false -%}"]
+        if s.system_placement != "turn":
+            first.append("{%- if ns.fold is not none -%}{%- set ns.text = ns.fold ~ " + _lit(s.system_separator)
+                         + " ~ ns.text -%}{%- endif -%}")
+        if s.tools is not None and s.tools.placement == "first_user":
+            first.append("{%- if ns.tools -%}{%- set ns.text = ns.tools ~ ns.text -%}{%- endif -%}")
+        out.append("{%- if ns.first_user -%}" + "".join(first) + "{%- endif -%}")
+    merge = "true" if spec.merge_consecutive else "false"
+    out.append("{%- set merged_in = " + merge + " and loop.previtem is defined and loop.previtem.role == role -%}"
+               "{%- set merged_on = " + merge + " and loop.nextitem is defined and loop.nextitem.role == role -%}")
+    body = _fill(spec.content, content="ns.text", name="message.name or ''")
+    out.append("{{- ('' if merged_in else " + _lit(spec.open) + ") ~ " + body + " ~ ('' if merged_on else "
+               + _lit(spec.close) + ") -}}")
+    return out
+
+
+def json_to_jinja(t: JSONTemplate) -> str:
+    """The Jinja chat template equivalent to ``t`` (for HF's ``apply_chat_template``)."""
+    s = t.spec
+    lines = ["{#- sftkit: generated from the JSON chat template " + json.dumps(s.name) + " -#}",
+             "{%- set ns = namespace(start=0, has_sys=false, sys='', base=none, fold=none, first_user=true, "
+             "tools=none, items='', text='', body='', reply='', calls='', kw='') -%}",
+             "{%- if messages and messages[0].role == 'system' -%}{%- set ns.start = 1 -%}"
+             "{%- set ns.has_sys = true -%}{%- set ns.sys = messages[0].content -%}{%- endif -%}",
+             *_tools_block(t)]
+    if s.bos:
+        lines.append("{{- " + _lit(s.bos) + " -}}")
+    lines += _system_block(t)
+    lines.append("{%- for message in messages[ns.start:] -%}{%- set role = message.role -%}")
+    lines.append("{%- if role == 'assistant' -%}")
+    lines += _assistant_block(t)
+    for role in ("system", "user", "tool"):
+        spec = s.turns.get(role)  # type: ignore[call-overload]
+        if spec is None or (role == "system" and s.system_placement != "turn"):
+            continue
+        lines.append("{%- elif role == " + _lit(role) + " -%}")
+        lines += _turn_block(t, role, spec)
+    lines.append("{%- else -%}" + _raise(f"template {s.name!r} has no turn for this role (or only one leading "
+                                          "system message)") + "{%- endif -%}{%- endfor -%}")
+    if s.turns["assistant"].open:
+        lines.append("{%- if add_generation_prompt -%}{{- " + _lit(s.turns["assistant"].open) + " -}}{%- endif -%}")
+    return "\n".join(lines)
+
+
+@dataclass(slots=True)
+class JinjaCheck:
+    """Which probe conversations render identically through both templates."""
+
+    passed: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # the JSON template itself cannot render them
+
+    @property
+    def basic_ok(self) -> bool:
+        return not any(name.startswith("chat") for name in self.failed)
+
+
+def _probes() -> dict[str, tuple[Conversation, bool]]:
+    c = Conversation.from_messages
+    call = {"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}
+    params = {"type": "object", "properties": {"city": {"type": "string"}}}
+    tools = [{"type": "function",
+              "function": {"name": "get_weather", "description": "Weather forecast", "parameters": params}}]
+    return {
+        "chat: one user turn": (c([{"role": "user", "content": "Hello there"}]), True),
+        "chat: system + reply": (c([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+                                    {"role": "assistant", "content": "4"}]), False),
+        "chat: multi-turn": (c([{"role": "user", "content": " Hi "}, {"role": "assistant", "content": "Hello! "},
+                                {"role": "user", "content": "Bye"}]), True),
+        "chat: multi-turn with system, trained": (c([{"role": "system", "content": "S"},
+                                                     {"role": "user", "content": "a"},
+                                                     {"role": "assistant", "content": "b"},
+                                                     {"role": "user", "content": "c"},
+                                                     {"role": "assistant", "content": "d"}]), False),
+        "reasoning": (c([{"role": "user", "content": "q"},
+                         {"role": "assistant", "content": "a", "reasoning": "think"}]), False),
+        "tool calls": (c([{"role": "user", "content": "Weather?"},
+                          {"role": "assistant", "content": "", "tool_calls": [call]},
+                          {"role": "tool", "content": "sunny"}, {"role": "tool", "content": "warm"}],
+                         tools=tools), True),
+    }
+
+
+def verify(t: JSONTemplate, jinja: str, tokenizer: object) -> JinjaCheck:
+    """Render every probe with the JSON template and with ``jinja`` through the
+    tokenizer's ``apply_chat_template``; record which agree exactly."""
+    import copy
+
+    from sftkit.templates.hf import _to_hf
+
+    tok = copy.copy(tokenizer)  # shallow: the caller's tokenizer keeps its template
+    tok.chat_template = jinja  # type: ignore[attr-defined]
+    out = JinjaCheck()
+    for name, (conv, gen) in _probes().items():
+        try:
+            want = "".join(seg.text for seg in t.segments(conv, add_generation_prompt=gen))
+        except ValueError:
+            out.skipped.append(name)
+            continue
+        try:
+            got = tok.apply_chat_template(_to_hf(conv, len(conv.messages)), tools=conv.tools, tokenize=False,  # type: ignore[attr-defined]
+                                          add_generation_prompt=gen)
+        except Exception:  # noqa: BLE001 - a Jinja error is a failed probe, not a crash
+            got = None
+        (out.passed if got == want else out.failed).append(name)
+    return out

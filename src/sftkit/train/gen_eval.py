@@ -1,0 +1,54 @@
+"""Score validation prompts by generation during training (``eval.generate_every``).
+
+Loss alone does not say whether a checkpoint *answers* well; this logs the task
+metric (accuracy, BLEU/ROUGE, ...) next to the loss in ``metrics.jsonl`` so the best
+checkpoint can be picked by what matters. It uses the shared generation engine on
+the model being trained, greedy, so numbers are comparable across steps.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from sftkit.core.conversation import Conversation
+
+
+class GenerationEval(TrainerCallback):
+    def __init__(self, renderer: Any, convs: list[Conversation], metrics: list[str] | None, every: int,
+                 max_new_tokens: int, path: Path) -> None:
+        from sftkit.evaluate import metrics as M
+
+        self.renderer = renderer
+        self.convs = [c for c in convs if c.final_reply() is not None]
+        self.refs = [c.final_reply() or "" for c in self.convs]
+        self.names = [M.canonical(n) for n in metrics] if metrics else M.infer_metrics(self.refs)
+        self.every = every
+        self.max_new_tokens = max_new_tokens
+        self.path = path
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+        if not self.convs or state.global_step % self.every or not state.is_world_process_zero:
+            return
+        import torch
+
+        from sftkit.evaluate import metrics as M
+        from sftkit.infer.engine import Engine, GenParams
+
+        was_training = model.training
+        model.eval()
+        try:
+            engine = Engine(model, self.renderer.tokenizer, self.renderer)
+            prompts = [engine.prompt_for(c) for c in self.convs]
+            with torch.no_grad():
+                results = engine.generate(prompts, GenParams(max_new_tokens=self.max_new_tokens))
+        finally:
+            if was_training:
+                model.train()
+        scores = M.compute(self.names, [r.text for r in results], self.refs).scores
+        row = {"step": state.global_step, **{f"gen_{k}": round(v, 5) for k, v in scores.items()}}
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")

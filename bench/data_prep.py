@@ -68,7 +68,8 @@ def log(msg: str) -> None:
 
 
 def tokenizer() -> Any:
-    from sftkit.hub.models import BUNDLED_ALIAS, load_tokenizer, resolve
+    from sftkit.core.vocab import BUNDLED_ALIAS
+    from sftkit.hub.models import load_tokenizer, resolve
 
     return load_tokenizer(resolve(BUNDLED_ALIAS).path)
 

@@ -89,7 +89,8 @@ def main() -> None:
     ap.add_argument("--trl-rows", type=int, default=100_000)
     a = ap.parse_args()
 
-    from sftkit.hub.models import BUNDLED_ALIAS, load_tokenizer, resolve
+    from sftkit.core.vocab import BUNDLED_ALIAS
+    from sftkit.hub.models import load_tokenizer, resolve
 
     tok = load_tokenizer(resolve(BUNDLED_ALIAS).path)
     rows = conversations(a.rows)

@@ -17,7 +17,8 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 @pytest.fixture(scope="session")
 def bundled_path() -> Path:
-    from sftkit.hub.models import BUNDLED_ALIAS, resolve
+    from sftkit.core.vocab import BUNDLED_ALIAS
+    from sftkit.hub.models import resolve
 
     return resolve(BUNDLED_ALIAS).path
 

@@ -12,8 +12,10 @@ import torch
 from typer.testing import CliRunner
 
 from sftkit.cli import app
-from sftkit.core.config import load_config
-from sftkit.train.accel import AcceleratorUnavailable, Capabilities, check_train, train_collator
+from sftkit.core.configio import load_config
+from sftkit.core.errors import AcceleratorUnavailable
+from sftkit.hub.device import Capabilities
+from sftkit.train.accel import check_train, train_collator
 from sftkit.train.collate import Collator, FlatCollator
 
 A100 = Capabilities(cuda=True, capability=(8, 0), bf16=True,

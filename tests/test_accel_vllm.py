@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from sftkit.cli import app
-from sftkit.train.accel import Capabilities
+from sftkit.hub.device import Capabilities
 
 GPU = Capabilities(cuda=True, capability=(8, 0), bf16=True, packages=frozenset({"vllm"}))
 
@@ -103,8 +103,8 @@ def lora_run(tmp_path, tiny_model_dir):
 
 def test_vllm_sides_match_the_builtin_engine(fake_vllm, lora_run, tiny_model_dir):
     from sftkit.evaluate.runner import evaluate_sides, load_conversations
+    from sftkit.evaluate.runner import load_vllm_sides as load_sides
     from sftkit.infer.engine import Engine, GenParams
-    from sftkit.infer.vllm_engine import load_sides
 
     sides = load_sides(str(lora_run), None, caps=GPU)
     llm = FakeLLM.instances[0]

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from sftkit.infer.answers import meta_path, run_generate
@@ -95,13 +94,11 @@ def test_rejects_are_reported(engine, tmp_path):
 
 
 def test_cli(tiny_model_dir, tmp_path):
-    from sftkit.cli.use import generate_cmd
+    from sftkit.cli import app
 
-    app = typer.Typer()
-    app.command()(generate_cmd)
     data = _write(tmp_path / "alpaca.jsonl", [ROWS[1], ROWS[1]], extra=["not json"])
     out = tmp_path / "answers.jsonl"
-    args = [str(tiny_model_dir), "--data", str(data), "--out", str(out), "--max-new-tokens", "3"]
+    args = ["generate", str(tiny_model_dir), "--data", str(data), "--out", str(out), "--max-new-tokens", "3"]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     said = " ".join(r.output.split())  # rich wraps lines at the terminal width (long temp paths)
@@ -109,7 +106,8 @@ def test_cli(tiny_model_dir, tmp_path):
     assert len(_rows(out)) == 2 and (tmp_path / "answers.jsonl.rejects.jsonl").is_file()
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0 and "0 generated, 2 already" in " ".join(r.output.split())
-    r = CliRunner().invoke(app, [str(tiny_model_dir), "--data", str(tmp_path / "missing.jsonl"), "--out", str(out)])
+    r = CliRunner().invoke(app, ["generate", str(tiny_model_dir), "--data", str(tmp_path / "missing.jsonl"),
+                                 "--out", str(out)])
     assert r.exit_code == 2 and "no such file" in r.output and "Traceback" not in r.output
 
 

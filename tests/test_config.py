@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from sftkit.core.config import ConfigError, RunConfig, field_docs, load_config, parse_overrides
+from sftkit.core.config import RunConfig
+from sftkit.core.configio import load_config, parse_overrides
+from sftkit.core.errors import ConfigError
+from sftkit.core.fielddocs import field_docs
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -121,7 +124,7 @@ def test_typo_inside_a_list_item_gets_a_suggestion(tmp_path):
 
 
 def test_missing_data_file_is_named_before_training(tmp_path):
-    from sftkit.core.config import check_data_files
+    from sftkit.core.configio import check_data_files
     from sftkit.train.recipe import run
 
     cfg = load_config(write(tmp_path, "data:\n  train: nosuch.jsonl\n"), [f"output_dir={tmp_path / 'run'}"])
@@ -135,7 +138,7 @@ def test_missing_data_file_is_named_before_training(tmp_path):
 def test_alias_budget_is_on_the_values_aliases_add(tmp_path):
     """Aliases may add up to ALIAS_BUDGET values beyond those written; the same file with more
     references to the same anchor is refused, naming the first alias."""
-    from sftkit.core.config import ALIAS_BUDGET, read_yaml_file
+    from sftkit.core.yamlio import ALIAS_BUDGET, read_yaml_file
 
     def doc(refs: int) -> str:
         return "a: &a [" + ", ".join(["x"] * 99) + "]\nb: [" + ", ".join(["*a"] * refs) + "]\n"

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sftkit.data import DataError, Reject, enforce, load_file, write_rejects
+from sftkit.core.errors import DataError
+from sftkit.data import Reject, enforce, load_file, write_rejects
 
 BROKEN = Path(__file__).parent / "data" / "broken"
 EXPECTED = json.loads((BROKEN / "expected.json").read_text(encoding="utf-8"))

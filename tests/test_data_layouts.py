@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sftkit.data import DataError, load_file
+from sftkit.core.errors import DataError
+from sftkit.data import load_file
 from sftkit.templates.hf import HFChatTemplate
 from sftkit.templates.render import Renderer
 

@@ -101,9 +101,10 @@ def test_text_helpers() -> None:
 
 
 def test_stats_and_fold(tokenizer) -> None:
+    from sftkit.core.vocab import Overflow
     from sftkit.data import stats as st
     from sftkit.templates.hf import HFChatTemplate
-    from sftkit.templates.render import Overflow, Renderer
+    from sftkit.templates.render import Renderer
 
     convs = [qa("Hi " * 5, "Hello " * (10 * i + 1), i) for i in range(10)]
     out = st.compute(convs, Renderer(HFChatTemplate(tokenizer), tokenizer), cutoff=60)

@@ -146,7 +146,8 @@ def test_cli_known_gpu_fits():
 
 def test_preflight_refuses_with_breakdown(tmp_path, bundled_path):
     from sftkit.core.config import RunConfig
-    from sftkit.estimate import DoesNotFit, preflight
+    from sftkit.core.errors import DoesNotFit
+    from sftkit.estimate import preflight
 
     cfg = RunConfig.model_validate({"model": {"name_or_path": str(bundled_path)},
                                     "data": {"train": [str(tmp_path / "x.jsonl")]}, "method": {"type": "full"}})

@@ -125,14 +125,10 @@ def test_general_check_asset():
 
 
 def test_cli_eval_json_last_line(tiny_model_dir, other_tiny_dir, eval_file, tmp_path):
-    import typer
     from typer.testing import CliRunner
 
-    from sftkit.cli.eval import eval_cmd, report_cmd
+    from sftkit.cli import app
 
-    app = typer.Typer()
-    app.command("eval")(eval_cmd)
-    app.command("report")(report_cmd)
     args = ["eval", str(tiny_model_dir), "--data", str(eval_file), "--baseline", str(other_tiny_dir)]
     args += ["--limit", "2", "--max-new-tokens", "2", "--no-forgetting", "--metrics", "accuracy,em", "--json"]
     res = CliRunner().invoke(app, args)
@@ -167,18 +163,14 @@ def test_baseline_first_scores_equal_the_adapter_off_baseline(tiny_run, tiny_mod
 
 
 def test_cli_eval_on_a_run_writes_report_and_names_skipped_rows(tiny_run, tmp_path):
-    import typer
     from typer.testing import CliRunner
 
-    from sftkit.cli.eval import eval_cmd
+    from sftkit.cli import app
 
     data = tmp_path / "t.jsonl"
     rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in ROWS[:2]]
     rows.append({"messages": [{"role": "user", "content": "no answer here"}]})  # nothing to compare with
     data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows) + "not json\n")
-    app = typer.Typer()
-    app.command("eval")(eval_cmd)
-    app.command("x")(lambda: None)
     res = CliRunner().invoke(app, ["eval", str(tiny_run), "--data", str(data), "--max-new-tokens", "2",
                                    "--no-forgetting", "--json"])
     assert res.exit_code == 0, res.output

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sftkit.cli import app
-from sftkit.core.config import load_config
+from sftkit.core.configio import load_config
 
 EXAMPLES = sorted(p.parent for p in (Path(__file__).resolve().parents[1] / "examples").glob("*/config.yaml"))
 

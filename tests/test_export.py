@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import typer
 import yaml
 from typer.testing import CliRunner
 
-from sftkit.cli.use import export_cmd, load_engine
+from sftkit.cli.infer import load_engine
 
 TEMPLATE = "qwen2_chatml"  # two stop strings (<|im_end|>, <|endoftext|>), both single tokens here
 PROBES = ["Hello there, how are you?", "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"]
@@ -116,7 +115,8 @@ def test_chat_and_server_accept_run_and_export(lora_run, exported):
     assert outs[0] == outs[1], "the merged model answers like base+adapter (greedy)"
 
     openai = pytest.importorskip("openai")
-    from sftkit.infer.server import create_app, served_name
+    from sftkit.hub.models import served_name
+    from sftkit.infer.server import create_app
     from test_serve import LiveServer
 
     answers = []
@@ -132,25 +132,24 @@ def test_chat_and_server_accept_run_and_export(lora_run, exported):
     assert answers[0] + "\n" == outs[0]
 
 
-def _cli() -> typer.Typer:
-    app = typer.Typer()
-    app.command()(export_cmd)
-    return app
+def _export(*args: str):
+    from sftkit.cli import app
+
+    return CliRunner().invoke(app, ["export", *args])
 
 
 def test_export_cli_gguf_unavailable_and_errors(lora_run, tmp_path, monkeypatch):
     monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
     monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no convert_hf_to_gguf.py anywhere
-    runner = CliRunner()
     out = tmp_path / "m"
-    r = runner.invoke(_cli(), [str(lora_run), "--out", str(out), "--gguf"])
+    r = _export(str(lora_run), "--out", str(out), "--gguf")
     assert r.exit_code == 3, r.output
     assert "llama.cpp" in r.output and "Traceback" not in r.output
     assert (out / "config.json").is_file(), "the HF folder is written even without GGUF"
     assert "merged vs base+adapter" in r.output
-    r = runner.invoke(_cli(), [str(lora_run), "--out", str(out)])
+    r = _export(str(lora_run), "--out", str(out))
     assert r.exit_code == 2 and "--force" in r.output
-    r = runner.invoke(_cli(), [str(tmp_path), "--out", str(tmp_path / "x")])
+    r = _export(str(tmp_path), "--out", str(tmp_path / "x"))
     assert r.exit_code == 2 and "not a run folder" in r.output
 
 
@@ -175,8 +174,8 @@ def test_full_finetune_run_exports(tmp_path, tiny_model_dir, tokenizer):
 
 
 def test_jinja_conversion_matches_every_shipped_template(tokenizer):
-    from sftkit.export.merge import json_to_jinja, verify
     from sftkit.templates.registry import load_template, shipped_names
+    from sftkit.templates.to_jinja import json_to_jinja, verify
 
     for name in shipped_names():
         tpl = load_template(name)

@@ -10,9 +10,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from sftkit.core.config import MethodConfig, load_config
-from sftkit.train.methods import MethodUnavailable, attach, count_parameters, deepspeed_config, quantization_config
-from sftkit.train.recipe import TrainError, run
+from sftkit.core.config import MethodConfig
+from sftkit.core.configio import load_config
+from sftkit.core.errors import MethodUnavailable, TrainError
+from sftkit.train.methods import attach, count_parameters, deepspeed_config, quantization_config
+from sftkit.train.recipe import run
 
 
 def _model(path):

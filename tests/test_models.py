@@ -7,7 +7,9 @@ import time
 
 import pytest
 
-from sftkit.hub.models import BUNDLED_ALIAS, ModelNotFound, resolve
+from sftkit.core.errors import ModelNotFound
+from sftkit.core.vocab import BUNDLED_ALIAS
+from sftkit.hub.models import resolve
 
 
 def test_bundled_alias_resolves_to_cached_safetensors_folder(bundled_path):

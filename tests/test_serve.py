@@ -204,7 +204,7 @@ def test_client_disconnect_mid_stream_frees_slot(client, live):
 
 
 def test_vllm_command_line(tmp_path, tiny_model_dir):
-    from sftkit.infer.server import vllm_command
+    from sftkit.infer.vllm_serve import vllm_command
 
     cmd = vllm_command(str(tiny_model_dir), "0.0.0.0", 9000, "k", 8)
     assert str(tiny_model_dir) in cmd and cmd[cmd.index("--port") + 1] == "9000"
@@ -214,16 +214,12 @@ def test_vllm_command_line(tmp_path, tiny_model_dir):
 def test_serve_cli_vllm_missing_is_one_line():
     from typer.testing import CliRunner
 
-    from sftkit.infer.server import vllm_available
+    from sftkit.infer.vllm_serve import vllm_available
 
     if vllm_available():
         pytest.skip("vllm is installed here")
-    import typer
+    from sftkit.cli import app
 
-    from sftkit.cli.use import serve_cmd
-
-    app = typer.Typer()
-    app.command()(serve_cmd)
-    r = CliRunner().invoke(app, ["whatever", "--engine", "vllm"])
+    r = CliRunner().invoke(app, ["serve", "whatever", "--engine", "vllm"])
     assert r.exit_code == 2
     assert "vllm is not installed" in r.output and "Traceback" not in r.output

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from hubserver import Hub, HubServer
-from sftkit.hub.models import ModelNotFound, load_model, load_tokenizer, resolve
+from sftkit.core.errors import ModelNotFound
+from sftkit.hub.models import load_model, load_tokenizer, resolve
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 REPO = "tiny-org/tiny-llama"
@@ -84,7 +85,7 @@ def test_download_then_resolve_and_load_from_cache(hub, hf_home, tiny_model_dir)
 
 
 def test_train_with_the_hub_reference_after_download(hub, hf_home, tmp_path):
-    from sftkit.core.config import load_config
+    from sftkit.core.configio import load_config
     from sftkit.train.recipe import run
 
     with HubServer(hub) as url:

@@ -16,9 +16,10 @@ from typer.testing import CliRunner
 
 modelscope = pytest.importorskip("modelscope")
 
-from sftkit.hub import sources  # noqa: E402
 from sftkit.cli import app  # noqa: E402
-from sftkit.hub.models import ModelNotFound, load_model, load_tokenizer, resolve  # noqa: E402
+from sftkit.core.errors import ModelNotFound  # noqa: E402
+from sftkit.hub import sources  # noqa: E402
+from sftkit.hub.models import load_model, load_tokenizer, resolve  # noqa: E402
 
 REF = "modelscope:qwen/tiny-llama"
 

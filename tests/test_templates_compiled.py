@@ -15,8 +15,10 @@ import random
 import pytest
 
 from sftkit.core.conversation import Conversation
+from sftkit.core.errors import TemplateError
+from sftkit.core.vocab import MaskPolicy
 from sftkit.data.stats import render_all
-from sftkit.templates import HFChatTemplate, MaskPolicy, Renderer, Segment, TemplateError, load_template
+from sftkit.templates import HFChatTemplate, Renderer, Segment, load_template
 from sftkit.templates.compiled import PROBE_CONTENTS, normal_form, shape
 from sftkit.templates.hf import _to_hf
 from sftkit.templates.inline import lower

@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 
 from sftkit.core.conversation import Conversation
-from sftkit.templates import JSONTemplate, TemplateError, list_templates, load_template
+from sftkit.core.errors import TemplateError
+from sftkit.templates import JSONTemplate, list_templates, load_template
 
 SINGLE = [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."}]
 SYSTEM = [

@@ -7,7 +7,9 @@ import json
 import pytest
 
 from sftkit.core.conversation import Conversation
-from sftkit.templates import HFChatTemplate, MaskPolicy, Renderer, TemplateError, load_template
+from sftkit.core.errors import TemplateError
+from sftkit.core.vocab import MaskPolicy
+from sftkit.templates import HFChatTemplate, Renderer, load_template
 
 CONVS = {
     "single": [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."}],

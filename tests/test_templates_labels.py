@@ -6,15 +6,9 @@ import pytest
 
 from chartok import CharTokenizer
 from sftkit.core.conversation import Conversation
-from sftkit.templates import (
-    IGNORE,
-    MaskPolicy,
-    Overflow,
-    Renderer,
-    RowRejected,
-    TemplateError,
-    load_template,
-)
+from sftkit.core.errors import RowRejected, TemplateError
+from sftkit.core.vocab import MaskPolicy, Overflow
+from sftkit.templates import IGNORE, Renderer, load_template
 
 TWO_TURNS = Conversation.from_messages(
     [

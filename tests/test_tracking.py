@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from sftkit.core.config import load_config
-from sftkit.train.methods import MethodUnavailable
+from sftkit.core.configio import load_config
+from sftkit.core.errors import MethodUnavailable
 from sftkit.train.recipe import run
 from sftkit.train.tracking import setup
 

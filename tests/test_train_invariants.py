@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from sftkit.core.config import load_config
+from sftkit.core.configio import load_config
 from sftkit.core.conversation import Conversation
 from sftkit.templates.hf import HFChatTemplate
 from sftkit.templates.render import IGNORE, Renderer
@@ -136,7 +136,7 @@ def test_resume_ignores_incomplete_checkpoint_and_refuses_changed_data(workdir):
     partial.mkdir()
     (partial / "model.safetensors").write_bytes(b"truncated")
     (workdir / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows(15)))
-    from sftkit.train.recipe import TrainError
+    from sftkit.core.errors import TrainError
 
     with pytest.raises(TrainError, match=r"data file .*train.jsonl changed"):
         run(load_config(workdir / "cfg.yaml", [*over, "train.max_steps=6", f"output_dir={first.run_dir}"]),
@@ -148,7 +148,7 @@ def test_resume_ignores_incomplete_checkpoint_and_refuses_changed_data(workdir):
 
 
 def test_new_run_refuses_to_overwrite_checkpoints(workdir):
-    from sftkit.train.recipe import TrainError
+    from sftkit.core.errors import TrainError
 
     over = ["train.max_steps=2", "train.save_steps=2", f"output_dir={workdir / 'once'}"]
     run(load_config(workdir / "cfg.yaml", over))

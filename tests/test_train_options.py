@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from sftkit.core.config import load_config
+from sftkit.core.configio import load_config
 from sftkit.train.recipe import run
 
 

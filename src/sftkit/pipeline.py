@@ -14,9 +14,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from sftkit.core.config import RunConfig, load_config
-from sftkit.core.rundir import Overwrite, RunDir, RunDirError, State
+from sftkit.core.config import RunConfig
+from sftkit.core.configio import load_config
+from sftkit.core.errors import ConfigError, RunDirError, UsageError
+from sftkit.core.rundir import Overwrite, RunDir, State
+from sftkit.data import load_file
 from sftkit.evaluate.metrics import HEADLINE, headline_metric
+from sftkit.evaluate.report import write_report
+from sftkit.evaluate.table import comparison_table
 
 DEMO_EXAMPLE = "api_assistant"
 
@@ -41,11 +46,10 @@ def resolve_example(ref: str) -> Path:
     candidate = examples_dir() / ref / "config.yaml"
     if candidate.is_file():
         return candidate
-    raise FileNotFoundError(f"{ref}: not a config file, a folder with config.yaml, or an example name")
+    raise UsageError(f"{ref}: not a config file, a folder with config.yaml, or an example name")
 
 
 def _check_data(cfg: RunConfig, console: Console) -> dict[str, Any]:
-    from sftkit.data import load_file
 
     table = Table(title="data check", show_edge=False)
     for col in ("split", "file", "format", "rows", "valid", "rejected"):
@@ -102,15 +106,13 @@ def run_pipeline(
     """The whole workflow. ``overwrite``: what happens to an earlier run in the output folder when
     training starts (``sft demo`` deletes its own previous run; ``sft run --overwrite`` moves it aside).
     A folder training may not use is refused before the first step, not after the baseline."""
-    from sftkit.cli.eval import comparison_table
-    from sftkit.evaluate.report import write_report
     from sftkit.evaluate.runner import evaluate
     from sftkit.train.recipe import run
 
     console = console or Console(stderr=True)
     cfg = load_config(config, overrides or [])
     if not cfg.data.test:
-        raise ValueError(f"{config}: data.test is empty; the before/after comparison needs a held-out test file")
+        raise ConfigError(f"{config}: data.test is empty; the before/after comparison needs a held-out test file")
     test = str(cfg.data.test[0].path)
     e = cfg.eval
     _check_folder(cfg, overwrite)

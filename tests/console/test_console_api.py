@@ -14,7 +14,8 @@ import pytest
 import yaml
 from console_helpers import TOKEN, LiveConsole, run_yaml, wait_for
 
-from sftkit.core.config import field_docs, load_config
+from sftkit.core.configio import load_config
+from sftkit.core.fielddocs import field_docs
 
 STATIC = Path(__file__).resolve().parents[2] / "src" / "sftkit" / "console" / "static"
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from sftkit.core.config import load_config
+from sftkit.core.configio import load_config
 from sftkit.hub.models import load_model, resolve
 from sftkit.train.recipe import run
 

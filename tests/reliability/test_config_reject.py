@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from sftkit.core.config import ConfigError, load_config
+from sftkit.core.configio import load_config
+from sftkit.core.errors import ConfigError
 
 BASE = "data:\n  train: t.jsonl\n"
 

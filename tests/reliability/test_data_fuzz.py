@@ -14,7 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sftkit.data import DataError, LoadResult, load_file, write_rejects
+from sftkit.core.errors import DataError
+from sftkit.data import LoadResult, load_file, write_rejects
 from sftkit.templates.hf import HFChatTemplate
 from sftkit.templates.render import Renderer
 

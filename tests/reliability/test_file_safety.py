@@ -240,7 +240,8 @@ def test_export_force_replaces_only_its_own_export(run_and_base, tmp_path):
 
 
 def test_overlap_is_judged_on_real_paths(tmp_path):
-    from sftkit.core.safepaths import RefusedPath, refuse_overlap
+    from sftkit.core.errors import RefusedPath
+    from sftkit.core.safepaths import refuse_overlap
 
     run = tmp_path / "runs" / "r"
     run.mkdir(parents=True)

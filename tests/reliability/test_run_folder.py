@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from sftkit.core.config import load_config
+from sftkit.core.configio import load_config
 from sftkit.train.recipe import run
 from trainlib import sft, write_workdir
 
@@ -171,7 +171,8 @@ def _pipeline_config(work: Path) -> Path:
 
 
 def test_demo_reruns_over_its_own_run_and_refuses_a_foreign_folder(work, tmp_path):
-    from sftkit.core.rundir import Overwrite, RunDirError
+    from sftkit.core.errors import RunDirError
+    from sftkit.core.rundir import Overwrite
     from sftkit.pipeline import run_pipeline
 
     cfg, out = _pipeline_config(work), tmp_path / "demo"

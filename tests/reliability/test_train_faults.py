@@ -29,9 +29,10 @@ from pathlib import Path
 import pytest
 from transformers import TrainerCallback
 
-from sftkit.core.config import load_config
+from sftkit.core.configio import load_config
+from sftkit.core.errors import TrainError
 from sftkit.train.callbacks import COMPLETE, last_complete_checkpoint
-from sftkit.train.faults import NonFiniteLoss, TrainError
+from sftkit.train.faults import NonFiniteLoss
 from sftkit.train.recipe import run
 from trainlib import Child, curve, logged_step, max_weight_diff, rows, sft, wait_for, write_workdir
 

@@ -23,11 +23,10 @@ import pytest
 import torch
 from rich.console import Console
 
-from sftkit.core.config import load_config
-from sftkit.hub.models import ModelNotFound, load_model, resolve
-from sftkit.hub.safety import UnsafeWeights, UntrustedCode
-from sftkit.templates.base import TemplateError
-from sftkit.train.recipe import TrainError, run
+from sftkit.core.configio import load_config
+from sftkit.core.errors import ModelNotFound, TemplateError, TrainError, UnsafeWeights, UntrustedCode
+from sftkit.hub.models import load_model, resolve
+from sftkit.train.recipe import run
 from trainlib import write_workdir
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "sftkit"

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from sftkit.core.config import ConfigError, load_config, parse_overrides
+from sftkit.core.configio import load_config, parse_overrides
 from sftkit.core.conversation import Conversation
-from sftkit.templates.base import TemplateError
+from sftkit.core.errors import ConfigError, TemplateError
 from sftkit.templates.registry import load_template
 from sftkit.templates.render import Renderer
 

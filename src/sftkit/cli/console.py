@@ -10,6 +10,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from sftkit.core.errors import UsageError
+
 err = Console(stderr=True, highlight=False)
 
 
@@ -43,23 +45,16 @@ def console_cmd(
 
         from sftkit.console.app import create_app, is_loopback
     except ImportError:
-        err.print("[bold red]error:[/] sft console needs fastapi and uvicorn: pip install 'sftkit[serve]'")
-        raise typer.Exit(2) from None
+        raise UsageError("sft console needs fastapi and uvicorn: pip install 'sftkit[serve]'") from None
     if token is not None and len(token) < 8:
-        err.print("[bold red]error:[/] --token must be at least 8 characters")
-        raise typer.Exit(2)
+        raise UsageError("--token must be at least 8 characters")
     # Always a token, loopback too: any local user (a shared GPU box) can reach 127.0.0.1, and the
     # API can start code. The printed URL carries it; opening it moves it into a cookie.
     token = token or secrets.token_urlsafe(18)
     problem = _port_free(host, port)
     if problem:
-        err.print(f"[bold red]error:[/] cannot listen on {host}:{port} ({problem}); pick another --port")
-        raise typer.Exit(2)
-    try:
-        app = create_app(runs=runs, token=token, host=host, warm_up=True, allow=tuple(allow or ()))
-    except ValueError as e:
-        err.print(f"[bold red]error:[/] {e}")
-        raise typer.Exit(2) from None
+        raise UsageError(f"cannot listen on {host}:{port} ({problem}); pick another --port")
+    app = create_app(runs=runs, token=token, host=host, warm_up=True, allow=tuple(allow or ()))
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/?token={token}"
     # stdout, one line, so scripts (and the tests) can read the address and the token

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,11 +17,20 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from sftkit.cli.boundary import command_group
+from sftkit.core.errors import DataError, UsageError
 from sftkit.core.safepaths import check_output_file
-from sftkit.data import DataError, LoadResult, load_file
+from sftkit.data import LoadResult, load_file, write_rejects
+from sftkit.data import stats as st
+from sftkit.data.dedup import find_duplicates
+from sftkit.data.io import write_jsonl
+from sftkit.data.leak import find_leaks
+from sftkit.data.lint import lint as run_lint
+from sftkit.data.split import recommend_val_share
+from sftkit.data.split import split as run_split
 from sftkit.data.types import Reject
 
-app = typer.Typer(help="Check, inspect and prepare SFT data files.", no_args_is_help=True)
+app = command_group("Check, inspect and prepare SFT data files.")
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
@@ -33,18 +40,6 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Replace output files th
 ThresholdOpt = Annotated[float, typer.Option(help="Near-duplicate Jaccard similarity (0-1).", min=0.0, max=1.0)]
 MAX_SHOWN = 20
 
-
-@contextmanager
-def _fatal() -> Iterator[None]:
-    """Fatal problems become one line on stderr and exit code 2."""
-    try:
-        yield
-    except DataError as e:
-        err_console.print(f"[red]error:[/] {escape(str(e))}", markup=True, soft_wrap=True)
-        raise typer.Exit(2) from None
-    except (ValueError, OSError) as e:
-        err_console.print(f"[red]error:[/] {escape(str(e))}", markup=True, soft_wrap=True)
-        raise typer.Exit(2) from None
 
 
 def _emit(obj: dict[str, Any]) -> None:
@@ -101,8 +96,7 @@ def check(
     or mixed layout). With several files, "format" in --json is the common layout, or the
     comma-joined per-file layouts when they differ."""
     if rejects_out:
-        with _fatal():
-            check_output_file(rejects_out, list(files), force, "--rejects")
+        check_output_file(rejects_out, list(files), force, "--rejects")
     checked = [(f, *_check_one(f, format)) for f in files]
     results = [res for _, res, _, _ in checked if res is not None]
     fatal = [{"path": f, "error": e} for f, _, e, _ in checked if e]
@@ -121,7 +115,6 @@ def check(
         "notes": [n for r in results for n in r.notes],
     }
     if rejects_out:
-        from sftkit.data import write_rejects
 
         write_rejects(rejects, rejects_out)
     for msg in [*(f"[red]error:[/] {escape(x['error'])}" for x in fatal),
@@ -156,16 +149,14 @@ def stats(
     force: ForceOpt = False,
 ) -> None:
     """Token lengths, recommended cutoff, turns and n-gram diversity."""
-    from sftkit.data import stats as st
 
-    with _fatal():
-        if plot:
-            check_output_file(plot, [file], force, "--plot")
-        res = _load(file, format)
-        try:
-            renderer = st.make_renderer(model)
-        except Exception as e:  # noqa: BLE001 - any model-loading failure is fatal, one line
-            raise DataError(f"cannot load the tokenizer of {model!r}: {e}") from None
+    if plot:
+        check_output_file(plot, [file], force, "--plot")
+    res = _load(file, format)
+    try:
+        renderer = st.make_renderer(model)
+    except Exception as e:  # noqa: BLE001 - any model-loading failure is fatal, one line
+        raise DataError(f"cannot load the tokenizer of {model!r}: {e}") from None
     out = st.compute(res.conversations, renderer, cutoff)
     lens = out.pop("_lengths")
     out.update({"file": file, "format": res.format, "rejected": res.rejected})
@@ -207,13 +198,10 @@ def dedup(
     force: ForceOpt = False,
 ) -> None:
     """Exact and near duplicates (MinHash LSH), reported in groups."""
-    from sftkit.data.dedup import find_duplicates
-    from sftkit.data.io import write_jsonl
 
-    with _fatal():
-        if out:
-            check_output_file(out, [file], force)
-        res = _load(file, format)
+    if out:
+        check_output_file(out, [file], force)
+    res = _load(file, format)
     d = find_duplicates(res.conversations, threshold)
     report = {
         "file": file,
@@ -225,8 +213,7 @@ def dedup(
         "threshold": threshold,
     }
     if out:
-        with _fatal():
-            write_jsonl([res.conversations[i] for i in d["keep"]], out)
+        write_jsonl([res.conversations[i] for i in d["keep"]], out)
         report["out"] = out
     if as_json:
         _emit(report)
@@ -251,10 +238,8 @@ def lint(
     as_json: JsonOpt = False,
 ) -> None:
     """Conflicting answers, short replies, echoed prompts, placeholders, mixed languages."""
-    from sftkit.data.lint import lint as run_lint
 
-    with _fatal():
-        res = _load(file, format)
+    res = _load(file, format)
     report = run_lint(res.conversations)
     report["file"] = file
     if as_json:
@@ -283,20 +268,16 @@ def split(
     force: ForceOpt = False,
 ) -> None:
     """Deterministic train/val/test split (stratified with --label-field)."""
-    from sftkit.data.io import write_jsonl
-    from sftkit.data.split import recommend_val_share
-    from sftkit.data.split import split as run_split
 
-    with _fatal():
-        res = _load(file, format, columns={"label": label_field} if label_field else None)
-        if label_field and res.valid and all(c.label is None for c in res.conversations):
-            raise ValueError(f"{file}: --label-field {label_field!r}: no row has this field; name the label "
-                             "column (e.g. output, label, category)")
-        share, why = recommend_val_share(res.valid)
-        parts = run_split(res.conversations, share if val is None else val, test, seed, bool(label_field))
-        for k in parts if out_dir else ():
-            check_output_file(Path(out_dir) / f"{k}.jsonl", [file], force, "--out-dir")
-        written = {k: write_jsonl(v, Path(out_dir) / f"{k}.jsonl") for k, v in parts.items()} if out_dir else {}
+    res = _load(file, format, columns={"label": label_field} if label_field else None)
+    if label_field and res.valid and all(c.label is None for c in res.conversations):
+        raise UsageError(f"{file}: --label-field {label_field!r}: no row has this field; name the label "
+                         "column (e.g. output, label, category)")
+    share, why = recommend_val_share(res.valid)
+    parts = run_split(res.conversations, share if val is None else val, test, seed, bool(label_field))
+    for k in parts if out_dir else ():
+        check_output_file(Path(out_dir) / f"{k}.jsonl", [file], force, "--out-dir")
+    written = {k: write_jsonl(v, Path(out_dir) / f"{k}.jsonl") for k, v in parts.items()} if out_dir else {}
     report = {
         "file": file,
         "rows": res.valid,
@@ -329,10 +310,8 @@ def leak(
     as_json: JsonOpt = False,
 ) -> None:
     """Test rows whose prompt appears exactly or nearly in train (exit 1 if any)."""
-    from sftkit.data.leak import find_leaks
 
-    with _fatal():
-        tr, te = _load(train, format), _load(test, format)
+    tr, te = _load(train, format), _load(test, format)
     leaks = find_leaks(tr.conversations, te.conversations, threshold)
     report = {"train": train, "test": test, "test_rows": te.valid, "leaked": len(leaks), "leaks": leaks}
     if as_json:

@@ -13,6 +13,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from sftkit.hub.sources import describe, download, hf_endpoint, parse_ref
+
 err = Console(stderr=True)
 
 
@@ -24,21 +26,14 @@ def download_cmd(
     = False,
 ) -> None:
     """Download a model (weights, tokenizer, chat template) into the hub cache; run again to resume."""
-    from sftkit.hub.models import ModelNotFound
-    from sftkit.hub.sources import describe, download, hf_endpoint, parse_ref
-
+    hub_ref = parse_ref(ref, revision)
+    where = "ModelScope" if hub_ref.source == "modelscope" else hf_endpoint()
+    err.print(f"downloading {hub_ref} from {where} ...", highlight=False)
     try:
-        hub_ref = parse_ref(ref, revision)
-        where = "ModelScope" if hub_ref.source == "modelscope" else hf_endpoint()
-        err.print(f"downloading {hub_ref} from {where} ...", highlight=False)
         snap = download(hub_ref)
-    except ModelNotFound as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
     except KeyboardInterrupt:
-        err.print(f"[bold red]interrupted:[/] run `sft download {ref}` again to resume (finished files are kept)",
-                  highlight=False, soft_wrap=True)
-        raise typer.Exit(130) from None
+        raise KeyboardInterrupt(f"interrupted: run `sft download {ref}` again to resume (finished files are "
+                                "kept)") from None
     err.print(f"[green]ready[/] {snap.path}", highlight=False, soft_wrap=True)
     err.print(snap.template_note(), highlight=False, soft_wrap=True)
     err.print(f"use it as model.name_or_path: {hub_ref} (resolved from the cache, offline)", highlight=False)

@@ -15,32 +15,18 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
+from sftkit.core.configio import load_config
+from sftkit.core.errors import UsageError
 from sftkit.estimate import Device, Estimate, Setup, detect_device, estimate_for, estimate_run, gpu, preflight
+from sftkit.estimate.memory import EXPLAIN
 from sftkit.estimate.recommend import cheapest_fix
 
 __all__ = ["estimate_cmd", "preflight"]
 
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
-
-EXPLAIN = {
-    "weights": "base weights as loaded (NF4 + constants for QLoRA; peft upcasts embeddings/norms to fp32)",
-    "lora_adapters": "LoRA A/B matrices, fp32",
-    "gradients": "one gradient per trainable weight",
-    "master_weights": "fp32 master copy of 16-bit trainable weights (mixed precision / DeepSpeed)",
-    "optimizer_states": "AdamW m and v (8-bit optimizers: 1 byte each)",
-    "optimizer_step_temp": "foreach AdamW's sqrt(v) buffer during step()",
-    "activations": "what autograd keeps per decoder layer x layers x micro-batch tokens",
-    "autocast_weight_copies": "16-bit casts of fp32 weights that autograd keeps until backward",
-    "logits_loss": "fp32 log-softmax of batch x seq x vocab and its two gradients",
-    "not_simultaneous": "terms above that are never alive at the same moment (grads vs activations)",
-    "allocator_retention": "CPU: freed blocks glibc malloc keeps (measured once)",
-    "framework_overhead": "CUDA context, or the torch/transformers process baseline on CPU",
-}
-
 
 def _device(gpu_name: str | None, gpu_memory: float | None) -> Device:
     if gpu_name:
@@ -105,29 +91,23 @@ def estimate_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object as the last stdout line.")] = False,
 ) -> None:
     """Estimate peak memory per device and training time, and recommend settings with reasons."""
-    try:
-        dev = _device(gpu_name, gpu_memory)
-        changes = {"method": method, "seq_len": seq_len, "micro_batch": batch, "grad_accum": grad_accum,
-                   "gradient_checkpointing": gradient_checkpointing}
-        deepspeed = {"zero": zero or 0, "offload": offload, "master_copy": zero is not None}
-        if config is not None:
-            from sftkit.core.config import load_config
+    dev = _device(gpu_name, gpu_memory)
+    changes = {"method": method, "seq_len": seq_len, "micro_batch": batch, "grad_accum": grad_accum,
+               "gradient_checkpointing": gradient_checkpointing}
+    deepspeed = {"zero": zero or 0, "offload": offload, "master_copy": zero is not None}
+    if config is not None:
 
-            est = estimate_run(load_config(config), dev, count_data=True, lengths=True,
-                               changes={"gpus": gpus, **changes, **deepspeed})
-        elif model_size is not None:
-            # No config: the usual GPU recipe - bf16 weights, LoRA unless told otherwise.
-            setup = _apply(Setup(weight_dtype="bfloat16" if dev.bf16 else "float16", gpus=gpus,
-                                 autocast=None), **changes, **deepspeed)
-            if setup.method in ("full", "freeze") and zero is None:
-                setup = replace(setup, master_copy=True)  # standard mixed precision keeps fp32 master + states
-            est = estimate_for(model_size, setup, dev)
-        else:
-            err.print("[red]error:[/] give a run CONFIG or --model-size (e.g. --model-size 7B --method qlora)")
-            raise typer.Exit(2)
-    except (ValueError, OSError, RuntimeError) as e:
-        err.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)
-        raise typer.Exit(2) from None
+        est = estimate_run(load_config(config), dev, count_data=True, lengths=True,
+                           changes={"gpus": gpus, **changes, **deepspeed})
+    elif model_size is not None:
+        # No config: the usual GPU recipe - bf16 weights, LoRA unless told otherwise.
+        setup = _apply(Setup(weight_dtype="bfloat16" if dev.bf16 else "float16", gpus=gpus,
+                             autocast=None), **changes, **deepspeed)
+        if setup.method in ("full", "freeze") and zero is None:
+            setup = replace(setup, master_copy=True)  # standard mixed precision keeps fp32 master + states
+        est = estimate_for(model_size, setup, dev)
+    else:
+        raise UsageError("give a run CONFIG or --model-size (e.g. --model-size 7B --method qlora)")
     fix = None if est.fits else cheapest_fix(est.shape, est.setup, est.device)
     if as_json:
         out = est.to_json()

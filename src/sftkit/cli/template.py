@@ -15,19 +15,21 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from sftkit.cli.boundary import command_group
 from sftkit.core.conversation import Conversation
+from sftkit.core.errors import UsageError
 from sftkit.core.textfile import read_text
-from sftkit.hub.models import BUNDLED_ALIAS
+from sftkit.core.vocab import BUNDLED_ALIAS, MaskPolicy
+from sftkit.data import load_file
+from sftkit.hub.models import load_tokenizer, resolve
+from sftkit.templates.check import check_template
+from sftkit.templates.registry import is_template_ref, list_templates, load_template, shipped_names
+from sftkit.templates.render import IGNORE, Renderer, trained_spans
 
 if TYPE_CHECKING:
     from sftkit.templates.base import ChatTemplate, Segment
 
-app = typer.Typer(
-    help="List, render, show and check chat templates.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+app = command_group("List, render, show and check chat templates.")
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -43,75 +45,37 @@ SAMPLE_CONVERSATIONS: list[list[dict[str, str]]] = [
 ]
 
 
-class _UserError(Exception):
-    """Raised inside commands; printed as one line, never as a traceback."""
-
-
-def _fail(msg: str, code: int = 2) -> typer.Exit:
-    err.print(Text("error: ", style="bold red") + Text(msg))
-    return typer.Exit(code)
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from sftkit.hub.models import ModelNotFound
-    from sftkit.templates.base import TemplateError
-
-    errors: list[type[BaseException]] = [_UserError, ModelNotFound, TemplateError]
-    try:
-        from sftkit.data import DataError
-
-        errors.append(DataError)
-    except ImportError:
-        pass
-    return tuple(errors)
-
 
 def _model(ref: str) -> tuple[Any, Path]:
-    from sftkit.hub.models import load_tokenizer, resolve
 
     path = resolve(ref).path
     return load_tokenizer(path), path
 
 
 def _template(ref: str | None, tokenizer: Any) -> ChatTemplate:
-    from sftkit.templates.registry import load_template
 
     return load_template(ref, tokenizer)
 
 
 def _read_messages(path: Path) -> Conversation:
     try:
-        raw = json.loads(read_text(path, "messages file", _UserError))
+        raw = json.loads(read_text(path, "messages file", UsageError))
     except json.JSONDecodeError as e:
-        raise _UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+        raise UsageError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
     msgs = raw.get("messages") if isinstance(raw, dict) else raw
     if not isinstance(msgs, list) or not all(isinstance(m, dict) and "role" in m for m in msgs):
-        raise _UserError(f'{path}: expected a list of messages or {{"messages": [...]}}, each with a role')
+        raise UsageError(f'{path}: expected a list of messages or {{"messages": [...]}}, each with a role')
     tools = raw.get("tools") if isinstance(raw, dict) else None
     return Conversation.from_messages(msgs, tools=tools, source=str(path))
 
 
 def _read_rows(path: Path) -> list[Conversation]:
-    try:
-        from sftkit.data import load_file
-    except ImportError:
-        load_file = None
-    if load_file is not None:
-        return list(load_file(path).conversations)
-    if not path.is_file():
-        raise _UserError(f"{path}: no such data file")
-    text = path.read_text(encoding="utf-8")
-    rows = json.loads(text) if path.suffix == ".json" else [json.loads(x) for x in text.splitlines() if x.strip()]
-    return [
-        Conversation.from_messages(r["messages"], tools=r.get("tools"), source=f"{path}:{i + 1}")
-        for i, r in enumerate(rows)
-    ]
+    return list(load_file(path).conversations)
 
 
 @app.command("list")
 def list_cmd() -> None:
     """List the shipped JSON templates."""
-    from sftkit.templates.registry import list_templates
 
     table = Table("name", "description")
     for name, desc in list_templates():
@@ -131,26 +95,21 @@ def render(
     model: Annotated[str | None, typer.Option(help="Tokenizer for --json ids (default: the bundled model).")] = None,
 ) -> None:
     """Print a conversation as the template renders it."""
-    try:
-        conv = _read_messages(messages)
-        tmpl, tok = _render_template(template, model)
-        segs = tmpl.segments(conv, add_generation_prompt=generation_prompt)
-        text = "".join(s.text for s in segs)
-        typer.echo(text)
-        if as_json:
-            if tok is None:
-                tok, _ = _model(model or BUNDLED_ALIAS)
-            ids, labels = _ids_and_labels(tmpl, tok, segs)
-            typer.echo(json.dumps({"text": text, "input_ids": ids, "labels": labels}, ensure_ascii=False))
-    except _user_errors() as e:
-        raise _fail(str(e)) from None
+    conv = _read_messages(messages)
+    tmpl, tok = _render_template(template, model)
+    segs = tmpl.segments(conv, add_generation_prompt=generation_prompt)
+    text = "".join(s.text for s in segs)
+    typer.echo(text)
+    if as_json:
+        if tok is None:
+            tok, _ = _model(model or BUNDLED_ALIAS)
+        ids, labels = _ids_and_labels(tmpl, tok, segs)
+        typer.echo(json.dumps({"text": text, "input_ids": ids, "labels": labels}, ensure_ascii=False))
 
 
 def _ids_and_labels(tmpl: ChatTemplate, tok: Any, segs: list[Segment]) -> tuple[list[int], list[int]]:
     """Labels exactly as training assigns them (policy ``assistant``), for any segments,
     including a trailing generation prompt, which is never trained."""
-    from sftkit.templates.base import MaskPolicy
-    from sftkit.templates.render import IGNORE, trained_spans
 
     text = "".join(s.text for s in segs)
     enc = tok([text], add_special_tokens=False, return_offsets_mapping=True)
@@ -162,7 +121,6 @@ def _ids_and_labels(tmpl: ChatTemplate, tok: Any, segs: list[Segment]) -> tuple[
 
 def _render_template(ref: str, model: str | None) -> tuple[ChatTemplate, Any]:
     """The template, and a tokenizer if one was needed to build it."""
-    from sftkit.templates.registry import is_template_ref, shipped_names
 
     if ref in shipped_names() or ref.endswith(".json"):
         return _template(ref, None), None  # text needs no tokenizer
@@ -181,16 +139,12 @@ def show(
     template: Annotated[str | None, typer.Option(help="Template (default: the model's own).")] = None,
 ) -> None:
     """Show one row rendered, trained tokens highlighted."""
-    from sftkit.templates.render import IGNORE, Renderer
 
-    try:
-        tok, _ = _model(model)
-        convs = _read_rows(data)
-        if not 0 <= row < len(convs):
-            raise _UserError(f"{data}: row {row} is out of range (the file has {len(convs)} usable rows)")
-        r = Renderer(_template(template, tok), tok).render(convs[row])
-    except _user_errors() as e:
-        raise _fail(str(e)) from None
+    tok, _ = _model(model)
+    convs = _read_rows(data)
+    if not 0 <= row < len(convs):
+        raise UsageError(f"{data}: row {row} is out of range (the file has {len(convs)} usable rows)")
+    r = Renderer(_template(template, tok), tok).render(convs[row])
     offs = tok([r.text], add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"][0]
     shown = Text()
     done = 0  # byte-level tokens of one CJK character share its offsets: print each character once
@@ -210,15 +164,11 @@ def check(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON (last line).")] = False,
 ) -> None:
     """Check that the template trains what inference sees; exit 1 on any failure."""
-    from sftkit.templates.check import check_template
 
-    try:
-        tok, path = _model(model)
-        tmpl = _template(template, tok)
-        convs = _read_rows(data) if data else [Conversation.from_messages(m) for m in SAMPLE_CONVERSATIONS]
-        report = check_template(tmpl, tok, convs, _generation_config(path))
-    except _user_errors() as e:
-        raise _fail(str(e)) from None
+    tok, path = _model(model)
+    tmpl = _template(template, tok)
+    convs = _read_rows(data) if data else [Conversation.from_messages(m) for m in SAMPLE_CONVERSATIONS]
+    report = check_template(tmpl, tok, convs, _generation_config(path))
     table = Table("check", "status", "message", title=Text(f"template {report.template!r} on {model}"))
     style = {"ok": "green", "warn": "yellow", "fail": "bold red"}
     for f in report.findings:

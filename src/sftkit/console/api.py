@@ -15,7 +15,13 @@ from sftkit.console import configs, precheck, runs
 from sftkit.console.chat import check_lengths, conversation, side_by_side
 from sftkit.console.errors import bad_request, conflict, not_found
 from sftkit.console.jobs import LAUNCH
-from sftkit.core.config import ConfigError, RunConfig, load_config
+from sftkit.core.config import RunConfig
+from sftkit.core.configio import load_config
+from sftkit.core.errors import ConfigError, ModelNotFound
+from sftkit.core.vocab import BUNDLED_ALIAS
+from sftkit.hub.models import resolve
+from sftkit.infer.engine import GenParams
+from sftkit.train.methods import DEEPSPEED_PRESETS
 
 router = APIRouter(prefix="/api")
 MAX_FILES = 32
@@ -88,7 +94,6 @@ def _validated(text: str, st: Any) -> tuple[RunConfig, Path]:
 def _check_files(cfg: RunConfig, ws: Any) -> None:
     """Every file the run would read exists and is one the console may read (workspace.py):
     data, a template file, a DeepSpeed file."""
-    from sftkit.train.methods import DEEPSPEED_PRESETS
 
     for split in ("train", "val", "test"):
         for i, src in enumerate(getattr(cfg.data, split)):
@@ -101,7 +106,6 @@ def _check_files(cfg: RunConfig, ws: Any) -> None:
 def _check_model(ref: str) -> None:
     """The model reference names a model on this machine (files only; nothing is loaded).
     The bundled alias is always there (its one-time conversion happens when training starts)."""
-    from sftkit.hub.models import BUNDLED_ALIAS, ModelNotFound, resolve
 
     if ref == BUNDLED_ALIAS:
         return
@@ -351,7 +355,6 @@ def _chat_refs(body: ChatBody, st: Any) -> tuple[str, str]:
 @router.post("/chat", response_model=None)
 def chat(body: ChatBody, request: Request) -> StreamingResponse:
     """Stream the model's and the baseline's answers to the same prompt (NDJSON)."""
-    from sftkit.infer.engine import GenParams
 
     st = _st(request)
     ref, base = _chat_refs(body, st)

@@ -44,10 +44,13 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sftkit.console import heavy
+from sftkit.console.api import router
 from sftkit.console.chat import ChatModels
 from sftkit.console.errors import ConsoleError, error_body
 from sftkit.console.jobs import Jobs
 from sftkit.console.workspace import Workspace
+from sftkit.core.errors import UsageError
 
 COOKIE = "sftkit_console_token"  # + "_<port>"
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")  # as a browser writes them in Host
@@ -234,7 +237,6 @@ def _install_errors(app: FastAPI) -> None:
 async def _warm_up(_: FastAPI) -> AsyncIterator[None]:
     """Import transformers & co. in the background once the server is up, so the first run page
     or chat does not wait for them while the server itself starts at once."""
-    from sftkit.console import heavy
 
     threading.Thread(target=heavy.ensure, name="sftkit-console-warm-up", daemon=True).start()
     yield
@@ -250,10 +252,9 @@ def create_app(runs: str | Path = "runs", base: str | Path | None = None, token:
     always has one. ``allow``: further folders the page may read besides ``base`` and ``runs``.
     ``warm_up``: import the heavy modules in the background at startup (``sft console`` does; an
     embedding program that imports transformers itself meanwhile should not, see ``heavy``)."""
-    from sftkit.console.api import router
 
     if not token and not is_loopback(host):
-        raise ValueError(f"a console listening on {host!r} (not loopback) needs an access token")
+        raise UsageError(f"a console listening on {host!r} (not loopback) needs an access token")
     state = ConsoleState(Workspace.create(runs, base, allow), token or None, host)
     app = FastAPI(title="sftkit console", docs_url=None, redoc_url=None, openapi_url=None,
                   lifespan=_warm_up if warm_up else None)

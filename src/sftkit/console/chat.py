@@ -22,6 +22,10 @@ from typing import Any
 
 from sftkit.console import heavy
 from sftkit.console.errors import bad_request
+from sftkit.core.conversation import Conversation, Message
+from sftkit.core.errors import ModelNotFound, TemplateError
+from sftkit.core.yamlio import read_yaml_file
+from sftkit.hub.models import resolve
 
 NO_BASELINE = "none"
 
@@ -30,8 +34,6 @@ def default_baseline(ref: str) -> str | None:
     """What "the base model" of ``ref`` is: None = a LoRA run's base (adapter off), the
     configured base of a full fine-tuning run, the ``base_model`` an exported folder's model
     card names (when that model is here), else "none"."""
-    from sftkit.core.config import read_yaml_file
-    from sftkit.hub.models import ModelNotFound, resolve
 
     resolved = resolve(ref)
     if resolved.adapter is not None:
@@ -67,8 +69,6 @@ class ChatModels:
         """``baseline``: "auto" (see ``default_baseline``), "none", or a model reference."""
         heavy.ensure()
         from sftkit.evaluate.runner import load_sides
-        from sftkit.hub.models import ModelNotFound
-        from sftkit.templates.base import TemplateError
 
         with self._load_lock:
             try:
@@ -87,7 +87,6 @@ class ChatModels:
 
 def conversation(system: str | None, history: list[dict[str, str]], prompt: str, side: str) -> Any:
     """The messages one side sees: its own earlier answers, not the other side's."""
-    from sftkit.core.conversation import Conversation, Message
 
     msgs = [Message("system", system)] if system else []
     for turn in history:

@@ -25,7 +25,11 @@ from pydantic import BaseModel, ValidationError
 
 from sftkit.console.errors import bad_request
 from sftkit.console.workspace import Workspace
-from sftkit.core.config import ConfigError, DataSource, FieldDoc, RunConfig, field_docs, load_config, load_yaml
+from sftkit.core.config import DataSource, RunConfig
+from sftkit.core.configio import load_config
+from sftkit.core.errors import ConfigError
+from sftkit.core.fielddocs import FieldDoc, field_docs
+from sftkit.core.yamlio import load_yaml
 
 # output_dir is the run folder, chosen by the console from the run name.
 _HIDDEN = {"output_dir"}

@@ -18,6 +18,13 @@ import numpy as np
 from sftkit.console import heavy
 from sftkit.console.errors import bad_request
 from sftkit.core.config import RunConfig
+from sftkit.core.errors import DataError, ModelNotFound, TemplateError
+from sftkit.data import load_file
+from sftkit.data import stats as st
+from sftkit.estimate import estimate_run
+from sftkit.estimate.memory import EXPLAIN
+from sftkit.estimate.recommend import cheapest_fix
+from sftkit.hub.models import load_tokenizer, resolve
 
 MAX_REJECTS_SHOWN = 50
 _NO_LAYOUT = "no known layout fields"  # the start of sftkit.data.load's reason for a row in no layout
@@ -26,7 +33,6 @@ _tokenizer_lock = threading.Lock()
 
 def check_files(files: list[tuple[str, Path, str | None]]) -> dict[str, Any]:
     """``[(split, path, format)]`` -> every row accepted or rejected, per file (as ``sft data check``)."""
-    from sftkit.data import DataError, load_file
 
     out = []
     for split, path, fmt in files:
@@ -58,7 +64,6 @@ def _without_keys(reason: str) -> str:
 @lru_cache(maxsize=4)
 def _renderer(model_ref: str, template: str | None) -> Any:
     """The model's tokenizer under the run's template, without a cutoff (full lengths)."""
-    from sftkit.hub.models import load_tokenizer, resolve
     from sftkit.infer.engine import build_renderer
 
     tok = load_tokenizer(resolve(model_ref).path)
@@ -68,10 +73,6 @@ def _renderer(model_ref: str, template: str | None) -> Any:
 def length_stats(paths: list[Path], model_ref: str, template: str | None, cutoff: int | None) -> dict[str, Any]:
     """Token lengths with the training template, the recommended cutoff_len, and what ``cutoff`` cuts."""
     heavy.ensure()
-    from sftkit.data import DataError, load_file
-    from sftkit.data import stats as st
-    from sftkit.hub.models import ModelNotFound
-    from sftkit.templates.base import TemplateError
 
     convs = []
     try:
@@ -103,10 +104,6 @@ def _histogram(total: np.ndarray, bins: int = 24) -> dict[str, list[float]]:
 def estimate(cfg: RunConfig) -> dict[str, Any]:
     """``sft estimate CONFIG`` for this machine, as JSON (with the explanation of every term)."""
     heavy.ensure()
-    from sftkit.cli.estimate import EXPLAIN
-    from sftkit.estimate import estimate_run
-    from sftkit.estimate.recommend import cheapest_fix
-    from sftkit.hub.models import ModelNotFound
 
     try:
         est = estimate_run(cfg, count_data=True, lengths=True)

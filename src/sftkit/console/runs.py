@@ -21,8 +21,10 @@ from typing import Any
 
 import yaml
 
+from sftkit.console import heavy
 from sftkit.console.jobs import JOB, LAUNCH, LOG, STATE, STOP, Jobs, read_json
-from sftkit.core.config import ConfigError, read_yaml_file
+from sftkit.core.errors import ConfigError
+from sftkit.core.yamlio import read_yaml_file
 
 FILES = ("launch.yaml", "config.yaml", "console.log", "metrics.jsonl", "report.html", "eval.json",
          "eval_predictions.jsonl", "train_summary.json", "data_report.json", "rejected.jsonl",
@@ -56,7 +58,6 @@ def status(run_dir: Path, jobs: Jobs) -> dict[str, Any]:
 def complete_checkpoint(run_dir: Path) -> Path | None:
     """The checkpoint ``sft train --resume`` would continue from (``sftkit.train.callbacks`` decides;
     imported here, not at the top: it loads transformers, which the list of runs does not need)."""
-    from sftkit.console import heavy
 
     heavy.ensure()
     from sftkit.train.callbacks import last_complete_checkpoint

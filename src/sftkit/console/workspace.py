@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sftkit.console.errors import ConsoleError, bad_request, not_found
+from sftkit.core.errors import UsageError
+from sftkit.core.vocab import BUNDLED_ALIAS
+from sftkit.templates.registry import AUTO, shipped_names
 
 # A letter or digit first (no hidden folders, no "-x" that looks like an option), then
 # letters, digits, "_", "-", "." (Unicode letters included: 中文 run names are fine).
@@ -49,7 +52,7 @@ class Workspace:
             p = Path(raw).expanduser()
             p = (p if p.is_absolute() else base_dir / p).resolve()
             if not p.is_dir():
-                raise ValueError(f"--allow {raw}: not a folder (resolved to {p})")
+                raise UsageError(f"--allow {raw}: not a folder (resolved to {p})")
             extra.append(p)
         runs_dir.mkdir(parents=True, exist_ok=True)
         return cls(base_dir, runs_dir, tuple(extra))
@@ -127,7 +130,6 @@ class Workspace:
     def model_ref(self, raw: str, param: str = "model") -> str:
         """A model reference as sftkit takes it: the bundled alias, an existing local path
         (returned absolute), or an ``org/name`` hub id (used only if already cached)."""
-        from sftkit.hub.models import BUNDLED_ALIAS
 
         if not isinstance(raw, str) or not raw.strip():
             raise bad_request(f"{param}: empty model reference", param)
@@ -145,7 +147,6 @@ class Workspace:
 
     def template_ref(self, raw: str | None, param: str = "template") -> str | None:
         """A chat template as sftkit takes it: None/auto, a shipped name, or a readable file (absolute)."""
-        from sftkit.templates.registry import AUTO, shipped_names
 
         if raw is None or raw in (AUTO, *shipped_names()):
             return raw

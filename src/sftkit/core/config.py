@@ -1,4 +1,7 @@
-"""The typed run configuration: one YAML file -> ``RunConfig`` (frozen).
+"""The typed run configuration schema: ``RunConfig`` (frozen), section by section.
+
+Loading (YAML, overrides, error messages) is ``core/configio.py``; the field documentation
+listing is ``core/fielddocs.py``. This module imports nothing above ``core``.
 
 Field descriptions are the documentation: ``sft train --help`` and
 ``configs/finetune_reference.yaml`` are generated from them. Names under
@@ -9,25 +12,21 @@ command-line overrides are relative to the current directory.
 
 from __future__ import annotations
 
-import difflib
-from dataclasses import dataclass
-from enum import Enum, StrEnum
+from enum import StrEnum
 from pathlib import Path
-from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
-from yaml.composer import ComposerError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
-from sftkit.core.textfile import read_text
-from sftkit.hub.models import BUNDLED_ALIAS
-from sftkit.templates.base import MaskPolicy
-from sftkit.templates.render import Overflow
-
-
-class ConfigError(ValueError):
-    """A config that cannot be used; the message names the file, key and fix."""
+from sftkit.core.vocab import (
+    BUNDLED_ALIAS,
+    TRACKERS,
+    MaskPolicy,
+    Overflow,
+    canonical_metric,
+    check_columns,
+    normalize_format,
+)
 
 
 class ConfigConflict(ValueError):
@@ -84,17 +83,13 @@ class DataSource(_Section):
     @field_validator("format")
     @classmethod
     def _known_format(cls, v: str | None) -> str | None:
-        from sftkit.data.layouts import normalize_format
-
         normalize_format(v)  # DataError (a ValueError) names the valid layouts
         return v
 
     @field_validator("columns")
     @classmethod
     def _known_columns(cls, v: dict[str, str]) -> dict[str, str]:
-        from sftkit.data.layouts import ColumnMap
-
-        ColumnMap(v)  # DataError names the canonical keys
+        check_columns(v)  # DataError names the canonical keys
         return v
 
 
@@ -262,8 +257,6 @@ class TrainConfig(_Section):
     @field_validator("report_to")
     @classmethod
     def _known_trackers(cls, v: list[str]) -> list[str]:
-        from sftkit.train.tracking import TRACKERS
-
         unknown = [n for n in v if n not in TRACKERS and n != "none"]
         if unknown:
             raise ValueError(f"unknown tracker(s) {unknown}; choose from {', '.join(TRACKERS)}")
@@ -290,10 +283,8 @@ class EvalConfig(_Section):
     @field_validator("metrics")
     @classmethod
     def _known_metrics(cls, v: list[str] | None) -> list[str] | None:
-        from sftkit.evaluate.metrics import canonical
-
         for name in v or []:
-            canonical(name)  # ValueError names the choices
+            canonical_metric(name)  # ValueError names the choices
         return v
 
     max_new_tokens: int = Field(default=128, gt=0)
@@ -339,366 +330,3 @@ class RunConfig(_Section):
 
     def run_dir(self) -> Path:
         return self.output_dir or Path("runs") / self.name
-
-
-# ---------------------------------------------------------------- loading
-
-
-def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    cur = d
-    for p in parts[:-1]:
-        nxt = cur.get(p)
-        if not isinstance(nxt, dict):
-            nxt = {}
-            cur[p] = nxt
-        cur = nxt
-    cur[parts[-1]] = value
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["train.max_steps=2", "output_dir=/tmp/r"]`` -> nested dict (values parsed as YAML)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r}: expected dotted key=value, e.g. train.max_steps=10")
-        _set_dotted(out, key.strip(), load_yaml(raw, f"override {item!r}") if raw else "")
-    return out
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def _key_lines(root: yaml.Node | None) -> dict[tuple[str, ...], int]:
-    """Line number (1-based) of every mapping key in a composed YAML document, by key path.
-    Each node is visited once: a value reached again through an alias keeps its first lines."""
-    lines: dict[tuple[str, ...], int] = {}
-    seen: set[int] = set()
-
-    def walk(node: Any, path: tuple[str, ...]) -> None:
-        if id(node) in seen:
-            return
-        seen.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                p = (*path, str(k.value))
-                lines[p] = k.start_mark.line + 1
-                walk(v, p)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, v in enumerate(node.value):
-                walk(v, (*path, str(i)))
-
-    if root is not None:
-        walk(root, ())
-    return lines
-
-
-def _from_override(loc: tuple[Any, ...], over_keys: set[tuple[str, ...]]) -> str | None:
-    parts = tuple(str(x) for x in loc)
-    for n in range(len(parts), 0, -1):
-        if parts[:n] in over_keys:
-            return ".".join(parts[:n])
-    return None
-
-
-def _walk(loc: tuple[Any, ...]) -> tuple[Any, Any]:
-    """``(section model, field)`` at a key path; list indices are skipped (data.train.0.path)."""
-    model: Any = RunConfig
-    field = None
-    for part in loc:
-        if isinstance(part, int) or model is None:
-            continue
-        field = model.model_fields.get(part)
-        if field is None:
-            return None, None
-        args = get_args(field.annotation) or (field.annotation,)
-        inner = [a for arg in args for a in (get_args(arg) or (arg,))]
-        model = next((a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)), None)
-    return model, field
-
-
-def _section_fields(loc: tuple[Any, ...]) -> list[str]:
-    """Valid keys next to the last part of ``loc`` (for "did you mean")."""
-    model, _ = _walk(loc[:-1])
-    return list(model.model_fields) if model is not None else []
-
-
-def _field_doc(loc: tuple[Any, ...]) -> str:
-    """The field's description (the schema's own documentation) as the hint for a bad value."""
-    _, field = _walk(loc)
-    doc = " ".join((field.description or "").split()) if field is not None else ""
-    return f"hint: {doc}" if doc else "hint: see `sft train --help` for every key"
-
-
-def _describe_one(e: Any, where: str, lines: dict[tuple[str, ...], int], over_keys: set[tuple[str, ...]]) -> str:
-    loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x.startswith("function-")))
-    conflict = (e.get("ctx") or {}).get("error")
-    if isinstance(conflict, ConfigConflict):
-        # the key the conflict names, relative to the section whose validator raised it
-        loc = (*loc, *conflict.key.split("."))
-    key = ".".join(str(x) for x in loc) or "(top level)"
-    line = lines.get(tuple(str(x) for x in loc))
-    over = _from_override(loc, over_keys)
-    place = f"command-line override {over}=..." if over else f"{where}:{line}" if line else where
-    if isinstance(conflict, ConfigConflict):
-        return f"{place}: {key}: contradictory options: {conflict.message}; hint: {conflict.hint}"
-    if e["type"] == "extra_forbidden":
-        valid = _section_fields(loc)
-        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.6)
-        hint = f"did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?" if close else (
-            f"valid keys here: {', '.join(valid)}" if valid else "remove it")
-        return f"{place}: unknown key {key!r}; {hint}"
-    msg = str(e["msg"]).removeprefix("Value error, ")
-    return f"{place}: {key}: {msg} (got {e.get('input')!r}); {_field_doc(loc)}"
-
-
-def _describe(err: ValidationError, where: str, lines: dict[tuple[str, ...], int],
-              over_keys: set[tuple[str, ...]] | None = None) -> str:
-    return "\n".join(_describe_one(e, where, lines, over_keys or set()) for e in err.errors())
-
-
-def _dotted_keys(d: dict[str, Any], prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
-    out: set[tuple[str, ...]] = set()
-    for k, v in d.items():
-        out.add((*prefix, k))
-        if isinstance(v, dict):
-            out |= _dotted_keys(v, (*prefix, k))
-    return out
-
-
-def check_data_files(cfg: RunConfig) -> None:
-    """A data file that does not exist stops a run before anything else happens (not at load time:
-    a config may be written before its data, and `sft train --help`-style checks should not need it)."""
-    for split in ("train", "val", "test"):
-        for i, src in enumerate(getattr(cfg.data, split)):
-            if not src.path.is_file():
-                raise ConfigError(f"config data.{split}[{i}]: {src.path} does not exist (paths in a config file are "
-                                  "relative to the file; in a command-line override, to the current folder)")
-
-
-def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
-    """Make data paths and the template file relative to the config file."""
-    data = raw.get("data")
-    if isinstance(data, dict):
-        for split in ("train", "val", "test"):
-            if split not in data:
-                continue
-            srcs = _as_sources(data[split])
-            if isinstance(srcs, list):
-                fixed = []
-                for s in srcs:
-                    rel = isinstance(s, dict) and isinstance(s.get("path"), str)
-                    fixed.append({**s, "path": str(base / s["path"])} if rel else s)
-                data[split] = fixed
-    t = raw.get("template")
-    if isinstance(t, str) and t.endswith((".json", ".jinja")):
-        raw["template"] = str(base / t)
-    for key in ("output_dir",):
-        if isinstance(raw.get(key), str):
-            raw[key] = str(base / raw[key])
-    m = raw.get("model")
-    if isinstance(m, dict) and isinstance(m.get("name_or_path"), str):
-        p = m["name_or_path"]
-        if p.startswith(("./", "../")) or (base / p).exists():
-            m["name_or_path"] = str((base / p).resolve())
-    return raw
-
-
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Read, merge overrides, validate. Every problem is a ``ConfigError`` with file:line."""
-    path = Path(path)
-    if path.is_dir() and (path / "config.yaml").is_file():
-        path = path / "config.yaml"
-    node, raw = _compose(read_text(path, "config", ConfigError), str(path))
-    raw = raw if raw is not None else {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys (model:, data:, train:, ...)")
-    raw = _resolve_paths(raw, path.resolve().parent)
-    over = parse_overrides(overrides or [])
-    over = _resolve_paths(over, Path.cwd())
-    merged = _merge(raw, over)
-    lines = _key_lines(node)
-    try:
-        cfg = RunConfig.model_validate(merged)
-    except ValidationError as e:
-        raise ConfigError(_describe(e, str(path), lines, _dotted_keys(over))) from None
-    return cfg
-
-
-# ---------------------------------------------------------------- the one YAML loader
-# Every YAML a user can write or edit (config files, overrides, the console's editor, a run folder's
-# config.yaml) is read here. A YAML alias is a reference: ``b: [*a, *a]`` costs two nodes to parse but
-# expands to two copies of ``a`` for anything that walks the result (validation, key lines, a report),
-# so eight levels of ten aliases each (a 500-byte file) expand to 10^8 values. Aliases may add at most
-# ALIAS_BUDGET values beyond what is written, counted on the composed graph before anything walks it.
-
-ALIAS_BUDGET = 10_000
-"""Values YAML aliases may add to a document beyond those written out (a config needs a handful)."""
-MAX_DEPTH = 100
-"""Deepest nesting accepted (a config is 3 or 4 levels; the YAML composer recurses per level)."""
-
-
-class _Loader(yaml.SafeLoader):
-    """``SafeLoader`` that records where each alias is used, bounds the nesting depth, and gives a
-    value the constructor refuses (a date like 2023-13-45, an integer of 5,000 digits) its line."""
-
-    def __init__(self, text: str, where: str) -> None:
-        super().__init__(text)
-        self.where = where
-        self.aliases: list[tuple[str, yaml.Mark, int]] = []  # (anchor, where used, id of the target node)
-        self.depth = 0
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            node = super().compose_node(parent, index)
-            self.aliases.append((event.anchor, event.start_mark, id(node)))
-            return node
-        self.depth += 1
-        try:
-            if self.depth > MAX_DEPTH:
-                mark = self.peek_event().start_mark
-                raise ComposerError(None, None, f"nested more than {MAX_DEPTH} levels deep", mark)
-            return super().compose_node(parent, index)
-        finally:
-            self.depth -= 1
-
-    def construct_object(self, node: Any, deep: bool = False) -> Any:
-        try:
-            return super().construct_object(node, deep)
-        except ValueError as e:
-            raise ConfigError(f"{self.where}{_line(node.start_mark)}: cannot read {node.value!r:.40}: {e} "
-                              "(quote the value to keep it as text)") from None
-
-
-def _line(mark: yaml.Mark | None) -> str:
-    return f":{mark.line + 1}" if mark is not None else ""
-
-
-def _expanded_size(root: yaml.Node, loader: _Loader, where: str) -> tuple[int, int]:
-    """(values after expanding every alias, distinct values), memoised per node: linear in the
-    document, however large the expansion. A recursive alias (a value containing itself) is refused."""
-    sizes: dict[int, int] = {}
-    open_nodes: set[int] = set()
-
-    def size(node: yaml.Node) -> int:
-        key = id(node)
-        if key in sizes:
-            return sizes[key]
-        if key in open_nodes:
-            anchor, mark, _ = next((a for a in loader.aliases if a[2] == key), ("?", None, key))
-            raise ConfigError(f"{where}{_line(mark)}: the YAML alias *{anchor} is used inside the value it names "
-                              "(a recursive alias, an endless value); write the value out instead")
-        open_nodes.add(key)
-        children: list[yaml.Node] = []
-        if isinstance(node, yaml.SequenceNode):
-            children = node.value
-        elif isinstance(node, yaml.MappingNode):
-            children = [x for pair in node.value for x in pair]
-        sizes[key] = 1 + sum(size(c) for c in children)
-        open_nodes.discard(key)
-        return sizes[key]
-
-    return size(root), len(sizes)
-
-
-def _check_aliases(root: yaml.Node, loader: _Loader, where: str) -> None:
-    if not loader.aliases:
-        return
-    total, written = _expanded_size(root, loader, where)
-    if total - written > ALIAS_BUDGET:
-        anchor, mark, _ = loader.aliases[0]
-        raise ConfigError(
-            f"{where}{_line(mark)}: YAML aliases (*{anchor} here and {len(loader.aliases) - 1} more) expand this "
-            f"document from {written:,} to {total:,} values, over the {ALIAS_BUDGET:,} extra values aliases may "
-            "add; refused before reading further. Write the repeated values out, or use fewer aliases")
-
-
-def _compose(text: str, where: str) -> tuple[yaml.Node | None, Any]:
-    """The composed node graph (for key lines) and the constructed value, from one parse."""
-    loader = _Loader(text, where)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None, None
-        _check_aliases(node, loader, where)
-        return node, loader.construct_document(node)
-    except yaml.MarkedYAMLError as e:
-        what = "; ".join(x for x in (e.context, e.problem) if x)
-        raise ConfigError(f"{where}{_line(e.problem_mark or e.context_mark)}: not valid YAML: {what}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{where}: not valid YAML: {e}") from None
-    finally:
-        loader.dispose()
-
-
-def load_yaml(text: str, where: str) -> Any:
-    """Parse YAML a user wrote (``where`` names it in errors): safe tags only, aliases within
-    ``ALIAS_BUDGET``, nesting within ``MAX_DEPTH``. Every problem is a ``ConfigError`` with its line."""
-    return _compose(text, where)[1]
-
-
-def read_yaml_file(path: str | Path, what: str = "YAML file") -> Any:
-    """``load_yaml`` on a file (a run folder's config.yaml, a launch.yaml), read as strict UTF-8."""
-    return load_yaml(read_text(path, what, ConfigError), str(path))
-
-
-def config_to_yaml(cfg: RunConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
-
-
-def _type_name(ann: Any) -> str:
-    if get_origin(ann) is Literal:
-        return "|".join(str(a) for a in get_args(ann))
-    if isinstance(ann, type) and issubclass(ann, Enum):
-        return "|".join(m.value for m in ann)
-    if get_origin(ann) in (Union, UnionType):
-        return " or ".join("null" if a is type(None) else _type_name(a) for a in get_args(ann))
-    if get_origin(ann) is list:
-        return f"list of {_type_name(get_args(ann)[0])}"
-    if get_origin(ann) is dict:
-        return "mapping"
-    return getattr(ann, "__name__", str(ann))
-
-
-@dataclass(frozen=True)
-class FieldDoc:
-    key: str  # dotted path, e.g. train.learning_rate
-    type: str
-    default: Any  # the Python default; _REQUIRED when the field must be given
-    doc: str
-
-    @property
-    def required(self) -> bool:
-        return self.default is _REQUIRED
-
-    def default_text(self) -> str:
-        if self.required:
-            return "(required)"
-        v = self.default.value if isinstance(self.default, Enum) else self.default
-        return "null" if v is None else str(v)
-
-
-_REQUIRED = object()
-
-
-def field_docs(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[FieldDoc]:
-    """Every field with its type, default and description; sections expanded."""
-    rows: list[FieldDoc] = []
-    for name, f in model.model_fields.items():
-        ann = f.annotation
-        if isinstance(ann, type) and issubclass(ann, _Section):
-            rows.extend(field_docs(ann, f"{prefix}{name}."))
-            continue
-        if get_origin(ann) is list and get_args(ann)[0] is DataSource:
-            typ = "path, list of paths, or list of {path, format, columns, weight}"
-        else:
-            typ = _type_name(ann)
-        default = _REQUIRED if f.is_required() else f.get_default(call_default_factory=True)
-        rows.append(FieldDoc(f"{prefix}{name}", typ, default, (f.description or "").replace("\n", " ")))
-    return rows

@@ -10,7 +10,7 @@ import json
 from enum import Enum
 from pathlib import Path
 
-from sftkit.core.config import FieldDoc, field_docs
+from sftkit.core.fielddocs import FieldDoc, field_docs
 
 HEADER = """\
 # sftkit run config: every field, its default and its meaning.

@@ -38,8 +38,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from sftkit.core.config import ConfigError, Method, RunConfig, read_yaml_file
-from sftkit.core.errors import TrainError
+from sftkit import __version__
+from sftkit.core.config import Method, RunConfig
+from sftkit.core.errors import ConfigError, RunDirError
+from sftkit.core.yamlio import read_yaml_file
 
 MARKER = "sftkit_run.json"
 # Written into a run folder by the web console before `sft train` runs there: a folder holding only
@@ -53,8 +55,6 @@ _OLD_RUN_EVIDENCE = ("fingerprint.json", "environment.json", "train_summary.json
 _COMPLETE = "sftkit_complete.json"  # sftkit.train.callbacks.COMPLETE (not imported: it pulls in transformers)
 
 
-class RunDirError(TrainError):
-    """Training may not use this folder; the message says why and which flag or folder to use."""
 
 
 class State(enum.Enum):
@@ -348,7 +348,6 @@ class RunDir:
                            "(nothing was loaded or trained)")
 
     def _write_marker(self, cfg: RunConfig) -> None:
-        from sftkit import __version__
 
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         old: dict[str, Any] = {}

@@ -24,9 +24,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-
-class RefusedPath(ValueError):
-    """An output path that would destroy or alter something not the command's own."""
+from sftkit.core.errors import RefusedPath
 
 
 def real(path: Path) -> Path:

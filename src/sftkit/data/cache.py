@@ -25,6 +25,7 @@ from typing import Any
 import sftkit
 from sftkit.core.conversation import Conversation, Message
 from sftkit.core.digest import file_hash
+from sftkit.hub.models import sftkit_home
 from sftkit.templates.render import paused_gc
 
 KEEP = 3  # entries kept (the newest by use); each is about the size of the tokenized data
@@ -54,7 +55,6 @@ def enabled() -> bool:
 
 
 def cache_dir() -> Path:
-    from sftkit.hub.models import sftkit_home
 
     return sftkit_home() / "prepared"
 

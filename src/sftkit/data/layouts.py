@@ -35,24 +35,9 @@ import json
 from typing import Any
 
 from sftkit.core.conversation import Conversation, Message
-from sftkit.data.types import DataError
+from sftkit.core.errors import DataError
+from sftkit.core.vocab import CANONICAL
 
-LAYOUTS = ("messages", "sharegpt", "alpaca", "cot", "classify", "text")
-FORMAT_ALIASES = {
-    "openai": "messages",
-    "chatml": "messages",
-    "conversations": "sharegpt",
-    "instruction": "alpaca",
-    "io": "alpaca",
-    "input_output": "alpaca",
-    "pretrain": "text",
-    "fudan": "classify",
-    "classification": "classify",
-}
-CANONICAL = (
-    "messages", "prompt", "query", "response", "history", "system", "tools",
-    "question", "thinking", "answer", "text", "candidates", "label", "role_tag", "content_tag",
-)  # fmt: skip
 DEFAULT_COLUMNS: dict[str, tuple[str, ...]] = {
     "prompt": ("instruction",),
     "query": ("input",),
@@ -91,15 +76,6 @@ SHAREGPT_ROLES = {
 
 class RowError(ValueError):
     """This row cannot be used; the message is the reject reason."""
-
-
-def normalize_format(fmt: str | None) -> str | None:
-    if fmt is None or fmt in ("", "auto"):
-        return None
-    f = FORMAT_ALIASES.get(fmt.lower(), fmt.lower())
-    if f not in LAYOUTS:
-        raise DataError(f"unknown format {fmt!r}; use one of {', '.join(LAYOUTS)} (or leave it out to detect it)")
-    return f
 
 
 class ColumnMap:

@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sftkit.core.conversation import Conversation
-from sftkit.data.layouts import ColumnMap, RowError, detect_layout, normalize_format, to_conversation
+from sftkit.core.errors import DataError
+from sftkit.core.vocab import normalize_format
+from sftkit.data.layouts import ColumnMap, RowError, detect_layout, to_conversation
 from sftkit.data.readers import RawRow, iter_rows
-from sftkit.data.types import DataError, LoadResult, OnError, Reject
+from sftkit.data.types import LoadResult, OnError, Reject
 from sftkit.data.validate import check_conversation, enforce
 
 # A \uD800-\uDFFF escape: JSON allows it, but a lone one is not text (tokenizers and UTF-8 refuse it).

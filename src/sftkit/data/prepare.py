@@ -14,7 +14,11 @@ from typing import Any
 
 from sftkit.core.config import DataConfig, DataSource
 from sftkit.core.conversation import Conversation
-from sftkit.data import DataError, Reject, enforce, fold_rendered, load_file
+from sftkit.core.errors import DataError
+from sftkit.data import Reject, enforce, fold_rendered, load_file
+from sftkit.data.cache import cached
+from sftkit.data.dedup import conv_text, exact_groups
+from sftkit.data.lint import lint
 from sftkit.data.mix import mix
 from sftkit.templates.render import Rendered, Renderer, paused_gc
 
@@ -92,8 +96,6 @@ def length_histogram(lengths: list[int], cutoff_len: int, bins: int = 12) -> dic
 def quality_summary(convs: list[Conversation]) -> dict[str, Any]:
     """What `sft data lint` and the exact part of `sft data dedup` would say about the
     training rows: counts plus the first few places, so the run folder records it."""
-    from sftkit.data.dedup import conv_text, exact_groups
-    from sftkit.data.lint import lint
 
     found = lint(convs)
     groups = exact_groups([conv_text(c) for c in convs])
@@ -109,7 +111,6 @@ def prepare(data: DataConfig, renderer: Renderer, seed: int) -> Prepared:
     """Read, split, render and report; a second call with the same inputs (files, config,
     template, tokenizer, seed) loads the first one's result (``sftkit.data.cache``).
     ``report["cache"]`` says which happened."""
-    from sftkit.data.cache import cached
 
     out, info = cached(data, renderer, seed, lambda: _prepare(data, renderer, seed))
     out.report["cache"] = info

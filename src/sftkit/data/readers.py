@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sftkit.data.types import DataError
+from sftkit.core.errors import DataError
 
 BOM = "\ufeff"
 FILE_TYPES = ("jsonl", "json", "csv", "tsv", "parquet")

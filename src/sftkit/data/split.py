@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sftkit.core.conversation import Conversation
+from sftkit.core.errors import UsageError
 
 
 def recommend_val_share(n: int) -> tuple[float, str]:
@@ -40,7 +41,7 @@ def split(
     split. With ``stratify`` each ``Conversation.label`` is split separately so
     every part keeps the label proportions."""
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
-        raise ValueError(f"val ({val}) and test ({test}) must be in [0, 1) and sum below 1")
+        raise UsageError(f"val ({val}) and test ({test}) must be in [0, 1) and sum below 1")
     groups: dict[Any, list[int]] = defaultdict(list)
     for i, c in enumerate(convs):
         groups[c.label if stratify else None].append(i)

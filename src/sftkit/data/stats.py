@@ -11,9 +11,13 @@ from typing import Any
 import numpy as np
 
 from sftkit.core.conversation import Conversation
+from sftkit.core.errors import RowRejected
 from sftkit.data.text import distinct_n, prompt_of, response_of
 from sftkit.data.types import Reject
 from sftkit.data.validate import fold_rendered, split_source
+from sftkit.hub.models import load_tokenizer, resolve
+from sftkit.templates.hf import HFChatTemplate
+from sftkit.templates.render import Renderer
 
 PERCENTILES = (50, 90, 95, 99)
 
@@ -30,9 +34,6 @@ class Lengths:
 
 def make_renderer(model: str = "smollm2-135m-instruct") -> Any:
     """A Renderer with the model's own chat template (no cutoff: full lengths)."""
-    from sftkit.hub.models import load_tokenizer, resolve
-    from sftkit.templates.hf import HFChatTemplate
-    from sftkit.templates.render import Renderer
 
     tok = load_tokenizer(resolve(model).path)
     return Renderer(HFChatTemplate(tok, name=model), tok)
@@ -46,7 +47,6 @@ def render_all(
 
     ``batch`` is accepted for compatibility and unused: ``render_many`` chunks and
     pipelines the work itself and returns failures per row."""
-    from sftkit.templates.base import RowRejected
 
     ok: list[Any] = []
     rejects: list[Reject] = []

@@ -10,9 +10,6 @@ from sftkit.core.conversation import Conversation
 OnError = Literal["skip", "fail"]
 
 
-class DataError(ValueError):
-    """A fatal data problem (unreadable file, unknown or mixed layout, a reject
-    under ``on_error="fail"``). The message is one line: what, where, what to do."""
 
 
 @dataclass(slots=True)

@@ -16,8 +16,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from sftkit.core.conversation import Conversation, Message
+from sftkit.core.errors import DataError, RowRejected
 from sftkit.data.layouts import RowError
-from sftkit.data.types import DataError, LoadResult, OnError, Reject
+from sftkit.data.types import LoadResult, OnError, Reject
 
 
 def _check_content(i: int, m: Message) -> None:
@@ -74,7 +75,6 @@ def fold_rendered(convs: Sequence[Conversation], results: Sequence[object]) -> t
     """Split ``Renderer.render_many`` output into kept ``Rendered`` rows and
     ``Reject`` entries (``RowRejected`` -> reason). ``raw`` is the conversation
     as JSON (the verbatim row is in the file at ``file:line``)."""
-    from sftkit.templates.base import RowRejected
 
     kept: list[object] = []
     rejects: list[Reject] = []

@@ -15,6 +15,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from sftkit.core.errors import DoesNotFit
+from sftkit.data import load_file
+from sftkit.data.stats import make_renderer, render_all
 from sftkit.estimate.core import Estimate, estimate, flops_per_token, memory, steps_for
 from sftkit.estimate.device import (
     GPUS,
@@ -41,12 +44,6 @@ _OPTIMS = {"adamw_8bit": "adamw_8bit", "adamw_bnb_8bit": "adamw_8bit", "paged_ad
            "sgd": "sgd", "adafactor": "adafactor"}
 
 
-class DoesNotFit(RuntimeError):
-    """The run's estimated peak exceeds the device memory; ``.estimate`` holds the numbers."""
-
-    def __init__(self, message: str, est: Estimate) -> None:
-        super().__init__(message)
-        self.estimate = est
 
 
 def shape_for(model: str | Path) -> ModelShape:
@@ -74,7 +71,6 @@ def setup_from_config(cfg: Any) -> Setup:
 
 def _data_info(cfg: Any, lengths: bool) -> tuple[int | None, list[int] | None]:
     """Training rows (after the validation split) and, optionally, rendered lengths of up to 2,000 rows."""
-    from sftkit.data import load_file
 
     convs = []
     for src in cfg.data.train:
@@ -84,7 +80,6 @@ def _data_info(cfg: Any, lengths: bool) -> tuple[int | None, list[int] | None]:
         rows -= max(1, round(rows * cfg.data.val_size))
     lens = None
     if lengths and convs:
-        from sftkit.data.stats import make_renderer, render_all
 
         rendered, _ = render_all(make_renderer(cfg.model.name_or_path), convs[:2000])
         lens = [len(r.input_ids) for r in rendered]

@@ -15,6 +15,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from sftkit.core.errors import UsageError
 from sftkit.hub.models import sftkit_home
 
 GB = 1e9
@@ -55,7 +56,7 @@ def gpu(name: str) -> Device:
     key = name.lower().replace(" ", "").replace("_", "-")
     key = ALIASES.get(key, key)
     if key not in GPUS:
-        raise ValueError(f"unknown GPU {name!r}; known: {', '.join(d.name for d in GPUS.values())} "
+        raise UsageError(f"unknown GPU {name!r}; known: {', '.join(d.name for d in GPUS.values())} "
                          f"(or give --gpu-memory GB)")
     return GPUS[key]
 

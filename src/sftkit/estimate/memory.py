@@ -163,3 +163,20 @@ def param_state_bytes(shape: ModelShape, setup: Setup) -> dict[str, float]:
         # the master-copy recipes (DeepSpeed, fused Adam) update in place
         "optimizer_step_temp": n * state_b if setup.optim == "adamw" and not master else 0.0,
     }
+
+
+# What each term of the breakdown is, in one line (the estimate's table and the console show it).
+EXPLAIN = {
+    "weights": "base weights as loaded (NF4 + constants for QLoRA; peft upcasts embeddings/norms to fp32)",
+    "lora_adapters": "LoRA A/B matrices, fp32",
+    "gradients": "one gradient per trainable weight",
+    "master_weights": "fp32 master copy of 16-bit trainable weights (mixed precision / DeepSpeed)",
+    "optimizer_states": "AdamW m and v (8-bit optimizers: 1 byte each)",
+    "optimizer_step_temp": "foreach AdamW's sqrt(v) buffer during step()",
+    "activations": "what autograd keeps per decoder layer x layers x micro-batch tokens",
+    "autocast_weight_copies": "16-bit casts of fp32 weights that autograd keeps until backward",
+    "logits_loss": "fp32 log-softmax of batch x seq x vocab and its two gradients",
+    "not_simultaneous": "terms above that are never alive at the same moment (grads vs activations)",
+    "allocator_retention": "CPU: freed blocks glibc malloc keeps (measured once)",
+    "framework_overhead": "CUDA context, or the torch/transformers process baseline on CPU",
+}

@@ -6,6 +6,8 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from sftkit.data.stats import recommend_cutoff
+from sftkit.estimate.core import estimate
 from sftkit.estimate.device import Device
 from sftkit.estimate.memory import GB, Setup
 from sftkit.estimate.shape import ModelShape
@@ -23,7 +25,6 @@ class Recommendation:
 
 
 def _fits(shape: ModelShape, setup: Setup, device: Device) -> float:
-    from sftkit.estimate.core import estimate
 
     return estimate(shape, setup, device).total_gb
 
@@ -83,7 +84,6 @@ def cutoff(lengths: list[int] | None, current: int) -> Recommendation | None:
         return None
     import numpy as np
 
-    from sftkit.data.stats import recommend_cutoff
 
     arr = np.asarray(lengths)
     c = recommend_cutoff(arr, 0.95)

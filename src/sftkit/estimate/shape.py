@@ -11,6 +11,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from sftkit.core.errors import UsageError
+from sftkit.hub.models import resolve
+
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -83,12 +86,7 @@ def from_path(ref: str | Path, trust_remote_code: bool = False) -> ModelShape:
     from transformers import AutoConfig
 
     p = Path(ref)
-    if p.is_file() and p.suffix == ".json":
-        folder = p.parent
-    else:
-        from sftkit.hub.models import resolve
-
-        folder = resolve(str(ref)).path
+    folder = p.parent if p.is_file() and p.suffix == ".json" else resolve(str(ref)).path
     cfg = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
     return from_hf_config(cfg, name=Path(str(ref)).name)
 
@@ -111,7 +109,7 @@ def parse_size(text: str) -> float:
     """'7B' / '7b' / '135M' / '7e9' -> parameters."""
     m = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([kmbt]?)\s*", text.lower())
     if not m:
-        raise ValueError(f"model size {text!r}: expected a number with B or M, e.g. 7B, 1.5B, 135M")
+        raise UsageError(f"model size {text!r}: expected a number with B or M, e.g. 7B, 1.5B, 135M")
     return float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}[m.group(2)]
 
 

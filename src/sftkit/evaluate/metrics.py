@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sftkit.core.vocab import canonical_metric
+
 # CJK ideographs (basic + extension A + compatibility), kana and hangul: scripts
 # written without spaces, which jieba segments (it keeps kana/hangul runs whole).
 _CJK = r"\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
@@ -33,22 +35,6 @@ _WORD = re.compile(rf"\d+(?:[.,]\d+)*|[^\W{_CJK}]+|[^\w\s]")
 # After NFKC the full-width marks are already half-width; "。" has no half-width form.
 _TRAILING_PUNCT = re.compile(r"[.。!?;]+$")
 
-METRIC_NAMES = ("exact_match", "classification", "bleu", "rouge", "json")
-_ALIASES = {
-    "em": "exact_match",
-    "exact": "exact_match",
-    "accuracy": "classification",
-    "acc": "classification",
-    "f1": "classification",
-    "macro_f1": "classification",
-    "bleu4": "bleu",
-    "bleu-4": "bleu",
-    "rouge1": "rouge",
-    "rouge2": "rouge",
-    "rougel": "rouge",
-    "rouge-l": "rouge",
-    "json_valid": "json",
-}
 
 
 # -- normalisation and tokenization -------------------------------------------------
@@ -303,11 +289,7 @@ def json_metrics(preds: Sequence[str], refs: Sequence[str]) -> dict[str, Any]:
 
 
 def canonical(name: str) -> str:
-    key = name.strip().casefold()
-    key = _ALIASES.get(key, key)
-    if key not in METRIC_NAMES:
-        raise ValueError(f"unknown metric {name!r}; choose from {', '.join(METRIC_NAMES)}")
-    return key
+    return canonical_metric(name)
 
 
 def _is_json(text: str) -> bool:

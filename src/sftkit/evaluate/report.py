@@ -15,6 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sftkit.core.yamlio import read_yaml_file
+from sftkit.evaluate.metrics import headline_metric
+
 PALETTE = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2")
 # Metrics on a 0-1 scale are shown as percentages so they share an axis with BLEU/ROUGE (0-100).
 _UNIT_SCALE = ("accuracy", "macro_f1", "exact_match", "json_valid", "json_field_match", "json_exact")
@@ -408,7 +411,6 @@ def _eval_section(ev: dict[str, Any]) -> str:
 
 
 def _tasks(ev: dict[str, Any]) -> str:
-    from sftkit.evaluate.metrics import headline_metric
 
     tasks, base = ev.get("per_task") or {}, bool(ev.get("baseline"))
     rows = []
@@ -492,7 +494,6 @@ def _latency_section(ev: dict[str, Any]) -> str:
 
 
 def render_report(run: Path) -> str:
-    from sftkit.core.config import read_yaml_file
 
     cfg_path = run / "config.yaml"
     cfg = (read_yaml_file(cfg_path, "run config") or {}) if cfg_path.is_file() else {}

@@ -21,9 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from sftkit.core.conversation import Conversation
+from sftkit.core.errors import AcceleratorUnavailable, DataError, RowRejected, UsageError
+from sftkit.core.yamlio import read_yaml_file
+from sftkit.data import load_file
 from sftkit.evaluate import metrics as M
+from sftkit.hub.device import check_vllm
+from sftkit.hub.models import load_model, load_tokenizer, resolve
+from sftkit.infer import vllm_engine
 from sftkit.infer.engine import Engine, GenParams, GenResult, build_renderer
 from sftkit.templates.inline import answer_part
+from sftkit.templates.render import IGNORE
 
 GENERAL_CHECK = "general_check.jsonl"
 NO_BASELINE = ("none", "no", "off", "")
@@ -45,7 +52,6 @@ class Side:
 
 
 def _run_config(run_dir: Path) -> dict[str, Any]:
-    from sftkit.core.config import read_yaml_file
 
     p = run_dir / "config.yaml"
     return (read_yaml_file(p, "run config") or {}) if p.is_file() else {}
@@ -59,7 +65,6 @@ def load_sides(model_ref: str, baseline_ref: str | None, dtype: str = "float32",
                template: str | None = None) -> list[Side]:
     """The model and, if any, its baseline (``None``: the base model of a run;
     ``"none"``: no baseline). ``template`` applies to a plain model (a run keeps its own)."""
-    from sftkit.hub.models import load_model, load_tokenizer, resolve
 
     resolved = resolve(model_ref)
     tok = load_tokenizer(resolved.path)
@@ -83,7 +88,6 @@ def load_sides(model_ref: str, baseline_ref: str | None, dtype: str = "float32",
 def load_test(path: str | Path, limit: int | None = None) -> tuple[list[Conversation], list[dict[str, str]]]:
     """Conversations that end with an assistant reply (the reference answer), and every row that
     cannot be scored with its reason (``{"source", "reason"}``), so nothing is dropped silently."""
-    from sftkit.data import load_file
 
     res = load_file(path)
     skipped = [{"source": f"{r.file}:{r.line}", "reason": r.reason} for r in res.rejects]
@@ -94,7 +98,7 @@ def load_test(path: str | Path, limit: int | None = None) -> tuple[list[Conversa
         else:
             convs.append(c)
     if not convs:
-        raise ValueError(f"{path}: no conversation ending with an assistant reply to evaluate against")
+        raise DataError(f"{path}: no conversation ending with an assistant reply to evaluate against")
     return (convs[:limit] if limit else convs), skipped
 
 
@@ -115,8 +119,6 @@ def reference_loss(engine: Engine, convs: Sequence[Conversation]) -> dict[str, f
     references (the Renderer's labels, as in training) and its perplexity."""
     import torch
 
-    from sftkit.templates.base import RowRejected
-    from sftkit.templates.render import IGNORE
 
     renderer = engine.renderer
     rows = [r for r in renderer.render_many(list(convs)) if not isinstance(r, RowRejected)]
@@ -371,7 +373,7 @@ def _default_data(run_dir: Path) -> str:
     first = tests[0] if tests else None
     path = first.get("path") if isinstance(first, dict) else first
     if not path:
-        raise ValueError(f"{run_dir}: no data given and the run's config has no data.test file")
+        raise UsageError(f"{run_dir}: no data given and the run's config has no data.test file")
     return str(path)
 
 
@@ -397,18 +399,15 @@ def evaluate(
     ``"none"`` = no baseline. ``data_path`` defaults to a run's ``data.test``.
     Evaluating a run writes ``eval.json`` and ``eval_predictions.jsonl`` into it.
     """
-    from sftkit.hub.models import resolve
 
     run_dir = resolve(model_ref).run_dir
     if data_path is None:
         if run_dir is None:
-            raise ValueError("no data file given (--data FILE)")
+            raise UsageError("no data file given (--data FILE)")
         data_path = _default_data(run_dir)
     convs, skipped = load_test(data_path, limit)
     if engine == "vllm":
-        from sftkit.infer import vllm_engine
-
-        sides = vllm_engine.load_sides(model_ref, baseline_ref, batch_size=batch_size)
+        sides = load_vllm_sides(model_ref, baseline_ref, batch_size=batch_size)
     else:
         sides = load_sides(model_ref, baseline_ref, dtype=dtype, batch_size=batch_size)
     result, rows = evaluate_sides(
@@ -434,3 +433,29 @@ def iter_headline(result: dict[str, Any]) -> Iterator[tuple[str, float | None, f
     for k, v in result.get("model", {}).items():
         if isinstance(v, int | float) or v is None:
             yield k, v, result.get("baseline", {}).get(k), result.get("delta", {}).get(k)
+
+
+def load_vllm_sides(model_ref: str, baseline_ref: str | None, batch_size: int = 16, caps: Any = None) -> list[Any]:
+    """Evaluation sides on one vLLM engine (``infer/vllm_engine.py``): the run with its adapter as a
+    ``LoRARequest``, and its base model without it."""
+    check_vllm(caps)
+    resolved = resolve(model_ref)
+    other = baseline_ref is not None and baseline_ref.strip().lower() not in NO_BASELINE
+    if other:
+        raise AcceleratorUnavailable("--engine vllm compares a run with its own base model (one engine, adapter "
+                                     "on and off); for another --baseline use --engine transformers")
+    import vllm
+    from vllm.lora.request import LoRARequest
+
+    tok = load_tokenizer(resolved.path)
+    template = (_run_config(resolved.run_dir).get("template") if resolved.run_dir else None) or None
+    renderer = build_renderer(tok, template)
+    lora = resolved.adapter
+    kw: dict[str, Any] = {"enable_lora": True, "max_lora_rank": vllm_engine.lora_rank(lora)} if lora is not None else {}
+    llm = vllm.LLM(model=str(resolved.path), tokenizer=str(resolved.path), seed=0, **kw)
+    req = LoRARequest("adapter", 1, str(lora)) if lora is not None else None
+    sides = [Side("model", model_ref, vllm_engine.VllmEngine(llm, tok, renderer, vllm.SamplingParams, req, batch_size))]
+    if baseline_ref is None and lora is not None:
+        base = vllm_engine.VllmEngine(llm, tok, renderer, vllm.SamplingParams, None, batch_size)
+        sides.append(Side("baseline", f"{resolved.path} (base)", base))
+    return sides

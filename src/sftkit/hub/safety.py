@@ -15,20 +15,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+from sftkit.core.errors import UnsafeWeights, UntrustedCode
+
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 SAFE_SUFFIXES = (".safetensors", ".safetensors.index.json")
 
 
-class Untrusted(ValueError):
-    """A file that would run code (pickle, shipped Python) without the user's consent."""
 
 
-class UnsafeWeights(Untrusted):
-    """Weights that would be unpickled without the user's consent."""
 
 
-class UntrustedCode(Untrusted):
-    """A model that only loads by running the Python code shipped with it."""
 
 
 def _explicit_weights(folder: Path) -> str | None:

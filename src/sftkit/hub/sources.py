@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sftkit.hub.models import ModelNotFound
+from sftkit.core.errors import ModelNotFound, SourceUnavailable
 
 HF_DEFAULT_ENDPOINT = "https://huggingface.co"
 MODELSCOPE_PREFIX = "modelscope:"
@@ -40,8 +40,6 @@ _REF = re.compile(rf"^(?P<repo>{_NAME}/{_NAME})(?:@(?P<rev>[^\s@]+))?$")
 _TRUE = {"1", "true", "yes", "on"}
 
 
-class SourceUnavailable(ModelNotFound):
-    """A hub reference that cannot be served from here (offline, not cached, package missing)."""
 
 
 @dataclass(frozen=True, slots=True)

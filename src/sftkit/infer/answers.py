@@ -48,7 +48,8 @@ from typing import Any
 
 from sftkit import __version__
 from sftkit.core.conversation import Conversation, Message
-from sftkit.core.safepaths import RefusedPath, same_file, write_text_atomic
+from sftkit.core.errors import RefusedPath
+from sftkit.core.safepaths import same_file, write_text_atomic
 from sftkit.data import LoadResult, Reject, load_file
 from sftkit.infer.engine import Engine, GenParams
 

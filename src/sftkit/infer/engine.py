@@ -20,6 +20,12 @@ from typing import Any, Literal
 
 import torch
 
+from sftkit.core.errors import UsageError
+from sftkit.core.yamlio import read_yaml_file
+from sftkit.hub.models import load_model, load_tokenizer, resolve
+from sftkit.templates.registry import load_template
+from sftkit.templates.render import Renderer
+
 FinishReason = Literal["stop", "length", "abort"]  # abort: the caller left mid-stream
 
 
@@ -37,11 +43,11 @@ class GenParams:
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+            raise UsageError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise UsageError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be positive, got {self.repetition_penalty}")
+            raise UsageError(f"repetition_penalty must be positive, got {self.repetition_penalty}")
 
     @property
     def greedy(self) -> bool:
@@ -137,7 +143,6 @@ class Engine:
     @classmethod
     def from_ref(cls, ref: str, dtype: str = "float32", batch_size: int = 16, template: str | None = None) -> Engine:
         """Load a model reference or run folder (base + adapter) with the run's template."""
-        from sftkit.hub.models import load_model, load_tokenizer, resolve
 
         resolved = resolve(ref)
         tok = load_tokenizer(resolved.path)
@@ -384,7 +389,6 @@ def pos_last(pos: torch.Tensor) -> torch.Tensor:
 def _run_template(run_dir: Any) -> str | None:
     from pathlib import Path
 
-    from sftkit.core.config import read_yaml_file
 
     cfg = read_yaml_file(Path(run_dir) / "config.yaml", "run config") or {}
     tpl = cfg.get("template")
@@ -396,12 +400,4 @@ def _run_template(run_dir: Any) -> str | None:
 def build_renderer(tokenizer: Any, template: str | None = None) -> Any:
     """A Renderer for ``template`` (None/"auto": the tokenizer's own chat template;
     a shipped name; a .json/.jinja file)."""
-    from sftkit.templates.render import Renderer
-
-    try:
-        from sftkit.templates.registry import load_template
-    except ImportError:  # the registry is optional: fall back to the tokenizer's own template
-        from sftkit.templates.hf import HFChatTemplate
-
-        return Renderer(HFChatTemplate(tokenizer), tokenizer)
     return Renderer(load_template(template, tokenizer), tokenizer)

@@ -41,7 +41,6 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from fastapi import FastAPI, Request
@@ -52,6 +51,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sftkit.core.conversation import Conversation, Message
+from sftkit.hub.models import served_name
 from sftkit.infer.batcher import Batcher
 from sftkit.infer.engine import Engine, GenParams, GenResult
 
@@ -709,12 +709,6 @@ def _stream(srv: _Server, prompt: str, params: GenParams, n_prompt: int, include
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-def served_name(ref: str) -> str:
-    """The model id clients send: the folder name for paths, else the reference itself."""
-    p = Path(ref)
-    return p.resolve().name if p.exists() else ref
-
-
 def serve(engine: Engine, ref: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           max_batch: int = 16, max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT, log_level: str = "info") -> None:
     """Run the server in the foreground until interrupted."""
@@ -727,67 +721,3 @@ def serve(engine: Engine, ref: str, host: str = "127.0.0.1", port: int = 8000, a
 
 
 # -- vLLM ---------------------------------------------------------------------------
-
-
-def vllm_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("vllm") is not None
-
-
-def vllm_command(ref: str, host: str, port: int, api_key: str | None, max_batch: int,
-                 template_dir: Path | None = None) -> list[str]:
-    """The ``vllm serve`` command line for a model folder, an exported folder, or a
-    run folder (base + ``--lora-modules``, or the full-FT ``model/``). A run trained
-    with a JSON template gets it as a Jinja ``--chat-template`` file in ``template_dir``."""
-    import shutil
-    import sys
-
-    from sftkit.hub.models import resolve
-    from sftkit.infer.engine import _run_template
-
-    p = Path(ref)
-    name = served_name(ref)
-    run = p if (p / "config.yaml").is_file() and ((p / "adapter").is_dir() or (p / "model").is_dir()) else None
-    extra: list[str] = []
-    if run is not None and (run / "adapter").is_dir():
-        resolved = resolve(ref)
-        model = str(resolved.path)
-        rank = json.loads((run / "adapter" / "adapter_config.json").read_text()).get("r", 16)
-        extra += ["--enable-lora", "--lora-modules", f"{name}={resolved.adapter}", "--max-lora-rank", str(rank)]
-        served = [resolved.path.name]  # the base is served too; clients ask for `name` to get the adapter
-    elif run is not None:
-        model, served = str((run / "model").resolve()), [name]
-    else:
-        model, served = str(resolve(ref).path), [name]
-    if run is not None:
-        extra += _vllm_template(run, _run_template(run), template_dir)
-    if shutil.which("vllm"):
-        cmd = ["vllm", "serve", model]
-    else:
-        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model]
-    cmd += ["--host", host, "--port", str(port), "--served-model-name", *served, "--max-num-seqs", str(max_batch)]
-    if api_key:
-        cmd += ["--api-key", api_key]
-    return cmd + extra
-
-
-def _vllm_template(run: Path, template: str | None, where: Path | None) -> list[str]:
-    if template is None:
-        return []  # the tokenizer's own template: vLLM reads it from the folder
-    if template.endswith((".jinja", ".j2")):
-        return ["--chat-template", str(Path(template).resolve())]
-    import tempfile
-
-    from sftkit.export.merge import json_to_jinja
-    from sftkit.templates.json_template import JSONTemplate
-    from sftkit.templates.registry import load_template
-
-    tpl = load_template(template)
-    if not isinstance(tpl, JSONTemplate):
-        return []
-    # Written outside the run folder: serving must not modify the user's run.
-    where = where or Path(tempfile.mkdtemp(prefix="sftkit-vllm-"))
-    out = where / f"{run.name}.chat_template.jinja"
-    out.write_text(json_to_jinja(tpl), encoding="utf-8")
-    return ["--chat-template", str(out)]

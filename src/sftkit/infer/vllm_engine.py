@@ -63,33 +63,3 @@ class VllmEngine(Engine):
 def lora_rank(adapter: Any) -> int:
     r = int(json.loads((adapter / "adapter_config.json").read_text()).get("r", 16))
     return next((x for x in _LORA_RANKS if x >= r), r)
-
-
-def load_sides(model_ref: str, baseline_ref: str | None, batch_size: int = 16, caps: Any = None) -> list[Any]:
-    """Evaluation sides on one vLLM engine (see the module docstring)."""
-    from sftkit.evaluate.runner import NO_BASELINE, Side, _run_config
-    from sftkit.hub.models import load_tokenizer, resolve
-    from sftkit.infer.engine import build_renderer
-    from sftkit.train.accel import AcceleratorUnavailable, check_vllm
-
-    check_vllm(caps)
-    resolved = resolve(model_ref)
-    other = baseline_ref is not None and baseline_ref.strip().lower() not in NO_BASELINE
-    if other:
-        raise AcceleratorUnavailable("--engine vllm compares a run with its own base model (one engine, adapter "
-                                     "on and off); for another --baseline use --engine transformers")
-    import vllm
-    from vllm.lora.request import LoRARequest
-
-    tok = load_tokenizer(resolved.path)
-    template = (_run_config(resolved.run_dir).get("template") if resolved.run_dir else None) or None
-    renderer = build_renderer(tok, template)
-    lora = resolved.adapter
-    kw: dict[str, Any] = {"enable_lora": True, "max_lora_rank": lora_rank(lora)} if lora is not None else {}
-    llm = vllm.LLM(model=str(resolved.path), tokenizer=str(resolved.path), seed=0, **kw)
-    req = LoRARequest("adapter", 1, str(lora)) if lora is not None else None
-    sides = [Side("model", model_ref, VllmEngine(llm, tok, renderer, vllm.SamplingParams, req, batch_size))]
-    if baseline_ref is None and lora is not None:
-        base = VllmEngine(llm, tok, renderer, vllm.SamplingParams, None, batch_size)
-        sides.append(Side("baseline", f"{resolved.path} (base)", base))
-    return sides

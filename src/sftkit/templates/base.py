@@ -11,18 +11,9 @@ a user's file) goes through the same code at train and at inference time.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Literal, Protocol
 
 from sftkit.core.conversation import Conversation
-
-
-class MaskPolicy(StrEnum):
-    """Which tokens carry loss."""
-
-    assistant = "assistant"  # every assistant reply (multi-turn), the default
-    last = "last"  # only the final assistant reply
-    all = "all"  # every token (plain text, continued pre-training)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,15 +37,7 @@ class ChatTemplate(Protocol):
         ...
 
 
-class TemplateError(ValueError):
-    """A template cannot render a conversation (with the reason and the row)."""
 
 
-class RowRejected(TemplateError):
-    """This one row cannot be used (too long under ``drop``, nothing left to
-    train after truncation); it is reported, the run goes on."""
 
 
-class TemplateBlocked(TemplateError):
-    """The template itself is refused: it reached for Python internals, or a render went over its
-    time or size budget (``sandbox.py``). Never a bad row to skip: the template is at fault."""

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sftkit.core.conversation import Conversation
-from sftkit.templates.base import ChatTemplate, MaskPolicy, Segment, TemplateError
+from sftkit.core.errors import TemplateError
+from sftkit.core.vocab import MaskPolicy
+from sftkit.templates.base import ChatTemplate, Segment
 from sftkit.templates.inline import needs_lowering
 from sftkit.templates.render import IGNORE, Rendered, Renderer
 

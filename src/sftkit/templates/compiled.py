@@ -21,7 +21,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sftkit.core.conversation import Conversation, Message
-from sftkit.templates.base import Segment, TemplateBlocked, TemplateError
+from sftkit.core.errors import TemplateBlocked, TemplateError
+from sftkit.templates.base import Segment
 from sftkit.templates.json_template import JSONTemplate
 
 Render = Callable[[list[dict[str, str]], bool], str]

@@ -25,7 +25,8 @@ from __future__ import annotations
 from typing import Any
 
 from sftkit.core.conversation import Conversation
-from sftkit.templates.base import Segment, TemplateError
+from sftkit.core.errors import TemplateError
+from sftkit.templates.base import Segment
 from sftkit.templates.compiled import Shape, agrees, compile_jinja, shape
 from sftkit.templates.inline import Support, describe, lower, probe
 from sftkit.templates.sandbox import compile_template, render_chat

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from sftkit.core.conversation import Conversation, Message
-from sftkit.templates.base import TemplateBlocked
+from sftkit.core.errors import TemplateBlocked
 
 _MARK = "sftkit-probe-7f3a"
 _TOOL = {"type": "function", "function": {"name": f"{_MARK}fn", "description": "d", "parameters": {}}}

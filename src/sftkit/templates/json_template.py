@@ -21,8 +21,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sftkit.core.conversation import Conversation, Message
+from sftkit.core.errors import TemplateError
 from sftkit.core.textfile import read_text
-from sftkit.templates.base import Segment, TemplateError
+from sftkit.templates.base import Segment
 
 _PLACEHOLDER = re.compile(r"\{(content|reasoning|name|arguments|arguments_kwargs|tool|tools|tools_json)\}")
 

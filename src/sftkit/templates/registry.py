@@ -8,8 +8,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from sftkit.core.errors import TemplateError
 from sftkit.core.textfile import read_text
-from sftkit.templates.base import ChatTemplate, TemplateError
+from sftkit.templates.base import ChatTemplate
 from sftkit.templates.hf import HFChatTemplate
 from sftkit.templates.json_template import JSONTemplate
 

@@ -15,12 +15,13 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import StrEnum
 from operator import itemgetter
 from typing import Any, Literal
 
 from sftkit.core.conversation import Conversation
-from sftkit.templates.base import ChatTemplate, MaskPolicy, RowRejected, Segment, TemplateBlocked, TemplateError
+from sftkit.core.errors import RowRejected, TemplateBlocked, TemplateError
+from sftkit.core.vocab import MaskPolicy, Overflow
+from sftkit.templates.base import ChatTemplate, Segment
 
 IGNORE = -100
 _start = itemgetter(0)  # a token's first character, from its (start, end) offsets
@@ -38,14 +39,6 @@ def paused_gc() -> Iterator[None]:
     finally:
         if was:
             gc.enable()
-
-
-class Overflow(StrEnum):
-    """What to do with a conversation longer than ``cutoff_len`` tokens."""
-
-    truncate = "truncate"  # keep the start; refuse if nothing trainable would remain
-    drop = "drop"
-    error = "error"
 
 
 @dataclass(slots=True)

@@ -46,7 +46,7 @@ from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import Namespace
 
-from sftkit.templates.base import TemplateBlocked, TemplateError
+from sftkit.core.errors import TemplateBlocked, TemplateError
 
 RENDER_SECONDS = 2.0
 """Wall-clock budget of one render (a chat template takes well under a millisecond per message)."""

@@ -12,60 +12,26 @@ sentence saying what it needs, instead of a crash deep inside a library:
   * ``train.bf16`` on a CUDA GPU without bf16 (V100, T4) — use fp16; ``train.fp16`` on a CPU — use bf16
     (a warning where the CPU has no native bf16).
 
-``check_vllm()`` does the same for ``--engine vllm`` in ``sft eval`` / ``sft serve``.
-``Capabilities`` is what the checks read; tests pass their own to exercise the
-GPU-side decisions on this CPU machine.
+``Capabilities`` (``hub/device.py``) is what the checks read; tests pass their own to exercise
+the GPU-side decisions on this CPU machine.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
-from dataclasses import dataclass, field
 from typing import Any
 
 from sftkit.core.config import Method, RunConfig
-from sftkit.train.methods import MethodUnavailable
+from sftkit.core.errors import AcceleratorUnavailable
+from sftkit.hub.device import Capabilities, detect
+from sftkit.train.collate import Collator, FlatCollator
 
-_PACKAGES = ("unsloth", "liger_kernel", "flash_attn", "bitsandbytes", "vllm")
 # bitsandbytes-backed optimizer names of TrainingArguments.optim
 _BNB_OPTIMS = ("adamw_bnb_8bit", "adamw_8bit", "ademamix", "ademamix_8bit", "lion_8bit", "lion_32bit",
                "rmsprop_bnb", "rmsprop_bnb_8bit", "rmsprop_bnb_32bit")
 _FLASH_MIN_CAPABILITY = (8, 0)  # flash-attn 2 kernels: Ampere (A100, RTX 30xx) and newer
 
 
-class AcceleratorUnavailable(MethodUnavailable):
-    """A switch needs hardware or a package this machine does not have."""
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    cuda: bool
-    capability: tuple[int, int] | None = None  # CUDA compute capability of device 0
-    bf16: bool = False  # the CUDA GPU computes in bf16 natively
-    cpu_bf16: bool = False  # the CPU has native bf16 instructions (AVX512-BF16 / AMX)
-    packages: frozenset[str] = field(default_factory=frozenset)
-
-    def has(self, package: str) -> bool:
-        return package in self.packages
-
-    def device(self) -> str:
-        if not self.cuda:
-            return "this machine has no CUDA GPU"
-        cc = f"{self.capability[0]}.{self.capability[1]}" if self.capability else "unknown"
-        return f"this GPU has compute capability {cc}"
-
-
-def detect() -> Capabilities:
-    """What this machine offers (no package is imported; torch is)."""
-    import torch
-
-    cuda = torch.cuda.is_available()
-    cap = tuple(torch.cuda.get_device_capability(0)) if cuda else None
-    bf16 = bool(cuda and torch.cuda.is_bf16_supported())
-    cpu_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    found = frozenset(p for p in _PACKAGES if importlib.util.find_spec(p) is not None)
-    return Capabilities(cuda, cap, bf16, cpu_bf16, found)  # type: ignore[arg-type]
 
 
 # -- the checks ------------------------------------------------------------------------------
@@ -176,24 +142,12 @@ def check_train(cfg: RunConfig, caps: Capabilities | None = None) -> list[str]:
     return warnings
 
 
-def check_vllm(caps: Capabilities | None = None) -> None:
-    """``--engine vllm``: the vllm package and a CUDA GPU (its PyPI wheels are CUDA builds)."""
-    caps = caps or detect()
-    if not caps.has("vllm"):
-        raise AcceleratorUnavailable("--engine vllm: vllm is not installed (`pip install vllm`; it needs a CUDA "
-                                     "GPU); use --engine transformers")
-    if not caps.cuda:
-        raise AcceleratorUnavailable(f"--engine vllm needs a CUDA GPU ({caps.device()}); "
-                                     "use --engine transformers")
-
-
 # -- the switches' code paths ------------------------------------------------------------------
 
 
 def train_collator(cfg: RunConfig, pad_id: int) -> Any:
     """flash_attention_2 + packing: padding-free batches (transformers' flash path separates packed
     examples by position ids only in a single row); otherwise the padding collator."""
-    from sftkit.train.collate import Collator, FlatCollator
 
     if cfg.train.packing and cfg.model.attn_implementation == "flash_attention_2":
         return FlatCollator(pad_id)

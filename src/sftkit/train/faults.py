@@ -31,6 +31,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from sftkit.core.errors import TrainError
+from sftkit.train.callbacks import last_complete_checkpoint
 
 MB = 1024 * 1024
 # Checkpoints of full fine-tuning hold the weights plus AdamW's two fp32 moments: at least
@@ -224,7 +225,6 @@ class NonFiniteLossGuard(TrainerCallback):
         return found
 
     def _message(self, step: int, kind: str, sources: list[str]) -> str:
-        from sftkit.train.callbacks import last_complete_checkpoint
 
         shown = ", ".join(sources[:20]) + (f" (+{len(sources) - 20} more)" if len(sources) > 20 else "")
         last = last_complete_checkpoint(self.checkpoints)
@@ -261,7 +261,6 @@ def _disk_full(e: BaseException, run_dir: Path) -> bool:
 @contextlib.contextmanager
 def io_failures(run_dir: Path) -> Iterator[None]:
     """Turn a disk filling up mid-run, or a refused unpickling on resume, into ``TrainError``."""
-    from sftkit.train.callbacks import last_complete_checkpoint
 
     try:
         yield

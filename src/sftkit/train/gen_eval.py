@@ -15,12 +15,13 @@ from typing import Any
 from transformers import TrainerCallback
 
 from sftkit.core.conversation import Conversation
+from sftkit.evaluate import metrics as M
+from sftkit.infer.engine import Engine, GenParams
 
 
 class GenerationEval(TrainerCallback):
     def __init__(self, renderer: Any, convs: list[Conversation], metrics: list[str] | None, every: int,
                  max_new_tokens: int, path: Path) -> None:
-        from sftkit.evaluate import metrics as M
 
         self.renderer = renderer
         self.convs = [c for c in convs if c.final_reply() is not None]
@@ -35,8 +36,6 @@ class GenerationEval(TrainerCallback):
             return
         import torch
 
-        from sftkit.evaluate import metrics as M
-        from sftkit.infer.engine import Engine, GenParams
 
         was_training = model.training
         model.eval()

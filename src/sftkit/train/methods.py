@@ -7,10 +7,7 @@ import math
 from typing import Any
 
 from sftkit.core.config import Method, MethodConfig
-
-
-class MethodUnavailable(RuntimeError):
-    """The method needs a backend this machine does not have."""
+from sftkit.core.errors import MethodUnavailable
 
 
 def quantization_config(method: MethodConfig) -> Any | None:

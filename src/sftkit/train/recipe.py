@@ -16,12 +16,17 @@ from typing import Any
 
 from rich.console import Console
 
-from sftkit.core.config import Method, RunConfig, check_data_files, config_to_yaml
-from sftkit.core.errors import TrainError
+from sftkit import __version__
+from sftkit.core.config import Method, RunConfig
+from sftkit.core.configio import check_data_files, config_to_yaml
+from sftkit.core.errors import DoesNotFit, TrainError
 from sftkit.core.rundir import Action, Overwrite, Plan, RunDir, config_digest
 from sftkit.data import write_rejects
 from sftkit.data.prepare import Prepared, prepare
+from sftkit.estimate import preflight
+from sftkit.evaluate.report import write_report
 from sftkit.hub import models, safety
+from sftkit.templates import check_template
 from sftkit.templates.registry import load_template
 from sftkit.templates.render import Renderer
 from sftkit.train import accel, attention, faults, tracking
@@ -93,7 +98,6 @@ def _write_environment(run_dir: Path) -> None:
     import torch
     import transformers
 
-    from sftkit import __version__
 
     env = {"sftkit": __version__, "python": platform.python_version(), "torch": torch.__version__,
            "transformers": transformers.__version__, "peft": peft.__version__,
@@ -111,7 +115,6 @@ def _check_template(template: Any, tokenizer: Any, data: Prepared, model_path: P
     before the run folder is made: a run that fails it leaves nothing behind). Returns the report."""
     from transformers import GenerationConfig
 
-    from sftkit.templates import check_template
 
     try:
         gen = GenerationConfig.from_pretrained(model_path)
@@ -226,7 +229,6 @@ def _step_of(checkpoint: str | None) -> int:
 def _preflight(cfg: RunConfig, data: Prepared, force: bool, console: Console) -> None:
     """Refuse a run that will not fit the device, before the weights load (``--force`` overrides).
     Batches are padded to their longest row, so the real longest row sets the activations."""
-    from sftkit.estimate import DoesNotFit, preflight
 
     rows = data.train.examples + data.val.examples
     longest = cfg.data.cutoff_len if cfg.train.packing else max(len(e.input_ids) for e in rows)
@@ -429,7 +431,6 @@ def _finish(folder: RunDir, out: Any, trainer: Any, seconds: float, tokens_per_s
             checkpoint: str | None, params: tuple[int, int], final: Path, console: Console) -> None:
     """Rank 0, after the final weights are in place: the curves, the summary (its presence means
     the run finished), the report."""
-    from sftkit.evaluate.report import write_report
 
     plot_loss(folder.metrics, folder.loss_plot)
     summary = {"train_seconds": round(seconds, 2), "global_step": out.global_step,

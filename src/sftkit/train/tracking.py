@@ -12,9 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sftkit.train.methods import MethodUnavailable
-
-TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "swanlab": "swanlab", "mlflow": "mlflow"}
+from sftkit.core.errors import MethodUnavailable
+from sftkit.core.vocab import TRACKERS
 
 
 def setup(names: list[str], run_dir: Path, run_name: str) -> tuple[list[str], list[Any]]:

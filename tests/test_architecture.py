@@ -29,6 +29,8 @@ FLOORS = {
 def _modules() -> dict[str, Path]:
     out = {}
     for f in SRC.rglob("*.py"):
+        if "examples" in f.relative_to(SRC).parts:
+            continue  # the worked examples' data scripts, not modules
         parts = f.relative_to(SRC.parent).with_suffix("").parts
         name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
         out[name] = f
@@ -162,3 +164,13 @@ def test_help_imports_no_heavy_package():
             "print(','.join(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"`sft --help` imports {out.stdout.strip()}"
+
+
+def test_the_architecture_picture_is_current():
+    sys.path.insert(0, str(SRC.parents[1] / "docs"))
+    try:
+        import architecture_svg
+    finally:
+        sys.path.pop(0)
+    assert architecture_svg.OUT.read_text(encoding="utf-8") == architecture_svg.svg(), (
+        "docs/architecture.svg is stale: python docs/architecture_svg.py")

@@ -138,15 +138,19 @@ def _export(*args: str):
     return CliRunner().invoke(app, ["export", *args])
 
 
-def test_export_cli_gguf_unavailable_and_errors(lora_run, tmp_path, monkeypatch):
-    monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
-    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no convert_hf_to_gguf.py anywhere
+def test_export_cli_quantizer_missing_and_errors(lora_run, tmp_path, monkeypatch):
+    monkeypatch.delenv("LLAMA_QUANTIZE", raising=False)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no llama-quantize anywhere
     out = tmp_path / "m"
-    r = _export(str(lora_run), "--out", str(out), "--gguf")
-    assert r.exit_code == 3, r.output
-    assert "llama.cpp" in r.output and "Traceback" not in r.output
-    assert (out / "config.json").is_file(), "the HF folder is written even without GGUF"
-    assert "merged vs base+adapter" in r.output
+    r = _export(str(lora_run), "--out", str(out), "--gguf", "q4_k_m")
+    assert r.exit_code == 2, r.output  # refused before the merge: nobody waits to learn this
+    assert "llama-quantize" in r.output and "q8_0" in r.output and "Traceback" not in r.output
+    assert not out.exists()
+    r = _export(str(lora_run), "--out", str(out), "--ollama", "m")
+    assert r.exit_code == 2 and "--gguf" in r.output
+    r = _export(str(lora_run), "--out", str(out))
+    assert r.exit_code == 0, r.output
+    assert (out / "config.json").is_file() and "merged vs base+adapter" in r.output
     r = _export(str(lora_run), "--out", str(out))
     assert r.exit_code == 2 and "--force" in r.output
     r = _export(str(tmp_path), "--out", str(tmp_path / "x"))

@@ -8,6 +8,7 @@ answer before and after. Every step is a call into the module that owns it.
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,9 @@ from rich.table import Table
 from sftkit.core.config import RunConfig
 from sftkit.core.configio import load_config
 from sftkit.core.errors import ConfigError, RunDirError, UsageError
+from sftkit.core.results import HEADLINE, EvalResult
 from sftkit.core.rundir import Overwrite, RunDir, State
 from sftkit.data import load_file
-from sftkit.evaluate.metrics import HEADLINE, headline_metric
 from sftkit.evaluate.report import write_report
 from sftkit.evaluate.table import comparison_table
 
@@ -27,26 +28,29 @@ DEMO_EXAMPLE = "api_assistant"
 
 
 def examples_dir() -> Path:
-    """``examples/`` of the source checkout this package runs from."""
-    here = Path(__file__).resolve().parents[2] / "examples"
-    if not here.is_dir():
-        raise FileNotFoundError(
-            "the worked examples live in the sftkit source checkout (examples/); clone the repository and run "
-            "`make demo` there, or pass a config path to `sft run`"
-        )
-    return here
+    """The worked examples, shipped inside the package (``sftkit/examples/``; a source checkout
+    also shows them as ``examples/``)."""
+    return Path(str(resources.files("sftkit") / "examples"))
+
+
+def example_names() -> list[str]:
+    return sorted(p.name for p in examples_dir().iterdir() if (p / "config.yaml").is_file())
 
 
 def resolve_example(ref: str) -> Path:
+    """A config file, a folder holding config.yaml, or a shipped example's name (``api_assistant``,
+    also written ``examples/api_assistant`` as in a source checkout)."""
     p = Path(ref)
     if p.is_file():
         return p
     if (p / "config.yaml").is_file():
         return p / "config.yaml"
-    candidate = examples_dir() / ref / "config.yaml"
+    name = ref.removeprefix("examples/").strip("/")
+    candidate = examples_dir() / name / "config.yaml"
     if candidate.is_file():
         return candidate
-    raise UsageError(f"{ref}: not a config file, a folder with config.yaml, or an example name")
+    raise UsageError(f"{ref}: not a config file, a folder with config.yaml, or an example name "
+                     f"({', '.join(example_names())})")
 
 
 def _check_data(cfg: RunConfig, console: Console) -> dict[str, Any]:
@@ -63,11 +67,6 @@ def _check_data(cfg: RunConfig, console: Console) -> dict[str, Any]:
     console.print(table)
     return out
 
-
-def _headline(scores: dict[str, Any]) -> tuple[str | None, float | None]:
-    """The metric the summary shows (accuracy where the task has one) and its value."""
-    key = headline_metric(scores)
-    return key, (float(scores[key]) if key else None)
 
 
 def _check_folder(cfg: RunConfig, overwrite: Overwrite) -> None:
@@ -138,11 +137,13 @@ def run_pipeline(
     report = write_report(trained.run_dir)
     _sample(trained.run_dir, console)
     console.print(f"report: {report}")
-    metric, before = _headline(result["baseline"])
-    _, after = _headline(result["model"])
+    metric, before, after = EvalResult.model_validate(result).headline()
     return {
+        # "accuracy" is the headline score whatever it is (the demo's contract); "metric" names it and
+        # "score" says the same with honest keys
         "baseline": {"accuracy": before},
         "tuned": {"accuracy": after},
+        "score": {"metric": metric, "baseline": before, "tuned": after},
         "train_seconds": round(trained.train_seconds, 1),
         "report": str(report),
         "run_dir": str(trained.run_dir),

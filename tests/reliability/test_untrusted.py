@@ -173,6 +173,8 @@ def _parsed() -> tuple[list[tuple[str, ast.Call]], dict[int, ast.AST]]:
     """Every call in src/sftkit, and the innermost function (or module) holding each."""
     calls, scope_of = [], {}
     for path in sorted(SRC.rglob("*.py")):
+        if "examples" in path.relative_to(SRC).parts:
+            continue  # the worked examples' data generators (run by hand, never by sftkit), not sftkit's code
         tree = ast.parse(path.read_text(encoding="utf-8"))
         scopes = [tree, *(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef))]
         for scope in scopes:  # outer scopes first: the innermost one is written last

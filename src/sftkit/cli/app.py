@@ -40,13 +40,19 @@ app.command("download", help="Fetch a hub model (HF, mirror, ModelScope) into th
 app.command("console", help="Web console: configure, launch, watch and compare runs; chat.")(console_cmd)
 
 
+# Options that may stand alone, and the value that means: `--resume` (continue the last checkpoint) and
+# `--gguf` (it was a switch before it took a type).
+_BARE = {"--resume": "auto", "--gguf": "f16"}
+
+
 def _normalise_argv(argv: list[str]) -> list[str]:
-    """Let ``--resume`` stand alone (meaning ``--resume auto``)."""
+    """Give a bare ``--resume`` / ``--gguf`` its default value."""
     out = list(argv)
-    for i, a in enumerate(out):
-        if a == "--resume" and (i + 1 == len(out) or out[i + 1].startswith("-") or "=" in out[i + 1]):
-            out.insert(i + 1, "auto")
-            break
+    i = 0
+    while i < len(out):
+        if out[i] in _BARE and (i + 1 == len(out) or out[i + 1].startswith("-") or "=" in out[i + 1]):
+            out.insert(i + 1, _BARE[out[i]])
+        i += 1
     return out
 
 

@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from sftkit.cli.boundary import command_group
+from sftkit.cli.data_workflow import register
 from sftkit.core.errors import DataError, UsageError
 from sftkit.core.safepaths import check_output_file
 from sftkit.data import LoadResult, load_file, write_rejects
@@ -328,3 +329,7 @@ def main() -> None:  # pragma: no cover - for `python -m sftkit.cli.data`
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+# The document -> Q&A -> review workflow (extract, synth, sample, review, agree, augment).
+register(app)

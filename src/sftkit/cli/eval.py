@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
 from sftkit.core.errors import UsageError
-from sftkit.core.yamlio import read_yaml_file
+from sftkit.core.rundir import RunDir
 from sftkit.evaluate.report import write_report
 from sftkit.evaluate.table import comparison_table, print_details
 from sftkit.hub.device import check_vllm
@@ -24,14 +23,6 @@ from sftkit.hub.models import resolve
 err_console = Console(stderr=True)
 
 
-
-def _run_eval_defaults(model_or_run: str) -> dict[str, Any]:
-    """The run's ``eval:`` config section (CLI options override it)."""
-    p = Path(model_or_run)
-    if not (p / "config.yaml").is_file():
-        return {}
-
-    return (read_yaml_file(p / "config.yaml", "run config") or {}).get("eval") or {}
 
 
 def eval_cmd(
@@ -67,7 +58,8 @@ def eval_cmd(
             raise UsageError("--engine vllm compares a run with its own base model (adapter on and off); for "
                              "another --baseline use --engine transformers")
 
-    cfg = _run_eval_defaults(model_or_run)
+    run = RunDir(model_or_run)
+    cfg = run.eval_settings() if run.config.is_file() else {}
     names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else cfg.get("metrics")
     console = err_console if as_json else Console()
     with err_console.status(f"evaluating {model_or_run} ..."):

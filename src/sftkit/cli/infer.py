@@ -21,6 +21,7 @@ from sftkit.core.vocab import BUNDLED_ALIAS
 from sftkit.data import write_rejects
 from sftkit.hub.device import check_vllm
 from sftkit.hub.models import served_name
+from sftkit.infer.vllm_serve import vllm_command
 
 if TYPE_CHECKING:
     from sftkit.infer.engine import Engine
@@ -162,7 +163,6 @@ def _is_loopback(host: str) -> bool:
 
 
 def _exec_vllm(model: str, host: str, port: int, api_key: str | None, max_batch: int) -> None:
-    from sftkit.infer.vllm_serve import vllm_command
 
     check_vllm()  # the same check as `sft eval --engine vllm`: the package and a CUDA GPU
     cmd = vllm_command(model, host, port, api_key, max_batch)

@@ -18,6 +18,7 @@ from sftkit.console.jobs import LAUNCH
 from sftkit.core.config import RunConfig
 from sftkit.core.configio import load_config
 from sftkit.core.errors import ConfigError, ModelNotFound
+from sftkit.core.rundir import RunDir
 from sftkit.core.vocab import BUNDLED_ALIAS
 from sftkit.hub.models import resolve
 from sftkit.infer.engine import GenParams
@@ -238,7 +239,7 @@ def stop_run(name: str, body: StopBody, request: Request) -> dict[str, Any]:
 
 def _run_config(run_dir: Path) -> tuple[RunConfig, Path, list[str]]:
     """The config a run was trained with, and an output_dir override when it does not point here."""
-    cfg_file = run_dir / LAUNCH if (run_dir / LAUNCH).is_file() else run_dir / "config.yaml"
+    cfg_file = run_dir / LAUNCH if (run_dir / LAUNCH).is_file() else RunDir(run_dir).config
     try:
         cfg = load_config(cfg_file)
     except ConfigError as e:

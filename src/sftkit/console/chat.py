@@ -24,7 +24,7 @@ from sftkit.console import heavy
 from sftkit.console.errors import bad_request
 from sftkit.core.conversation import Conversation, Message
 from sftkit.core.errors import ModelNotFound, TemplateError
-from sftkit.core.yamlio import read_yaml_file
+from sftkit.core.rundir import RunDir
 from sftkit.hub.models import resolve
 
 NO_BASELINE = "none"
@@ -39,8 +39,7 @@ def default_baseline(ref: str) -> str | None:
     if resolved.adapter is not None:
         return None
     if resolved.run_dir is not None:
-        cfg = read_yaml_file(resolved.run_dir / "config.yaml", "run config")
-        model = cfg.get("model") if isinstance(cfg, dict) else None
+        model = RunDir(resolved.run_dir).raw_config().get("model")
         return (model.get("name_or_path") if isinstance(model, dict) else None) or NO_BASELINE
     card = Path(ref) / "README.md"
     if card.is_file():

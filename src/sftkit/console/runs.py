@@ -24,6 +24,8 @@ import yaml
 from sftkit.console import heavy
 from sftkit.console.jobs import JOB, LAUNCH, LOG, STATE, STOP, Jobs, read_json
 from sftkit.core.errors import ConfigError
+from sftkit.core.results import EvalResult
+from sftkit.core.rundir import RunDir
 from sftkit.core.yamlio import read_yaml_file
 
 FILES = ("launch.yaml", "config.yaml", "console.log", "metrics.jsonl", "report.html", "eval.json",
@@ -67,8 +69,7 @@ def complete_checkpoint(run_dir: Path) -> Path | None:
 
 def read_config(run_dir: Path) -> dict[str, Any]:
     """The resolved config ``sft train`` wrote, else the console's launch.yaml."""
-    for name in ("config.yaml", LAUNCH):
-        p = run_dir / name
+    for p in (RunDir(run_dir).config, run_dir / LAUNCH):
         if p.is_file():
             try:
                 data = read_yaml_file(p, "run config")
@@ -119,7 +120,7 @@ def summary(run_dir: Path, jobs: Jobs) -> dict[str, Any]:
         "tokens_per_s": _last(rows, "tokens_per_s"),
         "updated": _updated(run_dir),
         "has_report": (run_dir / "report.html").is_file(),
-        "has_eval": (run_dir / "eval.json").is_file(),
+        "has_eval": RunDir(run_dir).eval_results.is_file(),
         "trained": (run_dir / "adapter").is_dir() or (run_dir / "model").is_dir(),
         "stage": st.get("step"),
     }
@@ -137,21 +138,19 @@ def _updated(run_dir: Path) -> float:
     return newest
 
 
-def _eval_headline(ev: dict[str, Any] | None) -> dict[str, Any] | None:
-    if not ev:
+def _eval_headline(ev: EvalResult | None) -> dict[str, Any] | None:
+    if ev is None:
         return None
-    flips = ev.get("flips") or []
-    up = sum(1 for f in flips if f.get("direction") == "wrong_to_right")
-    return {"model": ev.get("model") or {}, "baseline": ev.get("baseline") or {}, "delta": ev.get("delta") or {},
-            "n": ev.get("n"), "primary": ev.get("primary"), "data": ev.get("data"),
-            "flips": {"wrong_to_right": up, "right_to_wrong": len(flips) - up}}
+    up = sum(1 for f in ev.flips if f.get("direction") == "wrong_to_right")
+    return {"model": ev.model, "baseline": ev.baseline, "delta": ev.delta, "n": ev.n, "primary": ev.primary,
+            "data": getattr(ev, "data", None), "flips": {"wrong_to_right": up, "right_to_wrong": len(ev.flips) - up}}
 
 
 def detail(run_dir: Path, jobs: Jobs) -> dict[str, Any]:
     """Everything the run page shows apart from the live curves and the log."""
     out = summary(run_dir, jobs)
     launch = run_dir / LAUNCH
-    cfg_file = launch if launch.is_file() else run_dir / "config.yaml"
+    cfg_file = launch if launch.is_file() else RunDir(run_dir).config
     job = read_json(run_dir / JOB) or {}
     running = out["status"] == "running"
     # Only a run that may be resumed needs the checkpoint check (it loads transformers).
@@ -164,7 +163,7 @@ def detail(run_dir: Path, jobs: Jobs) -> dict[str, Any]:
                                                             if cfg_file.is_file() else None),
         commands=job.get("commands") or {},
         train_summary=read_json(run_dir / "train_summary.json"),
-        eval=_eval_headline(read_json(run_dir / "eval.json")),
+        eval=_eval_headline(RunDir(run_dir).eval_result()),
         data=_data_summary(read_json(run_dir / "data_report.json")),
         checkpoint=ckpt.name if ckpt else None,
         can_stop=running,

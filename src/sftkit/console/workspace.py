@@ -24,6 +24,7 @@ from pathlib import Path
 
 from sftkit.console.errors import ConsoleError, bad_request, not_found
 from sftkit.core.errors import UsageError
+from sftkit.core.rundir import RunDir
 from sftkit.core.vocab import BUNDLED_ALIAS
 from sftkit.templates.registry import AUTO, shipped_names
 
@@ -173,8 +174,8 @@ class Workspace:
 
 
 def is_run(path: Path) -> bool:
-    """A run folder: written by ``sft train`` (config.yaml) or started by the console (launch.yaml)."""
-    return (path / "config.yaml").is_file() or (path / "launch.yaml").is_file()
+    """A run folder: written by ``sft train`` or started by the console (launch.yaml)."""
+    return RunDir(path).config.is_file() or (path / "launch.yaml").is_file()
 
 
 def _dir_kind(p: Path) -> str:

@@ -92,6 +92,11 @@ class DeviceUnavailable(SftkitError, RuntimeError):
     """The device asked for (``--device cuda``) is not on this machine."""
 
 
+class TeacherError(SftkitError, RuntimeError):
+    """A teacher model (``sft data synth --teacher URL``) cannot be reached or refuses; the message
+    names the URL and what to check."""
+
+
 class DoesNotFit(SftkitError, RuntimeError):
     """The run's estimated peak exceeds the device memory; ``.estimate`` holds the numbers."""
 

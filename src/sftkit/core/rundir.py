@@ -40,7 +40,10 @@ from typing import Any
 
 from sftkit import __version__
 from sftkit.core.config import Method, RunConfig
+from sftkit.core.configio import load_config
 from sftkit.core.errors import ConfigError, RunDirError
+from sftkit.core.results import EvalResult
+from sftkit.core.vocab import BUNDLED_ALIAS
 from sftkit.core.yamlio import read_yaml_file
 
 MARKER = "sftkit_run.json"
@@ -161,6 +164,14 @@ class RunDir:
     def report(self) -> Path:
         return self.path / "report.html"
 
+    @property
+    def adapter(self) -> Path:
+        return self.path / "adapter"
+
+    @property
+    def model(self) -> Path:
+        return self.path / "model"
+
     def final(self, method: Method) -> Path:
         """Where the trained weights go: ``adapter/`` for LoRA and QLoRA, ``model/`` otherwise."""
         return self.path / ("adapter" if method in (Method.lora, Method.qlora) else "model")
@@ -190,6 +201,58 @@ class RunDir:
         if not self.is_run():
             return State.FOREIGN
         return State.FINISHED if self.summary.is_file() else State.IN_PROGRESS
+
+    def is_trained(self) -> bool:
+        """A run whose training wrote its weights: ``config.yaml`` and ``adapter/`` or ``model/``.
+        Commands that take a model take such a folder too."""
+        return self.config.is_file() and (self.adapter.is_dir() or self.model.is_dir())
+
+    def weights(self) -> tuple[Path, str] | None:
+        """(folder, kind) of the trained weights: ``adapter/`` ("lora") or ``model/`` ("full")."""
+        if (self.adapter / "adapter_config.json").is_file():
+            return self.adapter, "lora"
+        if (self.model / "config.json").is_file():
+            return self.model, "full"
+        return None
+
+    # -- what the run says about itself ---------------------------------------------------------
+    def raw_config(self) -> dict[str, Any]:
+        """The config the run was trained with, as written (``{}`` when there is none). Lenient on
+        purpose: a report or a chat must read a run made by an older sftkit whose schema differs."""
+        if not self.config.is_file():
+            return {}
+        data = read_yaml_file(self.config, "run config")
+        return data if isinstance(data, dict) else {}
+
+    def run_config(self) -> RunConfig:
+        """The run's config, validated against today's schema (``ConfigError`` names what changed)."""
+        return load_config(self.config)
+
+    def base_model(self) -> str:
+        """The model reference the run started from (``model.name_or_path``)."""
+        model = self.raw_config().get("model")
+        ref = model.get("name_or_path") if isinstance(model, dict) else None
+        return str(ref) if ref else BUNDLED_ALIAS
+
+    def template(self) -> str | None:
+        """The chat template the run was trained with (None: the tokenizer's own)."""
+        tpl = self.raw_config().get("template")
+        if isinstance(tpl, dict):  # a config section, e.g. {name: chatml, ...}
+            tpl = tpl.get("name") or tpl.get("ref")
+        return str(tpl) if tpl else None
+
+    def eval_settings(self) -> dict[str, Any]:
+        """The run's ``eval:`` section (what ``sft eval RUN`` defaults to)."""
+        ev = self.raw_config().get("eval")
+        return ev if isinstance(ev, dict) else {}
+
+    def eval_result(self) -> EvalResult | None:
+        """The last evaluation (``eval.json``), or None when the run was never evaluated."""
+        try:
+            data = json.loads(self.eval_results.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return EvalResult.model_validate(data) if isinstance(data, dict) else None
 
     def has_checkpoints(self) -> bool:
         return self.checkpoints.is_dir() and any(self.checkpoints.iterdir())

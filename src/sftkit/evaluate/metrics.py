@@ -328,12 +328,6 @@ class MetricResult:
     primary: str
 
 
-HEADLINE = ("accuracy", "json_field_match", "exact_match", "rougeL", "bleu")
-
-
-def headline_metric(scores: dict[str, Any]) -> str | None:
-    """The one score a result is summarised by (accuracy where it is a classification)."""
-    return next((k for k in HEADLINE if isinstance(scores.get(k), int | float)), None)
 
 
 def primary_metric(names: Sequence[str]) -> str:

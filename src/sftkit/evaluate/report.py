@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sftkit.core.yamlio import read_yaml_file
-from sftkit.evaluate.metrics import headline_metric
+from sftkit.core.results import headline_metric
+from sftkit.core.rundir import RunDir
 
 PALETTE = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2")
 # Metrics on a 0-1 scale are shown as percentages so they share an axis with BLEU/ROUGE (0-100).
@@ -495,9 +495,9 @@ def _latency_section(ev: dict[str, Any]) -> str:
 
 def render_report(run: Path) -> str:
 
-    cfg_path = run / "config.yaml"
-    cfg = (read_yaml_file(cfg_path, "run config") or {}) if cfg_path.is_file() else {}
-    ev = _read_json(run / "eval.json") or {}
+    cfg = RunDir(run).raw_config()
+    result = RunDir(run).eval_result()
+    ev = result.model_dump() if result else {}
     name = cfg.get("name") or run.name
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     parts = [

@@ -22,7 +22,7 @@ from typing import Any
 
 from sftkit.core.conversation import Conversation
 from sftkit.core.errors import AcceleratorUnavailable, DataError, RowRejected, UsageError
-from sftkit.core.yamlio import read_yaml_file
+from sftkit.core.rundir import RunDir
 from sftkit.data import load_file
 from sftkit.evaluate import metrics as M
 from sftkit.hub.device import check_vllm
@@ -51,11 +51,6 @@ class Side:
 # -- loading ------------------------------------------------------------------------------
 
 
-def _run_config(run_dir: Path) -> dict[str, Any]:
-
-    p = run_dir / "config.yaml"
-    return (read_yaml_file(p, "run config") or {}) if p.is_file() else {}
-
 
 def _adapter_off(model: Any) -> Callable[[], contextlib.AbstractContextManager[Any]]:
     return model.disable_adapter  # PeftModel: a context manager that bypasses the LoRA layers
@@ -68,7 +63,7 @@ def load_sides(model_ref: str, baseline_ref: str | None, dtype: str = "float32",
 
     resolved = resolve(model_ref)
     tok = load_tokenizer(resolved.path)
-    template = (_run_config(resolved.run_dir).get("template") if resolved.run_dir else template) or None
+    template = (RunDir(resolved.run_dir).template() if resolved.run_dir else template) or None
     model = load_model(resolved, dtype=dtype)
     engine = Engine(model, tok, build_renderer(tok, template), batch_size=batch_size)
     sides = [Side("model", model_ref, engine)]
@@ -79,7 +74,7 @@ def load_sides(model_ref: str, baseline_ref: str | None, dtype: str = "float32",
         btok = load_tokenizer(b.path)
         # Same conversations, same template: a plain baseline model is prompted the
         # way the tuned one is (a baseline run keeps its own template).
-        btpl = (_run_config(b.run_dir).get("template") if b.run_dir else template) or None
+        btpl = (RunDir(b.run_dir).template() if b.run_dir else template) or None
         bengine = Engine(load_model(b, dtype=dtype), btok, build_renderer(btok, btpl), batch_size=batch_size)
         sides.append(Side("baseline", baseline_ref, bengine))
     return sides
@@ -369,7 +364,7 @@ def _finite(obj: Any) -> Any:
 
 
 def _default_data(run_dir: Path) -> str:
-    tests = (_run_config(run_dir).get("data") or {}).get("test") or []
+    tests = (RunDir(run_dir).raw_config().get("data") or {}).get("test") or []
     first = tests[0] if tests else None
     path = first.get("path") if isinstance(first, dict) else first
     if not path:
@@ -448,7 +443,7 @@ def load_vllm_sides(model_ref: str, baseline_ref: str | None, batch_size: int = 
     from vllm.lora.request import LoRARequest
 
     tok = load_tokenizer(resolved.path)
-    template = (_run_config(resolved.run_dir).get("template") if resolved.run_dir else None) or None
+    template = (RunDir(resolved.run_dir).template() if resolved.run_dir else None) or None
     renderer = build_renderer(tok, template)
     lora = resolved.adapter
     kw: dict[str, Any] = {"enable_lora": True, "max_lora_rank": vllm_engine.lora_rank(lora)} if lora is not None else {}

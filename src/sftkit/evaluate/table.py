@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from sftkit.evaluate.metrics import headline_metric
+from sftkit.core.results import headline_metric
 
 
 def _num(v: Any, key: str) -> str:

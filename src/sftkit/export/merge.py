@@ -27,19 +27,15 @@ other folder is refused and left as it was (``sftkit.core.safepaths``).
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sftkit.core.errors import ExportError
+from sftkit.core.rundir import RunDir
 from sftkit.core.safepaths import check_replaceable_dir, refuse_overlap, replace_dir
-from sftkit.core.vocab import BUNDLED_ALIAS
-from sftkit.core.yamlio import read_yaml_file
 from sftkit.hub.models import load_tokenizer, resolve
 from sftkit.hub.safety import check_adapter
 from sftkit.templates.json_template import JSONTemplate
@@ -84,20 +80,15 @@ class ExportResult:
 
 
 def read_run(run: Path) -> RunInfo:
-    from sftkit.infer.engine import _run_template
-
-    if not (run / "config.yaml").is_file():
+    rd = RunDir(run)
+    if not rd.config.is_file():
         raise ExportError(f"{run}: not a run folder (no config.yaml); export needs the folder `sft train` wrote")
-    cfg = read_yaml_file(run / "config.yaml", "run config") or {}
-    if (run / "adapter" / "adapter_config.json").is_file():
-        weights, kind = run / "adapter", "lora"
-    elif (run / "model" / "config.json").is_file():
-        weights, kind = run / "model", "full"
-    else:
+    found = rd.weights()
+    if found is None:
         raise ExportError(f"{run}: no adapter/ or model/ folder (training did not finish?); nothing to export")
-    base_ref = (cfg.get("model") or {}).get("name_or_path", BUNDLED_ALIAS)
-    base = resolve(base_ref).path if kind == "lora" else weights
-    return RunInfo(run.resolve(), Path(base), weights.resolve(), kind, _run_template(run), cfg)
+    weights, kind = found
+    base = resolve(rd.base_model()).path if kind == "lora" else weights
+    return RunInfo(rd.path, Path(base), weights.resolve(), kind, rd.template(), rd.raw_config())
 
 
 # -- logits checks -------------------------------------------------------------------
@@ -340,34 +331,3 @@ def export_run(run: Path, out: Path, dtype: str | None = None, force: bool = Fal
 
 
 # -- GGUF ------------------------------------------------------------------------
-
-GGUF_HELP = ("GGUF export needs llama.cpp's converter, which is not installed here (the `gguf` Python package "
-             "alone cannot convert a model): `git clone https://github.com/ggml-org/llama.cpp`, "
-             "`pip install -r llama.cpp/requirements/requirements-convert_hf_to_gguf.txt`, then set "
-             "LLAMA_CPP_DIR=/path/to/llama.cpp (or put convert_hf_to_gguf.py on PATH) and rerun with --gguf")
-
-
-def find_gguf_converter() -> Path | None:
-    home = os.environ.get("LLAMA_CPP_DIR")
-    if home and (Path(home) / "convert_hf_to_gguf.py").is_file():
-        return Path(home) / "convert_hf_to_gguf.py"
-    for name in ("convert_hf_to_gguf.py", "convert-hf-to-gguf.py"):
-        found = shutil.which(name)
-        if found:
-            return Path(found)
-    return None
-
-
-def to_gguf(folder: Path, dtype: str) -> Path:
-    """Convert an exported folder with llama.cpp's script; ``ExportError`` when unavailable."""
-    script = find_gguf_converter()
-    if script is None:
-        raise ExportError(GGUF_HELP)
-    outtype = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}[dtype]
-    target = folder / f"{folder.name}-{outtype}.gguf"
-    proc = subprocess.run([sys.executable, str(script), str(folder), "--outfile", str(target), "--outtype", outtype],
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0 or not target.is_file():
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise ExportError(f"{script.name} failed (exit {proc.returncode}): {tail[0]}")
-    return target

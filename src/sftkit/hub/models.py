@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from sftkit.core.errors import ModelNotFound
+from sftkit.core.rundir import RunDir
 from sftkit.core.vocab import BUNDLED_ALIAS
-from sftkit.core.yamlio import read_yaml_file
 from sftkit.hub.safety import check_adapter, check_remote_code, use_safetensors
 from sftkit.hub.sources import looks_like_hub_ref, parse_ref, resolve_cached
 
@@ -70,7 +70,7 @@ def resolve(ref: str | os.PathLike[str]) -> ResolvedModel:
     if ref == BUNDLED_ALIAS:
         return ResolvedModel(ref, gguf_to_folder(bundled_gguf(), name=BUNDLED_ALIAS))
     p = Path(ref).expanduser()
-    if p.is_dir() and (p / "config.yaml").is_file() and ((p / "adapter").is_dir() or (p / "model").is_dir()):
+    if p.is_dir() and RunDir(p).is_trained():
         return _resolve_run(p)
     if p.is_dir() and (p / "config.json").is_file():
         return ResolvedModel(ref, p.resolve())
@@ -91,11 +91,10 @@ def resolve(ref: str | os.PathLike[str]) -> ResolvedModel:
 
 def _resolve_run(run: Path) -> ResolvedModel:
 
-    if (run / "model" / "config.json").is_file():  # full / freeze fine-tuning: a complete model
-        return ResolvedModel(str(run), (run / "model").resolve(), run_dir=run.resolve())
-    cfg = read_yaml_file(run / "config.yaml", "run config") or {}
-    base = (cfg.get("model") or {}).get("name_or_path", BUNDLED_ALIAS)
-    return ResolvedModel(str(run), resolve(base).path, adapter=(run / "adapter").resolve(), run_dir=run.resolve())
+    rd = RunDir(run)
+    if (rd.model / "config.json").is_file():  # full / freeze fine-tuning: a complete model
+        return ResolvedModel(str(run), rd.model, run_dir=rd.path)
+    return ResolvedModel(str(run), resolve(rd.base_model()).path, adapter=rd.adapter, run_dir=rd.path)
 
 
 def _resolve_hub(ref: str) -> ResolvedModel:

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 
 from sftkit.core.errors import UsageError
-from sftkit.core.yamlio import read_yaml_file
+from sftkit.core.rundir import RunDir
 from sftkit.hub.models import load_model, load_tokenizer, resolve
 from sftkit.templates.registry import load_template
 from sftkit.templates.render import Renderer
@@ -148,7 +148,7 @@ class Engine:
         tok = load_tokenizer(resolved.path)
         model = load_model(resolved, dtype=dtype)
         if template is None and resolved.run_dir is not None:
-            template = _run_template(resolved.run_dir)
+            template = RunDir(resolved.run_dir).template()
         return cls(model, tok, build_renderer(tok, template), batch_size=batch_size)
 
     def _end_of_turn(self) -> tuple[list[str], set[int]]:
@@ -385,16 +385,6 @@ def pos_last(pos: torch.Tensor) -> torch.Tensor:
     """The last position of each row, as a (rows, 1) tensor."""
     return pos[:, -1:]
 
-
-def _run_template(run_dir: Any) -> str | None:
-    from pathlib import Path
-
-
-    cfg = read_yaml_file(Path(run_dir) / "config.yaml", "run config") or {}
-    tpl = cfg.get("template")
-    if isinstance(tpl, dict):  # a config section, e.g. {name: chatml, ...}
-        tpl = tpl.get("name") or tpl.get("ref")
-    return str(tpl) if tpl else None
 
 
 def build_renderer(tokenizer: Any, template: str | None = None) -> Any:

@@ -15,8 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from sftkit.core.rundir import RunDir
 from sftkit.hub.models import resolve, served_name
-from sftkit.infer.engine import _run_template
 from sftkit.templates.json_template import JSONTemplate
 from sftkit.templates.registry import load_template
 from sftkit.templates.to_jinja import json_to_jinja
@@ -36,7 +36,7 @@ def vllm_command(ref: str, host: str, port: int, api_key: str | None, max_batch:
 
     p = Path(ref)
     name = served_name(ref)
-    run = p if (p / "config.yaml").is_file() and ((p / "adapter").is_dir() or (p / "model").is_dir()) else None
+    run = p if RunDir(p).is_trained() else None
     extra: list[str] = []
     if run is not None and (run / "adapter").is_dir():
         resolved = resolve(ref)
@@ -49,7 +49,7 @@ def vllm_command(ref: str, host: str, port: int, api_key: str | None, max_batch:
     else:
         model, served = str(resolve(ref).path), [name]
     if run is not None:
-        extra += _vllm_template(run, _run_template(run), template_dir)
+        extra += _vllm_template(run, RunDir(run).template(), template_dir)
     if shutil.which("vllm"):
         cmd = ["vllm", "serve", model]
     else:

@@ -131,7 +131,7 @@ def test_llama_f32_round_trip_is_exact(llama_f32, tiny_llama):
     t = _tensors(llama_f32.path)
     q = hf["model.layers.0.self_attn.q_proj.weight"].numpy()
     stored = t["blk.0.attn_q.weight"].data.reshape(q.shape)
-    assert (stored == gg.permute(q, 4)).all() and not (stored == q).all()
+    assert (stored == gg.model.permute(q, 4)).all() and not (stored == q).all()
     assert {"output.weight", "blk.1.attn_q.bias", "blk.1.attn_k.bias"} <= set(t)
 
 
@@ -155,7 +155,7 @@ def test_llama_metadata_carries_template_and_stops(llama_f32, tiny_tok_dir):
 def test_llama_q8_0_equals_the_same_rounding(tiny_llama, tmp_path):
     res = gg.export_gguf(tiny_llama, tmp_path, "q8_0", log=_quiet)
     rec = _record(res)
-    assert res.ok and rec["exactness"]["max_abs_diff"] <= gg.EXACT_LIMIT
+    assert res.ok and rec["exactness"]["max_abs_diff"] <= gg.common.EXACT_LIMIT
     assert rec["quality"]["max_abs_diff"] > 1e-4, "q8_0 must round something, or the exactness check proves nothing"
     t = _tensors(res.path)
     assert t["blk.0.attn_q.weight"].tensor_type == gguf.GGMLQuantizationType.Q8_0
@@ -169,7 +169,7 @@ def test_qwen2_round_trips_exactly_with_biases(tmp_path_factory, tiny_tok_dir):
     for qtype in ("f32", "q8_0"):
         res = gg.export_gguf(folder, folder, qtype, log=_quiet)
         rec = _record(res)
-        assert res.ok and rec["exactness"]["max_abs_diff"] <= gg.EXACT_LIMIT, rec["exactness"]
+        assert res.ok and rec["exactness"]["max_abs_diff"] <= gg.common.EXACT_LIMIT, rec["exactness"]
         assert rec["tokenizer"]["same_ids"], "Qwen2's split regex must survive (tokenizer.ggml.pre = qwen2)"
     f, t = _fields(res.path), _tensors(res.path)
     assert f["general.architecture"] == "qwen2" and f["tokenizer.ggml.pre"] == "qwen2"
@@ -198,7 +198,7 @@ def test_llama3_rope_writes_rope_freqs_and_verifies(tmp_path_factory, tiny_tok_d
                          tie_word_embeddings=True)
     res = gg.export_gguf(folder, folder, "f16", log=_quiet)
     rec = _record(res)
-    assert res.ok and rec["exactness"]["max_abs_diff"] <= gg.EXACT_LIMIT
+    assert res.ok and rec["exactness"]["max_abs_diff"] <= gg.common.EXACT_LIMIT
     assert rec["config"]["reloaded_with_original_config"] == "rope_type llama3"
     got = _tensors(res.path)["rope_freqs.weight"].data
     want = _llama3_factors(500000.0, 16, 8.0, 1.0, 4.0, 64)
@@ -207,7 +207,7 @@ def test_llama3_rope_writes_rope_freqs_and_verifies(tmp_path_factory, tiny_tok_d
 
 
 def test_a_wrong_writer_fails_verification_and_is_kept_aside(tiny_llama, tmp_path, monkeypatch):
-    monkeypatch.setattr(gg, "permute", lambda w, n_head: w)  # the classic bug: q/k left in HF order
+    monkeypatch.setattr(gg.writer, "permute", lambda w, n_head: w)  # the classic bug: q/k left in HF order
     with pytest.raises(VerificationFailed, match="exactness") as e:
         gg.export_gguf(tiny_llama, tmp_path, "f32", log=_quiet)
     assert e.value.exit_code == 1
@@ -287,7 +287,7 @@ def test_k_quants_go_through_llama_quantize_from_our_f16(tiny_llama, tmp_path, m
     assert kind == "Q4_K_M" and "-f16." in Path(src).name and res.path == out / f"{tiny_llama.name}-q4_k_m.gguf"
     assert Path(dst).parent == out and not Path(src).exists()
     rec = _record(res)
-    assert "skipped" in rec["exactness"] and rec["source_f16"]["exactness"]["max_abs_diff"] <= gg.EXACT_LIMIT
+    assert "skipped" in rec["exactness"] and rec["source_f16"]["exactness"]["max_abs_diff"] <= gg.common.EXACT_LIMIT
     assert sorted(p.name for p in out.iterdir()) == sorted([res.path.name, res.verification_file.name])
 
 
@@ -349,7 +349,7 @@ def test_a_run_whose_gguf_cannot_be_written_says_the_folder_is_fine(lora_run, tm
     def broken(*_a, **_k):
         raise gg.GGUFError("simulated writer failure")
 
-    monkeypatch.setattr(gg, "write_gguf", broken)
+    monkeypatch.setattr(gg.exporter, "write_gguf", broken)
     out = tmp_path / "exp"
     with pytest.raises(GgufNotWritten, match="was exported and verified, but no GGUF was written") as e:
         gg.export_gguf(lora_run, out, "f16", log=_quiet)
@@ -519,14 +519,16 @@ def test_bundled_gguf_round_trip(bundled):
     rec = _record(res)
     print(json.dumps({k: rec[k] for k in ("qtype", "bytes", "write_seconds", "verify_seconds", "exactness",
                                           "quality", "issue_21_figures", "tensor_types")}))
-    assert res.ok and rec["exactness"]["max_abs_diff"] <= gg.EXACT_LIMIT  # the file is the rounded model, exactly
+    # the file is the rounded model, exactly
+    assert res.ok and rec["exactness"]["max_abs_diff"] <= gg.common.EXACT_LIMIT
     q = rec["quality"]
     assert q["ok"] and q["confident_positions"] > 100
     assert q["top1_agreement_confident"] >= 0.99 and q["max_abs_diff"] > 0  # rounding happened and was judged
     issue = rec["issue_21_figures"]
-    assert issue["max_abs_diff_limit"] == gg.ISSUE_21[qtype] and isinstance(issue["max_abs_diff_met"], bool)
+    assert issue["max_abs_diff_limit"] == gg.common.ISSUE_21[qtype] and isinstance(issue["max_abs_diff_met"], bool)
     assert rec["tokenizer"]["ok"] and rec["config"]["same"] and rec["metadata"]["ok"]
-    assert rec["metadata"]["tokenizer_pre"] == "smollm" and rec["metadata"]["file_type"] == int(gg.WRITTEN[qtype][0])
+    assert rec["metadata"]["tokenizer_pre"] == "smollm"
+    assert rec["metadata"]["file_type"] == int(gg.common.WRITTEN[qtype][0])
     mf = ollama.parse_modelfile(res.modelfile.read_text())
     assert mf["system"] == "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
     assert mf["parameters"]["stop"] == ["<|im_end|>"]

@@ -21,7 +21,9 @@ from sftkit.core.vocab import BUNDLED_ALIAS
 from sftkit.data import write_rejects
 from sftkit.hub.device import check_vllm
 from sftkit.hub.models import served_name
+from sftkit.infer.canary import Canary
 from sftkit.infer.requestlog import DEFAULT_PATH as DEFAULT_REQUEST_LOG
+from sftkit.infer.requestlog import RequestLog
 from sftkit.infer.vllm_serve import vllm_command
 
 if TYPE_CHECKING:
@@ -156,8 +158,6 @@ def serve_cmd(
         import uvicorn  # noqa: F401
     except ImportError:
         raise UsageError("sft serve needs fastapi and uvicorn: pip install 'sftkit[serve]'") from None
-    from sftkit.infer.canary import Canary
-    from sftkit.infer.requestlog import RequestLog
     from sftkit.infer.server import serve
 
     log = None if no_request_log else RequestLog(request_log)  # a refused path stops us before any loading

@@ -197,6 +197,13 @@ def test_request_log_refuses_a_file_that_is_not_one(tmp_path):
     with pytest.raises(RefusedPath, match="not an sft serve request log"):
         RequestLog(other)
     assert other.read_text(encoding="utf-8") == '{"prompt": "mine"}\n'
+    fresh = tmp_path / "logs" / "requests.jsonl"
+    log = RequestLog(fresh)
+    assert not fresh.parent.exists()  # nothing before the first line: a server that fails to start leaves none
+    log.start([{"model": "m", "role": "stable"}], None)
+    log.close()
+    assert json.loads(fresh.read_text(encoding="utf-8"))["event"] == "start"
+    RequestLog(fresh)  # its own log: appending is fine
 
 
 def test_serve_cli_refuses_bad_canary_options():

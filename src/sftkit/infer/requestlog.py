@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from sftkit.core.errors import DataError, RefusedPath
 
@@ -95,7 +95,9 @@ def _is_log(path: Path) -> bool:
 
 
 class RequestLog:
-    """Append-only JSONL, safe to call from any thread. A file that exists must be a request log."""
+    """Append-only JSONL, safe to call from any thread. A file that exists must be a request log;
+    that is checked at once, but nothing is created before the first line (a server that fails to
+    start leaves no file behind)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -104,15 +106,19 @@ class RequestLog:
         if path.exists() and path.stat().st_size and not _is_log(path):
             raise RefusedPath(f"--request-log {path} exists and is not an sft serve request log; it was left "
                               "unchanged: choose another path")
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._file = path.open("a", encoding="utf-8", buffering=1)  # line-buffered: each line lands whole
+        self._file: TextIO | None = None
+        self._closed = False
 
     def _write(self, row: dict[str, Any]) -> None:
         line = json.dumps(row, ensure_ascii=False) + "\n"
         with self._lock:
-            if not self._file.closed:
-                self._file.write(line)
+            if self._closed:
+                return
+            if self._file is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = self.path.open("a", encoding="utf-8", buffering=1)  # line-buffered: lines land whole
+            self._file.write(line)
 
     def start(self, models: list[dict[str, Any]], share: float | None) -> None:
         self._write({"event": "start", "time": _now_iso(), "models": models, "share": share})
@@ -122,7 +128,9 @@ class RequestLog:
 
     def close(self) -> None:
         with self._lock:
-            self._file.close()
+            self._closed = True
+            if self._file is not None:
+                self._file.close()
 
 
 @dataclass(slots=True)

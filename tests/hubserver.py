@@ -6,6 +6,9 @@
   HEAD /{repo}/resolve/{commit}/{file}            -> X-Repo-Commit, ETag, Content-Length
   GET  /{repo}/resolve/{commit}/{file}            -> the bytes (honours Range: bytes=N-)
 
+and the same for dataset repositories under ``/api/datasets/`` and ``/datasets/{repo}/resolve/``
+(``add_folder(..., kind="dataset")``).
+
 Errors carry ``X-Error-Code`` (RepoNotFound, RevisionNotFound, EntryNotFound) as
 the hub does. Faults for the resume tests: ``drop[file] = n`` cuts the connection
 short of its end in the next n GETs of that file; ``stall`` holds a file's GET
@@ -31,16 +34,18 @@ class Repo:
 
 @dataclass
 class Hub:
-    repos: dict[str, Repo] = field(default_factory=dict)
+    repos: dict[str, Repo] = field(default_factory=dict)  # "ORG/NAME" (models) or "datasets/ORG/NAME"
     log: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, path, Range header)
     drop: dict[str, int] = field(default_factory=dict)
     stall: str | None = None
     stalled: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
 
-    def add_folder(self, repo_id: str, folder: Path, commit: str, revisions: tuple[str, ...] = ("main",)) -> None:
+    def add_folder(self, repo_id: str, folder: Path, commit: str, revisions: tuple[str, ...] = ("main",),
+                   kind: str = "model") -> None:
         files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-        repo = self.repos.setdefault(repo_id, Repo({}, {}))
+        key = repo_id if kind == "model" else f"datasets/{repo_id}"
+        repo = self.repos.setdefault(key, Repo({}, {}))
         repo.files[commit] = files
         for r in revisions:
             repo.revisions[r] = commit
@@ -88,6 +93,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.hub.log.append((self.command, path, self.headers.get("Range")))
         if path.startswith("/api/models/"):
             self._api(path[len("/api/models/"):])
+        elif path.startswith("/api/datasets/"):
+            self._api(path[len("/api/datasets/"):], "datasets/")
+        elif path.startswith("/datasets/") and "/resolve/" in path:
+            self._resolve(path[len("/datasets/"):], head, "datasets/")
         elif "/resolve/" in path:
             self._resolve(path.lstrip("/"), head)
         else:
@@ -105,9 +114,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(404, "RevisionNotFound", head)
         return commit
 
-    def _api(self, rest: str) -> None:
+    def _api(self, rest: str, kind: str = "") -> None:
         repo_id, tail = _split_repo(rest)
-        repo = self._repo(repo_id)
+        repo = self._repo(kind + repo_id)
         if repo is None:
             return
         kind, _, rev = tail.partition("/")
@@ -122,9 +131,9 @@ class _Handler(BaseHTTPRequestHandler):
                     for p, b in files.items()]
         self._send(200, json.dumps(body).encode(), {"Content-Type": "application/json"})
 
-    def _resolve(self, rest: str, head: bool) -> None:
+    def _resolve(self, rest: str, head: bool, kind: str = "") -> None:
         repo_id, tail = _split_repo(rest)
-        repo = self._repo(repo_id, head)
+        repo = self._repo(kind + repo_id, head)
         if repo is None:
             return
         rev, _, name = tail.removeprefix("resolve/").partition("/")

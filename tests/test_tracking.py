@@ -34,8 +34,11 @@ def test_tracker_offline(tmp_path, tiny_model_dir, monkeypatch, name):
     if importlib.util.find_spec(name) is None:
         pytest.skip(f"{name} not installed (pip install 'sftkit[track]')")
     for var in ("WANDB_API_KEY", "SWANLAB_API_KEY", "WANDB_MODE", "SWANLAB_MODE", "TENSORBOARD_LOGGING_DIR",
-                "WANDB_DIR"):
-        monkeypatch.delenv(var, raising=False)
+                "WANDB_DIR", "NETRC", "WANDB_CONFIG_DIR", "SWANLAB_ROOT", "SWANLAB_SAVE_DIR"):
+        monkeypatch.setenv(var, "x")  # recorded, so that the teardown restores what setup() sets
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no `wandb login` / `swanlab login` of the developer's
+    monkeypatch.chdir(tmp_path)
     result = run(_cfg(tmp_path, tiny_model_dir, [name]))
     folder = {"tensorboard": "tensorboard", "wandb": "wandb", "swanlab": "swanlab"}[name]
     files = [p for p in (result.run_dir / folder).rglob("*") if p.is_file()]

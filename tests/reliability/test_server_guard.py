@@ -303,7 +303,8 @@ def test_cli_insecure_no_auth_serves_and_warns_with_the_url(tiny_model_dir, tmp_
     env = {k: v for k, v in os.environ.items() if k != "SFTKIT_API_KEY"}
     with log.open("w") as out:
         proc = subprocess.Popen([SFT, "serve", str(tiny_model_dir), "--host", "0.0.0.0", "--port", str(port),
-                                 "--insecure-no-auth"], stdout=out, stderr=subprocess.STDOUT, env=env)
+                                 "--insecure-no-auth"], stdout=out, stderr=subprocess.STDOUT, env=env,
+                                cwd=tmp_path)  # its request log (serve_logs/) lands there
     try:
         def up() -> bool:
             if proc.poll() is not None:

@@ -17,6 +17,7 @@ from sftkit.cli.estimate import estimate_cmd
 from sftkit.cli.eval import eval_cmd, report_cmd
 from sftkit.cli.export import export_cmd
 from sftkit.cli.infer import chat_cmd, generate_cmd, serve_cmd
+from sftkit.cli.serve_report import serve_report_cmd
 from sftkit.cli.template import app as template_app
 from sftkit.cli.train import config_help, train_cmd
 from sftkit.cli.workflow import demo_cmd, run_cmd
@@ -33,7 +34,8 @@ app.add_typer(template_app, name="template", help="List, render, show and check 
 app.command("eval", help="Evaluate a model or run on a test file, optionally against a baseline.")(eval_cmd)
 app.command("report", help="Write report.html for a run folder.")(report_cmd)
 app.command("generate", help="Answer every prompt of a data file (resumable).")(generate_cmd)
-app.command("serve", help="OpenAI-compatible HTTP server for a model or run.")(serve_cmd)
+app.command("serve", help="OpenAI-compatible HTTP server for a model or run (or two: a canary release).")(serve_cmd)
+app.command("serve-report", help="Compare the models of a server's request log (canary vs stable).")(serve_report_cmd)
 app.command("export", help="Merge a run into a standalone, verified model folder.")(export_cmd)
 app.command("estimate", help="Memory and time before you train, with recommendations.")(estimate_cmd)
 app.command("download", help="Fetch a hub model (HF, mirror, ModelScope) into the local cache.")(download_cmd)

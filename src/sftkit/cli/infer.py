@@ -21,6 +21,9 @@ from sftkit.core.vocab import BUNDLED_ALIAS
 from sftkit.data import write_rejects
 from sftkit.hub.device import check_vllm
 from sftkit.hub.models import served_name
+from sftkit.infer.canary import Canary
+from sftkit.infer.requestlog import DEFAULT_PATH as DEFAULT_REQUEST_LOG
+from sftkit.infer.requestlog import RequestLog
 from sftkit.infer.vllm_serve import vllm_command
 
 if TYPE_CHECKING:
@@ -117,13 +120,29 @@ def serve_cmd(
     max_batch: Annotated[int, typer.Option(help="Most requests decoded together (and concurrent streams).")] = 16,
     max_tokens_limit: Annotated[int, typer.Option(help="Largest max_tokens a request may ask for.")] = 1024,
     dtype: Annotated[str, typer.Option(help="Weights dtype: float32, bfloat16, float16.")] = "float32",
+    canary_of: Annotated[str | None, typer.Option(
+        "--canary-of", help="Canary release: MODEL is the new model and this the old one; requests for the old "
+                            "model's id go to MODEL for --share of the users (sticky per user: the request's "
+                            "`user`, else the X-User-Id header, else the client address). Both models are loaded.")]
+    = None,
+    share: Annotated[float, typer.Option(help="With --canary-of: the share of users (0-1) the new model answers.")]
+    = 0.1,
+    request_log: Annotated[Path, typer.Option(help="Append one JSON line per request (model, latency, tokens) "
+                                                   "here, for `sft serve-report`.")] = DEFAULT_REQUEST_LOG,
+    no_request_log: Annotated[bool, typer.Option("--no-request-log", help="Keep no request log.")] = False,
 ) -> None:
-    """Serve a model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models)."""
+    """Serve a model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models,
+    /metrics), or two in a canary release (--canary-of)."""
     api_key = api_key or os.environ.get("SFTKIT_API_KEY") or None
     if engine not in ("transformers", "vllm"):
         raise UsageError(f"--engine {engine}: use transformers or vllm")
     if max_batch < 1 or max_tokens_limit < 1:
         raise UsageError("--max-batch and --max-tokens-limit must be at least 1")
+    if not 0.0 <= share <= 1.0:
+        raise UsageError(f"--share {share}: give the share of users as a number from 0 to 1 (0.1 = 10%)")
+    if canary_of is not None and engine == "vllm":
+        raise UsageError("--canary-of needs --engine transformers (vLLM serves one model per server; run two "
+                         "and split traffic in your proxy)")
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"
     if not api_key and not _is_loopback(host):  # checked before loading: refused in a second, not a minute
         if not insecure_no_auth:
@@ -141,13 +160,27 @@ def serve_cmd(
         raise UsageError("sft serve needs fastapi and uvicorn: pip install 'sftkit[serve]'") from None
     from sftkit.infer.server import serve
 
+    log = None if no_request_log else RequestLog(request_log)  # a refused path stops us before any loading
     with err.status(f"loading {model} ..."):
         eng = load_engine(model, dtype=dtype, batch_size=max_batch)
-    err.print(f"serving [bold]{served_name(model)}[/] on {url} "
-              f"(max batch {max_batch}, max_tokens <= {max_tokens_limit}{', API key required' if api_key else ''})",
-              highlight=False)
+    canary = None
+    if canary_of is not None:
+        with err.status(f"loading {canary_of} (the stable model) ..."):
+            old = load_engine(canary_of, dtype=dtype, batch_size=max_batch)
+        name = served_name(model)
+        canary = Canary(eng, name if name != served_name(canary_of) else f"{name}-canary", share, {model})
+        eng, model = old, canary_of
+    key_note = ", API key required" if api_key else ""
+    err.print(f"serving [bold]{escape(served_name(model))}[/] on {url} "
+              f"(max batch {max_batch}, max_tokens <= {max_tokens_limit}{key_note})", highlight=False)
+    if canary is not None:
+        err.print(f"canary: [bold]{escape(canary.name)}[/] answers {share:.0%} of the users of "
+                  f"{escape(served_name(model))} (sticky per user; ask for {escape(canary.name)} by name to try it); "
+                  "both models are in memory", highlight=False, soft_wrap=True)
+    err.print(f"metrics: {url.removesuffix('/v1')}/metrics; request log: "
+              f"{escape(str(request_log)) if log else 'off'}", highlight=False, soft_wrap=True)
     serve(eng, model, host=host, port=port, api_key=api_key, max_batch=max_batch,
-          max_tokens_limit=max_tokens_limit)
+          max_tokens_limit=max_tokens_limit, canary=canary, request_log=log)
 
 
 def _is_loopback(host: str) -> bool:

@@ -70,7 +70,9 @@ class ModelConfig(_Section):
 
 class DataSource(_Section):
     path: Path
-    """JSONL / JSON / CSV / Parquet file."""
+    """JSONL / JSON / CSV / Parquet file, or a hub dataset id fetched once with `sft download --dataset REF`:
+    hf:ORG/NAME[@REV][:SPLIT] (Hugging Face / HF_ENDPOINT mirror) or modelscope:ORG/NAME[@REV][:SPLIT], read
+    from the local cache (SPLIT: train, validation, test or a file glob; needed when the dataset has several)."""
     format: str | None = None
     """Force a layout (messages, sharegpt, alpaca, input_output, cot, text); None detects it."""
     columns: dict[str, str] = Field(default_factory=dict)
@@ -105,7 +107,8 @@ def _as_sources(v: Any) -> Any:
 
 class DataConfig(_Section):
     train: list[DataSource] = Field(min_length=1)
-    """Training file(s): a path, a list of paths, or a list of {path, format, columns, weight}."""
+    """Training file(s): a path or hub dataset id (hf:ORG/NAME:train), a list of them, or a list of
+    {path, format, columns, weight}."""
     val: list[DataSource] = Field(default_factory=list)
     """Validation file(s); if empty and val_size > 0, split off from train."""
     test: list[DataSource] = Field(default_factory=list)
@@ -225,7 +228,9 @@ class TrainConfig(_Section):
     neftune_noise_alpha: float | None = Field(default=None, gt=0)
     """NEFTune embedding noise (e.g. 5); None disables."""
     report_to: list[str] = Field(default_factory=list)
-    """Trackers: tensorboard, swanlab, wandb, mlflow (several at once allowed)."""
+    """Trackers: tensorboard, swanlab, wandb, mlflow (several at once allowed). wandb and swanlab log online when
+    you are logged in their own way (`wandb login` / `swanlab login`, or their API-key variables), else offline into
+    the run folder; training says which."""
     group_by_length: bool = True
     """Batch examples of similar length together (less padding); ignored with packing."""
     packing: bool = False

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from sftkit.core.config import ConfigConflict, RunConfig, _as_sources
 from sftkit.core.errors import ConfigError
 from sftkit.core.textfile import read_text
+from sftkit.core.vocab import is_dataset_ref
 from sftkit.core.yamlio import _compose, load_yaml
 
 
@@ -152,7 +153,7 @@ def check_data_files(cfg: RunConfig) -> None:
     a config may be written before its data, and `sft train --help`-style checks should not need it)."""
     for split in ("train", "val", "test"):
         for i, src in enumerate(getattr(cfg.data, split)):
-            if not src.path.is_file():
+            if not is_dataset_ref(src.path) and not src.path.is_file():  # a hub dataset is checked when read
                 raise ConfigError(f"config data.{split}[{i}]: {src.path} does not exist (paths in a config file are "
                                   "relative to the file; in a command-line override, to the current folder)")
 
@@ -168,7 +169,7 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
             if isinstance(srcs, list):
                 fixed = []
                 for s in srcs:
-                    rel = isinstance(s, dict) and isinstance(s.get("path"), str)
+                    rel = isinstance(s, dict) and isinstance(s.get("path"), str) and not is_dataset_ref(s["path"])
                     fixed.append({**s, "path": str(base / s["path"])} if rel else s)
                 data[split] = fixed
     t = raw.get("template")

@@ -44,6 +44,16 @@ def normalize_format(fmt: str | None) -> str | None:
     return f
 
 
+DATASET_PREFIXES = ("hf:", "modelscope:")
+"""A data source that starts with one of these is a hub dataset id (``hf:ORG/NAME[@REV][:SPLIT]``,
+``modelscope:ORG/NAME[@REV][:SPLIT]``), read from the local cache after ``sft download --dataset``."""
+
+
+def is_dataset_ref(path: object) -> bool:
+    """Whether a data source names a hub dataset rather than a file (``data.train: hf:ORG/NAME``)."""
+    return str(path).startswith(DATASET_PREFIXES)
+
+
 def check_columns(columns: dict[str, str]) -> None:
     """Each ``{canonical: file_column}`` pair names a canonical key on one side."""
     for k, v in columns.items():

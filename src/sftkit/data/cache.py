@@ -24,7 +24,7 @@ from typing import Any
 
 import sftkit
 from sftkit.core.conversation import Conversation, Message
-from sftkit.core.digest import file_hash
+from sftkit.data.load import source_hash
 from sftkit.hub.models import sftkit_home
 from sftkit.templates.render import paused_gc
 
@@ -103,7 +103,7 @@ def key(data: Any, renderer: Any, seed: int) -> str | None:
     _sha(h, f"{_FORMAT} {sftkit.__version__} {_code_digest()} {seed}".encode())
     _sha(h, data.model_dump_json().encode())
     for src in [*data.train, *data.val]:
-        _sha(h, file_hash(Path(src.path)).encode())
+        _sha(h, source_hash(src.path).encode())  # a hub dataset: its cached files
     _sha(h, _template_bytes(renderer.template))
     _sha(h, tok_bytes)
     tok = renderer.tokenizer

@@ -8,12 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sftkit.core.conversation import Conversation
+from sftkit.core.digest import file_hash
 from sftkit.core.errors import DataError
-from sftkit.core.vocab import normalize_format
+from sftkit.core.vocab import is_dataset_ref, normalize_format
 from sftkit.data.layouts import ColumnMap, RowError, detect_layout, to_conversation
 from sftkit.data.readers import RawRow, iter_rows
 from sftkit.data.types import LoadResult, OnError, Reject
 from sftkit.data.validate import check_conversation, enforce
+from sftkit.hub.datasets import parse_dataset_ref, resolve_dataset
 
 # A \uD800-\uDFFF escape: JSON allows it, but a lone one is not text (tokenizers and UTF-8 refuse it).
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
@@ -98,29 +100,60 @@ def load_file(
     file_type: str | None = None,
     on_error: OnError = "skip",
 ) -> LoadResult:
-    """Read one data file into conversations.
+    """Read one data file (or a downloaded hub dataset) into conversations.
 
-    ``format``: the row layout (``messages``, ``sharegpt``, ``alpaca``, ``cot``,
-    ``text``; ``None``/``"auto"`` detects it from the rows; a file mixing layouts
-    raises ``DataError`` naming the first offending line). ``columns``:
+    ``path``: a file, or a dataset id ``hf:ORG/NAME[@REV][:SPLIT]`` /
+    ``modelscope:ORG/NAME[@REV][:SPLIT]`` already fetched with ``sft download --dataset``
+    (its selected files are read from the local cache, one after another, each detecting its
+    layout; rows are named ``REF/FILE:LINE``). ``format``: the row layout (``messages``,
+    ``sharegpt``, ``alpaca``, ``cot``, ``text``; ``None``/``"auto"`` detects it from the rows; a
+    file mixing layouts raises ``DataError`` naming the first offending line). ``columns``:
     ``{canonical: file_column}`` (see ``sftkit.data.layouts``). ``file_type``:
     ``jsonl``/``json``/``csv``/``tsv``/``parquet`` (default: from the extension).
     ``on_error="fail"`` raises ``DataError`` on the first rejected row.
 
     Raises ``DataError`` only for the file itself (missing, unreadable, unknown
-    type/format, mixed layouts); bad rows become ``Reject`` entries.
+    type/format, mixed layouts); bad rows become ``Reject`` entries. A dataset that is not
+    in the cache is a ``SourceUnavailable`` naming the download command.
     """
-    p = Path(path)
-    st = _State(str(path), normalize_format(format), ColumnMap(columns))
+    if is_dataset_ref(path):
+        result = _load_dataset(str(path), format, columns, file_type)
+    else:
+        result = _load_one(Path(path), str(path), format, columns, file_type)
+    enforce(result, on_error)
+    return result
+
+
+def _load_one(p: Path, name: str, format: str | None, columns: dict[str, str] | None,
+              file_type: str | None) -> LoadResult:
+    st = _State(name, normalize_format(format), ColumnMap(columns))
     notes: list[str] = []
     ft, rows = iter_rows(p, file_type, notes)
     total = 0
     for row in rows:
         total += 1
         _guarded(st, row)
-    result = LoadResult(st.convs, st.rejects, total, st.forced or st.layout or "unknown", str(path), ft, notes)
-    enforce(result, on_error)
-    return result
+    return LoadResult(st.convs, st.rejects, total, st.forced or st.layout or "unknown", name, ft, notes)
+
+
+def _load_dataset(text: str, format: str | None, columns: dict[str, str] | None,
+                  file_type: str | None) -> LoadResult:
+    """Every selected file of a cached dataset, accounted for as one source named by its id."""
+    ref = parse_dataset_ref(text)
+    snap = resolve_dataset(ref)
+    parts = [_load_one(snap.path / f, f"{ref.repo}/{f}", format, columns, file_type) for f in snap.select()]
+    layouts = sorted({r.format for r in parts})
+    return LoadResult([c for r in parts for c in r.conversations], [j for r in parts for j in r.rejects],
+                      sum(r.total for r in parts), "+".join(layouts), str(ref),
+                      "+".join(sorted({r.file_type for r in parts})), [n for r in parts for n in r.notes])
+
+
+def source_hash(path: str | Path) -> str:
+    """The content identity of a data source: the file's hash, or a cached dataset's selected files'."""
+    if is_dataset_ref(path):
+        ref = parse_dataset_ref(str(path))
+        return resolve_dataset(ref).digest()
+    return file_hash(Path(path))
 
 
 def load_files(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sftkit.core.errors import UnsafeWeights, UntrustedCode
+from sftkit.core.vocab import is_dataset_ref
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 SAFE_SUFFIXES = (".safetensors", ".safetensors.index.json")
@@ -99,6 +100,7 @@ def check_adapter(folder: Path, allow_pickle: bool = False) -> None:
 def describe_paths(cfg: Any, model_path: Path, run_dir: Path) -> str:
     """Every path the run will read or write, resolved: printed before training and
     recorded (resolved) in the run folder's config.yaml."""
-    data = [f"{split} {s.path.resolve()}" for split in ("train", "val", "test") for s in getattr(cfg.data, split)]
+    data = [f"{split} {s.path if is_dataset_ref(s.path) else s.path.resolve()}"
+            for split in ("train", "val", "test") for s in getattr(cfg.data, split)]
     template = f"; template {Path(cfg.template).resolve()}" if cfg.template and Path(cfg.template).is_file() else ""
     return f"paths: model {model_path.resolve()}; data {', '.join(data)}{template}; run folder {run_dir.resolve()}"

@@ -45,15 +45,19 @@ from typing import Any, Literal, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sftkit.core.conversation import Conversation, Message
 from sftkit.hub.models import served_name
 from sftkit.infer.batcher import Batcher
+from sftkit.infer.canary import HEADER, Canary, Pool, UnknownModel, routing_key
 from sftkit.infer.engine import Engine, GenParams, GenResult
+from sftkit.infer.metrics import Served, ServeMetrics
+from sftkit.infer.requestlog import Observation, RequestLog
 
 DEFAULT_MAX_TOKENS_LIMIT = 1024
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024  # far above any real prompt for a local model; bounds parsing work
@@ -237,6 +241,7 @@ class _Sampling(_Body):
     stream: bool = False
     stream_options: StreamOptions | None = None
     logprobs: bool | int | None = None
+    user: str | None = None  # OpenAI's end-user id: the canary routing key (sftkit.infer.canary)
 
     @field_validator("stop")
     @classmethod
@@ -471,6 +476,9 @@ class _Server:
     def prepare_chat(self, raw: bytes) -> _Job:
         req = parse_body(ChatRequest, raw)
         self.check_model(req.model)
+        return self.chat_job(req)
+
+    def chat_job(self, req: ChatRequest) -> _Job:
         if req.stream and req.n != 1:
             raise APIError(400, "n > 1 is not supported with stream=true", param="n")
         try:
@@ -483,6 +491,9 @@ class _Server:
     def prepare_completion(self, raw: bytes) -> _Job:
         req = parse_body(CompletionRequest, raw)
         self.check_model(req.model)
+        return self.completion_job(req)
+
+    def completion_job(self, req: CompletionRequest) -> _Job:
         if req.suffix:
             raise APIError(400, "suffix is not supported by this server", param="suffix")
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
@@ -543,14 +554,14 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error_response(APIError(500, f"internal server error ({type(e).__name__}: {e})", type="server_error"))
 
 
-async def _chat(srv: _Server, raw: bytes) -> dict[str, Any] | StreamingResponse:
-    job = await srv.off_loop(srv.prepare_chat, raw)
+async def _chat(srv: _Server, job: _Job, obs: Observation, done: Callable[[Observation], None]
+                ) -> dict[str, Any] | StreamingResponse:
     req: ChatRequest = job.req
     prompt, n_prompt, params = job.prompts[0], job.counts[0], job.params[0]
     rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return _stream(srv, prompt, params, n_prompt, include_usage, rid, created, chat=True)
+        return _stream(srv, prompt, params, n_prompt, include_usage, rid, created, chat=True, obs=obs, done=done)
     results = await asyncio.wrap_future(srv.batcher.submit([prompt] * req.n, params))
     return {
         "id": rid, "object": "chat.completion", "created": created, "model": srv.model_name,
@@ -561,15 +572,15 @@ async def _chat(srv: _Server, raw: bytes) -> dict[str, Any] | StreamingResponse:
     }
 
 
-async def _completions(srv: _Server, raw: bytes) -> dict[str, Any] | StreamingResponse:
-    job = await srv.off_loop(srv.prepare_completion, raw)
+async def _completions(srv: _Server, job: _Job, obs: Observation, done: Callable[[Observation], None]
+                       ) -> dict[str, Any] | StreamingResponse:
     req: CompletionRequest = job.req
     prompts, counts, params = job.prompts, job.counts, job.params
     rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return _stream(srv, prompts[0], params[0], counts[0], include_usage, rid, created, chat=False,
-                       echo=prompts[0] if req.echo else "")
+                       echo=prompts[0] if req.echo else "", obs=obs, done=done)
     futures = [srv.batcher.submit([p] * req.n, gp) for p, gp in zip(prompts, params, strict=True)]
     per_prompt = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
     choices, flat = [], []
@@ -582,68 +593,155 @@ async def _completions(srv: _Server, raw: bytes) -> dict[str, Any] | StreamingRe
             "system_fingerprint": None, "choices": choices, "usage": srv.usage(sum(counts), flat)}
 
 
+class _Front:
+    """Sends each request to its model (``canary.Pool``) and accounts for it, answered or refused:
+    ``/metrics`` (``infer/metrics.py``) and the request log (``infer/requestlog.py``)."""
+
+    def __init__(self, pool: Pool[_Server], metrics: ServeMetrics, log: RequestLog | None) -> None:
+        self.pool, self.metrics, self.log = pool, metrics, log
+
+    def prepare(self, kind: str, raw: bytes, header: str | None, address: str | None,
+                obs: Observation) -> tuple[_Server, _Job]:
+        """Parse, route, then the routed model's own checks (its template, tokenizer and context)."""
+        req = parse_body(ChatRequest if kind == "chat" else CompletionRequest, raw)
+        obs.stream = req.stream
+        key, obs.key = routing_key(req.user, header, address)
+        try:
+            routed = self.pool.pick(req.model, key)
+        except UnknownModel as e:
+            served = "', '".join(srv.model_name for srv in self.pool.servers)
+            raise APIError(404, f"The model '{e.name}' does not exist; this server serves '{served}'.",
+                           param="model", code="model_not_found") from None
+        srv = routed.server
+        obs.model, obs.role, obs.pinned = srv.model_name, routed.role, routed.pinned
+        return srv, srv.chat_job(req) if kind == "chat" else srv.completion_job(req)
+
+    def finish(self, obs: Observation) -> None:
+        obs.end()
+        self.metrics.observe(obs)
+        if self.log is not None:
+            self.log.write(obs)
+
+    async def handle(self, kind: str, request: Request, respond: Callable[..., Any]) -> Any:
+        obs = Observation(kind)
+        address = request.client.host if request.client else None
+        try:
+            raw = await request.body()
+            srv, job = await self.pool.stable.off_loop(self.prepare, kind, raw, request.headers.get(HEADER),
+                                                       address, obs)
+            out = await respond(srv, job, obs, self.finish)
+        except APIError as e:
+            obs.fail(e.status, e.type)
+            self.finish(obs)
+            raise
+        except ClientDisconnect:
+            obs.fail(499, "client_disconnected")  # nginx's code for it: the client left before its answer
+            self.finish(obs)
+            raise
+        except Exception:
+            obs.fail(500, "server_error")
+            self.finish(obs)
+            raise
+        if isinstance(out, dict):  # a stream accounts for itself when it ends
+            obs.prompt_tokens = out["usage"]["prompt_tokens"]
+            obs.completion_tokens = out["usage"]["completion_tokens"]
+            obs.finish_reason = out["choices"][0]["finish_reason"] if out["choices"] else None
+            self.finish(obs)
+        return out
+
+
 def create_app(engine: Engine, model_name: str, api_key: str | None = None,
                max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT, max_batch: int = 16,
                aliases: set[str] | None = None, batch_wait_s: float = 0.005,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, canary: Canary | None = None,
+               request_log: RequestLog | None = None) -> FastAPI:
     """An OpenAI-compatible app serving ``engine`` as ``model_name`` (``aliases``:
     other accepted model ids). The batcher thread starts now and stops when the
-    app shuts down. Bodies over ``max_body_bytes`` are refused (413)."""
-    engine.batch_size = max(engine.batch_size, max_batch)
-    batcher = Batcher(engine, max_batch=max_batch, wait_s=batch_wait_s).start()
-    srv = _Server(engine, model_name, aliases or set(), max_tokens_limit, batcher)
+    app shuts down. Bodies over ``max_body_bytes`` are refused (413). With ``canary``, a second
+    model with its own batcher answers a sticky share of the users (``sftkit.infer.canary``);
+    ``request_log`` gets a line per request (``sftkit.infer.requestlog``)."""
+
+    def server(eng: Engine, name: str, ids: set[str]) -> _Server:
+        eng.batch_size = max(eng.batch_size, max_batch)
+        batcher = Batcher(eng, max_batch=max_batch, wait_s=batch_wait_s).start()
+        return _Server(eng, name, ids, max_tokens_limit, batcher)
+
+    srv = server(engine, model_name, aliases or set())
+    new = server(canary.engine, canary.name, canary.aliases) if canary is not None else None
+    pool = Pool(srv, srv.aliases, new, new.aliases if new else None, canary.share if canary else 0.0)
+    metrics = ServeMetrics([Served(s.model_name, pool.role(s), s.batcher.load) for s in pool.servers],
+                           canary.share if canary else None)
+    if request_log is not None:
+        request_log.start([{"model": s.model_name, "role": pool.role(s)} for s in pool.servers],
+                          canary.share if canary else None)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        batcher.start()
+        for s in pool.servers:
+            s.batcher.start()
         yield
-        srv.close()
-        batcher.stop()
+        for s in pool.servers:
+            s.close()
+            s.batcher.stop()
 
     app = FastAPI(title="sftkit", lifespan=lifespan)
-    app.state.server = srv
+    app.state.server, app.state.pool, app.state.metrics = srv, pool, metrics
     app.add_middleware(_BodyLimit, limit=max_body_bytes)
     if api_key:  # added last = runs first: no key, no body read
         app.add_middleware(_AuthMiddleware, api_key=api_key)
     _install_error_handlers(app)
-    _add_routes(app, srv, api_key.encode() if api_key else None)
+    _add_routes(app, _Front(pool, metrics, request_log), api_key.encode() if api_key else None)
     _document_bodies(app, {"/v1/chat/completions": ChatRequest, "/v1/completions": CompletionRequest})
     return app
 
 
-def _add_routes(app: FastAPI, srv: _Server, key: bytes | None) -> None:
-    model_name, batcher = srv.model_name, srv.batcher
+def _add_routes(app: FastAPI, front: _Front, key: bytes | None) -> None:
+    pool = front.pool
+    srv, batcher = pool.stable, pool.stable.batcher
 
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:
-        ok = batcher.alive
+        ok = all(s.batcher.alive for s in pool.servers)
         body: dict[str, Any] = {"status": "ok" if ok else "error", **batcher.load(), **batcher.stats}
-        if key is None or _key_ok(request.headers.get("authorization", "").encode("latin-1"), key):
-            body["model"] = model_name  # which model runs is the key holders' business
+        named = key is None or _key_ok(request.headers.get("authorization", "").encode("latin-1"), key)
+        if named:
+            body["model"] = srv.model_name  # which model runs is the key holders' business
+        if pool.canary is not None:
+            new = pool.canary.batcher
+            body["canary"] = {**({"model": pool.canary.model_name, "share": pool.share} if named else {}),
+                              "status": "ok" if new.alive else "error", **new.load(), **new.stats}
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    def model_card() -> dict[str, Any]:
-        return {"id": model_name, "object": "model", "created": srv.created, "owned_by": "sftkit",
-                "max_model_len": srv.context}
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        body, content_type = front.metrics.render()
+        return Response(body, media_type=content_type)
+
+    def model_card(s: _Server) -> dict[str, Any]:
+        return {"id": s.model_name, "object": "model", "created": s.created, "owned_by": "sftkit",
+                "max_model_len": s.context}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [model_card()]}
+        return {"object": "list", "data": [model_card(s) for s in pool.servers]}
 
     @app.get("/v1/models/{model_id:path}")
     async def one_model(model_id: str) -> dict[str, Any]:
-        srv.check_model(model_id)
-        return model_card()
+        try:
+            return model_card(pool.find(model_id))
+        except UnknownModel:
+            srv.check_model(model_id)  # the 404, worded as for a request
+            raise
 
     # The bodies are read raw and parsed on the preparation pool (FastAPI would parse and
     # validate them on the event loop); _document_bodies puts their schemas back in the docs.
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(request: Request) -> dict[str, Any] | StreamingResponse:
-        return await _chat(srv, await request.body())
+        return await front.handle("chat", request, _chat)
 
     @app.post("/v1/completions", response_model=None)
     async def completions(request: Request) -> dict[str, Any] | StreamingResponse:
-        return await _completions(srv, await request.body())
+        return await front.handle("completions", request, _completions)
 
 
 def _document_bodies(app: FastAPI, bodies: dict[str, type[BaseModel]]) -> None:
@@ -666,7 +764,8 @@ def _document_bodies(app: FastAPI, bodies: dict[str, type[BaseModel]]) -> None:
 
 
 def _stream(srv: _Server, prompt: str, params: GenParams, n_prompt: int, include_usage: bool, rid: str,
-            created: int, chat: bool, echo: str = "") -> StreamingResponse:
+            created: int, chat: bool, obs: Observation, done: Callable[[Observation], None],
+            echo: str = "") -> StreamingResponse:
     handle = srv.batcher.submit_stream(prompt, params, asyncio.get_running_loop())
     obj = "chat.completion.chunk" if chat else "text_completion"
 
@@ -690,6 +789,7 @@ def _stream(srv: _Server, prompt: str, params: GenParams, n_prompt: int, include
                 yield _sse(chunk(echo))
             async for item in handle.events():
                 if isinstance(item, str):
+                    obs.first_token()
                     yield _sse(chunk(item))
                 else:
                     result = item
@@ -698,26 +798,45 @@ def _stream(srv: _Server, prompt: str, params: GenParams, n_prompt: int, include
                 yield _sse({"id": rid, "object": obj, "created": created, "model": srv.model_name, "choices": [],
                             "usage": srv.usage(n_prompt, [result])})
         except Exception as e:  # noqa: BLE001 - headers are sent: report in-band, OpenAI style
+            obs.error = "server_error"
             yield _sse(error_body(f"generation failed ({type(e).__name__}: {e})", type="server_error"))
         finally:
             # Normal end: a no-op. Client gone (the generator is cancelled/closed): the
             # worker drops the stream at its next turn, freeing the slot and its KV cache.
             handle.cancel()
+            _stream_ended(obs, done, n_prompt, result)
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
+def _stream_ended(obs: Observation, done: Callable[[Observation], None], n_prompt: int,
+                  result: GenResult | None) -> None:
+    """A stream's account: its tokens, how it ended (``cancelled``: the client left before the end)."""
+    obs.prompt_tokens = n_prompt
+    if result is not None:
+        obs.completion_tokens, obs.finish_reason = result.completion_tokens, result.finish_reason
+    elif obs.error is None:
+        obs.finish_reason = "cancelled"
+    done(obs)
+
+
 def serve(engine: Engine, ref: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          max_batch: int = 16, max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT, log_level: str = "info") -> None:
-    """Run the server in the foreground until interrupted."""
+          max_batch: int = 16, max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT, log_level: str = "info",
+          canary: Canary | None = None, request_log: RequestLog | None = None) -> None:
+    """Run the server in the foreground until interrupted (``engine`` answers as ``ref``'s served
+    name; with ``canary``, the canary model answers its share of the users)."""
     import uvicorn
 
     name = served_name(ref)
     app = create_app(engine, name, api_key=api_key, max_tokens_limit=max_tokens_limit, max_batch=max_batch,
-                     aliases={ref})
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+                     aliases={ref}, canary=canary, request_log=request_log)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level=log_level)
+    finally:
+        if request_log is not None:
+            request_log.close()
 
 
 # -- vLLM ---------------------------------------------------------------------------

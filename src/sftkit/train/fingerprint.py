@@ -12,7 +12,8 @@ from typing import Any
 
 from sftkit.core.config import RunConfig
 from sftkit.core.conversation import Conversation, Message
-from sftkit.core.digest import file_hash, json_digest
+from sftkit.core.digest import json_digest
+from sftkit.data.load import source_hash
 
 # Keys that may change between a run and its resumption without changing what is trained.
 _RESUMABLE_KEYS = {"output_dir", "name"}
@@ -29,7 +30,7 @@ def fingerprint(cfg: RunConfig, renderer: Any, model_path: Path) -> dict[str, An
         raw["train"].pop(k, None)
     tok = renderer.tokenizer
     return {
-        "data": {str(s.path): file_hash(Path(s.path)) for s in [*cfg.data.train, *cfg.data.val]},
+        "data": {str(s.path): source_hash(s.path) for s in [*cfg.data.train, *cfg.data.val]},
         "template": json_digest([renderer.template.name, renderer.render(probe).text]),
         "tokenizer": json_digest([len(tok), tok.eos_token, tok.bos_token, tok.pad_token]),
         "model": json_digest([cfg.model.name_or_path, str(model_path.name)]),

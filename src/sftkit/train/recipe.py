@@ -373,7 +373,7 @@ def run(
     for w in accel_warnings:
         console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
     run_dir = folder.path
-    report_to, tracker_callbacks = tracking.setup(cfg.train.report_to, run_dir, cfg.name)
+    report_to, tracker_callbacks = tracking.setup(cfg.train.report_to, run_dir, cfg.name, say=console.print)
 
     resolved = models.resolve(cfg.model.name_or_path)
     safety.check_remote_code(resolved.path, cfg.model.trust_remote_code)

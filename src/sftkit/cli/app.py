@@ -17,6 +17,7 @@ from sftkit.cli.estimate import estimate_cmd
 from sftkit.cli.eval import eval_cmd, report_cmd
 from sftkit.cli.export import export_cmd
 from sftkit.cli.infer import chat_cmd, generate_cmd, serve_cmd
+from sftkit.cli.installation import DISTRIBUTION
 from sftkit.cli.template import app as template_app
 from sftkit.cli.train import config_help, train_cmd
 from sftkit.cli.workflow import demo_cmd, run_cmd
@@ -59,7 +60,7 @@ def _normalise_argv(argv: list[str]) -> list[str]:
 def main() -> None:
     argv = sys.argv[1:]
     if argv in (["--version"], ["-V"]):
-        print(f"sftkit {__version__}")
+        print(f"{DISTRIBUTION} {__version__}")  # the version is written once: sftkit/__init__.py
         return
     app(args=_normalise_argv(argv), prog_name="sft")
 

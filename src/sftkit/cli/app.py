@@ -22,7 +22,8 @@ from sftkit.cli.template import app as template_app
 from sftkit.cli.train import config_help, train_cmd
 from sftkit.cli.workflow import demo_cmd, run_cmd
 
-app = command_group("sftkit: supervised fine-tuning of language models, from data check to served model.")
+app = command_group("sftkit: supervised fine-tuning of language models, from data check to served model. "
+                    "`sft --version` prints the version.")
 
 # The order `sft --help` lists them: the workflow first.
 app.command("train", epilog=config_help())(train_cmd)

@@ -32,7 +32,7 @@ def test_unknown_tracker_is_refused(tmp_path):
 @pytest.mark.parametrize("name", ["tensorboard", "wandb", "swanlab"])
 def test_tracker_offline(tmp_path, tiny_model_dir, monkeypatch, name):
     if importlib.util.find_spec(name) is None:
-        pytest.skip(f"{name} not installed (pip install 'sftkit[track]')")
+        pytest.skip(f"{name} not installed (pip install 'sftkit-llm[track]')")
     for var in ("WANDB_API_KEY", "SWANLAB_API_KEY", "WANDB_MODE", "SWANLAB_MODE", "TENSORBOARD_LOGGING_DIR",
                 "WANDB_DIR", "NETRC", "WANDB_CONFIG_DIR", "SWANLAB_ROOT", "SWANLAB_SAVE_DIR"):
         monkeypatch.setenv(var, "x")  # recorded, so that the teardown restores what setup() sets

@@ -1,3 +1,3 @@
-from sftkit.cli.app import main
+from sftkit.cli import main
 
 main()

@@ -17,12 +17,14 @@ from sftkit.cli.estimate import estimate_cmd
 from sftkit.cli.eval import eval_cmd, report_cmd
 from sftkit.cli.export import export_cmd
 from sftkit.cli.infer import chat_cmd, generate_cmd, serve_cmd
+from sftkit.cli.installation import DISTRIBUTION
 from sftkit.cli.serve_report import serve_report_cmd
 from sftkit.cli.template import app as template_app
 from sftkit.cli.train import config_help, train_cmd
 from sftkit.cli.workflow import demo_cmd, run_cmd
 
-app = command_group("sftkit: supervised fine-tuning of language models, from data check to served model.")
+app = command_group("sftkit: supervised fine-tuning of language models, from data check to served model. "
+                    "`sft --version` prints the version.")
 
 # The order `sft --help` lists them: the workflow first.
 app.command("train", epilog=config_help())(train_cmd)
@@ -61,7 +63,7 @@ def _normalise_argv(argv: list[str]) -> list[str]:
 def main() -> None:
     argv = sys.argv[1:]
     if argv in (["--version"], ["-V"]):
-        print(f"sftkit {__version__}")
+        print(f"{DISTRIBUTION} {__version__}")  # the version is written once: sftkit/__init__.py
         return
     app(args=_normalise_argv(argv), prog_name="sft")
 

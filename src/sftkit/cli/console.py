@@ -45,7 +45,7 @@ def console_cmd(
 
         from sftkit.console.app import create_app, is_loopback
     except ImportError:
-        raise UsageError("sft console needs fastapi and uvicorn: pip install 'sftkit[serve]'") from None
+        raise UsageError("sft console needs fastapi and uvicorn: pip install 'sftkit-llm[serve]'") from None
     if token is not None and len(token) < 8:
         raise UsageError("--token must be at least 8 characters")
     # Always a token, loopback too: any local user (a shared GPU box) can reach 127.0.0.1, and the

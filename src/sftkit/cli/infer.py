@@ -157,7 +157,7 @@ def serve_cmd(
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError:
-        raise UsageError("sft serve needs fastapi and uvicorn: pip install 'sftkit[serve]'") from None
+        raise UsageError("sft serve needs fastapi and uvicorn: pip install 'sftkit-llm[serve]'") from None
     from sftkit.infer.server import serve
 
     log = None if no_request_log else RequestLog(request_log)  # a refused path stops us before any loading

@@ -16,7 +16,7 @@ def quantization_config(method: MethodConfig) -> Any | None:
         return None
     if importlib.util.find_spec("bitsandbytes") is None:
         raise MethodUnavailable(
-            "method.type=qlora needs bitsandbytes for the 4-bit base model: `pip install 'sftkit[gpu]'` "
+            "method.type=qlora needs bitsandbytes for the 4-bit base model: `pip install 'sftkit-llm[gpu]'` "
             "(or `pip install bitsandbytes`), or use method.type=lora"
         )
     import torch
@@ -39,7 +39,7 @@ def deepspeed_config(name: str | None) -> str | None:
         return None
     if importlib.util.find_spec("deepspeed") is None:
         raise MethodUnavailable(
-            f"train.deepspeed={name} needs DeepSpeed: `pip install 'sftkit[gpu]'` (or `pip install deepspeed`); "
+            f"train.deepspeed={name} needs DeepSpeed: `pip install 'sftkit-llm[gpu]'` (or `pip install deepspeed`); "
             "on a single device leave train.deepspeed unset"
         )
     if name in DEEPSPEED_PRESETS:

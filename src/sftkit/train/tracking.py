@@ -163,7 +163,7 @@ def setup(names: list[str], run_dir: Path, run_name: str,
     names = [n for n in names if n != "none"]
     missing = [n for n in names if importlib.util.find_spec(TRACKERS[n]) is None]
     if missing:
-        raise MethodUnavailable(f"train.report_to {missing}: not installed; `pip install 'sftkit[track]'` "
+        raise MethodUnavailable(f"train.report_to {missing}: not installed; `pip install 'sftkit-llm[track]'` "
                                 f"(or `pip install {' '.join(TRACKERS[n] for n in missing)}`)")
     found = {m.name: m for m in modes(names)}
     for m in found.values():

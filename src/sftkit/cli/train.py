@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -12,7 +13,7 @@ from sftkit.cli.boundary import err
 from sftkit.core.configio import load_config
 from sftkit.core.fielddocs import field_docs
 from sftkit.core.rundir import Overwrite
-from sftkit.train.distributed import session
+from sftkit.train.distributed import DEFAULT_TIMEOUT, ENV_TIMEOUT, session, timeout_from_env
 from sftkit.train.launch import Launch, launch
 
 OVERWRITE_HELP = ("Train from scratch although output_dir holds an earlier sftkit run: it is moved aside to "
@@ -41,13 +42,16 @@ def train_cmd(
     master_addr: Annotated[str | None, typer.Option(help="Address of node 0, as every node reaches it.")] = None,
     master_port: Annotated[int, typer.Option(help="Port of the rendezvous on node 0 (the same on every "
                                                   "node).")] = 29500,
-    rdzv_timeout: Annotated[float, typer.Option(help="Seconds a node waits for the others (to join, and at each "
-                                                     "start-up check) and for a silent node before all stop.")] = 600,
+    rdzv_timeout: Annotated[float | None, typer.Option(
+        help="Seconds a node waits for the others (to join, at each start-up check) and for a silent node before "
+             f"every node stops (default: ${ENV_TIMEOUT}, else {DEFAULT_TIMEOUT:g}).")] = None,
 ) -> None:
     """Fine-tune a model as the config says and write a run folder.
 
     output_dir must be new, empty, or a run of this config; a finished run needs --resume or --overwrite."""
-    spec = Launch(nproc, nnodes, node_rank, master_addr, master_port, rdzv_timeout)
+    if rdzv_timeout is not None:  # this process's ranks, and those a launcher starts, read it from there
+        os.environ[ENV_TIMEOUT] = f"{rdzv_timeout:g}"
+    spec = Launch(nproc, nnodes, node_rank, master_addr, master_port, timeout_from_env())
     spec.check()
     if spec.needed:
         load_config(config, overrides or [])  # a bad config fails here, before any node waits for this one

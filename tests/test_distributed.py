@@ -73,7 +73,7 @@ def _each(sessions: list[distributed.Session], fn: Callable[[int, distributed.Se
         t.join(timeout)
         assert not t.is_alive(), "a rank hung"
     for s in sessions:
-        s.close(ok=False)
+        s.close()
     return out
 
 
@@ -181,6 +181,38 @@ def test_a_node_that_beats_is_waited_for(server):
         return s.exchange("data", i, "the other nodes prepare the data")
 
     assert _each(sessions, fn) == [[0, 1], [0, 1]]
+
+
+_WATCHED = """
+import time
+from datetime import timedelta
+from torch.distributed import PrefixStore, TCPStore
+from sftkit.train import distributed
+from sftkit.train.nodes import Peer
+
+server = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+def client():
+    raw = TCPStore("127.0.0.1", server.port, is_master=False, timeout=timedelta(seconds=5), wait_for_workers=False)
+    return PrefixStore("sftkit/0/", raw)
+s = distributed.Session(Peer(0, 2, 0, 0, 2, 0, "host0"), client(), 1.0, client)
+s.peers = [{"node_index": 1, "label": "node 1 (host1)"}]
+s.checkpoint(None, None, None, None)  # the checks are over: training starts, the heartbeat watches
+time.sleep(60)  # the main thread "in a collective" that never returns
+print("still training")
+"""
+
+
+def test_during_training_a_silent_node_stops_this_one_within_the_timeout():
+    """The watchdog ends the process (its main thread may sit in a collective for 30 minutes)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _WATCHED], capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "still training" not in proc.stdout
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: node 1 (host1) stopped answering for 1 s while training (its process ended, or the network "
+        "dropped; its own output says why); every node stops")
 
 
 # -- the data --------------------------------------------------------------------------------------

@@ -91,7 +91,7 @@ class Session:
         self.peers: list[dict[str, Any]] = []  # every rank's identity, once ``agree`` ran
         self.per_node = False  # output_dir is each node's own folder
         self._seen: dict[int, tuple[int, float]] = {}  # node index -> (heartbeat count, when it last changed)
-        self._since = time.monotonic()
+        self._since = self._checked = time.monotonic()
         self._watching = False
         self._stop = threading.Event()
         self._beater: threading.Thread | None = None
@@ -125,14 +125,14 @@ class Session:
             info = json.loads(store.get("error"))
             if info["rank"] != self.peer.rank:
                 return nodes.stopped_message(info, self.peer)
-        silent = self._silent_node(store)
+        silent = self._silent_node(store) if time.monotonic() - self._checked >= _BEAT else None
         if silent is not None:
             return (f"{silent} stopped answering for {self.timeout:.0f} s while {waiting_for} (its process ended, "
                     "or the network dropped; its own output says why); every node stops")
         return None
 
     def _silent_node(self, store: Any) -> str | None:
-        now = time.monotonic()
+        now = self._checked = time.monotonic()
         left = set(json.loads(store.get("left"))) if store.check(["left"]) else set()
         for n in range(self.peer.nodes):
             if n == self.peer.node_index or n in left:
@@ -162,20 +162,21 @@ class Session:
                 _abort(f"{self.peer.label} lost the rendezvous store ({type(e).__name__}): the node hosting it "
                        "stopped; every node stops")
 
-    def close(self, ok: bool) -> None:
-        """Leave: stop the heartbeat and say this node left. Rank 0, when it hosts the store, waits (at
-        most ``timeout`` s) for the others to leave: its exit takes the store down."""
+    def close(self) -> None:
+        """Leave: stop the heartbeat and say this node left (after its error, if it failed). Rank 0,
+        when it hosts the store, waits (at most ``timeout`` s) for the other nodes to leave: its exit
+        takes the store down, and with it the error they have still to read."""
         if self.solo:
             return
         self._stop.set()
         if self._beater is not None:
             self._beater.join()
         with contextlib.suppress(Exception):
-            if ok and self.peer.leader:
+            if self.peer.leader:
                 self._append("left", self.peer.node_index)
             deadline = time.monotonic() + self.timeout
-            while _HOSTED and ok and time.monotonic() < deadline and not self.store.check(["error"]):
-                if self.store.check(["left"]) and len(json.loads(self.store.get("left"))) >= self.peer.nodes:
+            while _HOSTED and time.monotonic() < deadline:
+                if len(json.loads(self.store.get("left"))) >= self.peer.nodes:
                     break
                 time.sleep(_POLL)
 
@@ -188,8 +189,14 @@ class Session:
 
     # -- exchanging ----------------------------------------------------------------------------
     def _wait(self, keys: list[str], waiting_for: str) -> None:
-        while not self.store.check(keys):
-            why = self.stopped(waiting_for) or self._left_early()
+        while True:
+            try:
+                if self.store.check(keys):
+                    return
+                why = self.stopped(waiting_for) or self._left_early()
+            except (RuntimeError, OSError) as e:  # torch's store errors: the node hosting it is gone
+                raise TrainError(f"{self.peer.label} lost the rendezvous store while {waiting_for} "
+                                 f"({type(e).__name__}): the node hosting it stopped; every node stops") from None
             if why:
                 raise TrainError(why)
             time.sleep(_POLL)
@@ -316,16 +323,14 @@ def session() -> Iterator[Session]:
     store, reconnect = _connect(peer, timeout)
     s = Session(peer, store, timeout, reconnect)
     _ACTIVE.append(s)
-    ok = False
     try:
         yield s
-        ok = True
     except BaseException as e:
         s.publish_error(e)
         raise
     finally:
         _ACTIVE.clear()
-        s.close(ok)
+        s.close()
 
 
 def in_session(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -12,6 +12,7 @@ one sentence; the workers use the same timeout for their own checks (``sftkit.tr
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import socket
@@ -53,7 +54,7 @@ class Launch:
         return (self.nproc > 1 or self.nnodes > 1) and "LOCAL_RANK" not in os.environ
 
     def torchrun_args(self, command: list[str]) -> list[str]:
-        t = f"{self.timeout:g}"
+        t = str(max(1, math.ceil(self.timeout)))  # torchrun reads whole seconds
         if self.nnodes == 1:  # a local rendezvous on a free port: no clash with another run on 29500
             head = ["--standalone"]
         else:
@@ -74,6 +75,7 @@ def launch(spec: Launch, command: list[str]) -> int:
     # torch's C++ side logs every failed connection attempt with a stack trace; the sentence below says
     # it all (read once, when torch loads; the workers get the setting back)
     os.environ["TORCH_CPP_LOG_LEVEL"] = "FATAL"
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.rendezvous.api import (
         RendezvousConnectionError,
@@ -95,6 +97,8 @@ def launch(spec: Launch, command: list[str]) -> int:
         run(parse_args(spec.torchrun_args(command)))
     except ChildFailedError as e:
         return _failed(e, spec)
+    except SignalException as e:  # Ctrl-C / SIGTERM: torchrun passed it on to the workers and stopped them
+        return 128 + int(e.sigval)
     except RendezvousConnectionError:
         raise TrainError(f"{spec.where()} cannot reach the rendezvous at {endpoint} (waited {spec.timeout:g} s): "
                          "start node 0 (--node-rank 0) first, and check that --master-addr is node 0's address "
@@ -119,7 +123,10 @@ def _failed(e: object, spec: Launch) -> int:
         return 1
     code = first.exitcode
     if code < 0:
-        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
         print(f"error: rank {first.rank} on {spec.where()} was killed by {name}"
               f"{' (out of memory?)' if name == 'SIGKILL' else ''}", file=sys.stderr, flush=True)
         return 128 - code

@@ -260,6 +260,13 @@ class RunDir:
     def has_complete_checkpoint(self) -> bool:
         return self.checkpoints.is_dir() and any(self.checkpoints.glob(f"checkpoint-*/{_COMPLETE}"))
 
+    def complete_steps(self) -> list[int]:
+        """The steps of the checkpoints marked complete, oldest first."""
+        if not self.checkpoints.is_dir():
+            return []
+        return sorted(int(p.parent.name.rpartition("-")[2]) for p in self.checkpoints.glob(f"checkpoint-*/{_COMPLETE}")
+                      if p.parent.name.rpartition("-")[2].isdigit())
+
     def recorded_digest(self) -> str | None:
         """The config digest the run was trained with: from the marker, else from its config.yaml."""
         try:

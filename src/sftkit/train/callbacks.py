@@ -26,14 +26,14 @@ class MetricsLogger(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self._t0 = time.perf_counter()
         self._step0 = state.global_step
-        if self.path.exists():
+        if self.path.exists() and args.should_save:  # the process that writes this copy of the run folder
             # resuming: drop log lines written after the checkpoint we resume from (and a line cut
             # short by the kill or a full disk); starting over (step 0): drop the stale lines
             keep = [json.dumps(r) for r in read_metrics(self.path) if r.get("step", 0) <= state.global_step]
             self.path.write_text("".join(k + "\n" for k in keep))
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
-        if not state.is_world_process_zero or not logs:
+        if not args.should_save or not logs:  # rank 0; with per-node storage each node's local rank 0
             return
         row: dict[str, Any] = {"step": state.global_step}
         for k in _KEEP:
@@ -110,13 +110,23 @@ class CheckpointMarker(TrainerCallback):
     """
 
     def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-        if not state.is_world_process_zero:
+        _every_rank_saved()
+        if not args.should_save:  # rank 0; with per-node storage each node's local rank 0
             return
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if folder.is_dir():
             tmp = folder / f".{COMPLETE}.tmp"
             tmp.write_text(json.dumps({"step": state.global_step}))
             tmp.replace(folder / COMPLETE)
+
+
+def _every_rank_saved() -> None:
+    """Many ranks: each writes its own part of a checkpoint (its RNG state, its ZeRO shard); the
+    marker may only say "complete" once all of them are on disk."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
 
 
 def last_complete_checkpoint(folder: Path) -> Path | None:

@@ -29,7 +29,7 @@ from sftkit.hub import models, safety
 from sftkit.templates import check_template
 from sftkit.templates.registry import load_template
 from sftkit.templates.render import Renderer
-from sftkit.train import accel, attention, faults, tracking
+from sftkit.train import accel, attention, distributed, faults, tracking
 from sftkit.train.callbacks import (
     CheckpointMarker,
     MetricsLogger,
@@ -55,8 +55,9 @@ class TrainResult:
 
 
 def _is_main() -> bool:
-    """Rank 0 under torchrun (or the only process): the one that writes the run folder."""
-    return int(os.environ.get("RANK", "0")) == 0
+    """Rank 0 under torchrun (or the only process): the one that writes the run folder; with
+    per-node storage also each node's local rank 0, into its own copy (``train.distributed``)."""
+    return distributed.current().writes_run_folder()
 
 
 def _plan(folder: RunDir, cfg: RunConfig, resume: str | None, overwrite: Overwrite) -> Plan:
@@ -70,9 +71,15 @@ def _plan(folder: RunDir, cfg: RunConfig, resume: str | None, overwrite: Overwri
 
 
 def _claim(folder: RunDir, cfg: RunConfig, resume: str | None, overwrite: Overwrite, console: Console) -> None:
-    """Make the folder this run's (rank 0): everything before this only read."""
-    if not _is_main():
-        return
+    """Make the folder this run's (rank 0): everything before this only read. Then, many nodes: if
+    output_dir is each node's own disk, each node's local rank 0 claims its own copy."""
+    if _is_main():
+        _claim_one(folder, cfg, resume, overwrite, console)
+    if distributed.current().storage(folder.path, cfg.train.deepspeed):
+        _claim_one(folder, cfg, resume, overwrite, console)
+
+
+def _claim_one(folder: RunDir, cfg: RunConfig, resume: str | None, overwrite: Overwrite, console: Console) -> None:
     plan = folder.claim(cfg, resume, overwrite)
     if plan.moved_to is not None:
         console.print(f"[yellow]--overwrite: moved the previous run to {plan.moved_to}[/]", soft_wrap=True)
@@ -196,6 +203,7 @@ def _training_args(cfg: RunConfig, run_dir: Path, has_val: bool, report_to: list
         remove_unused_columns=False,
         deepspeed=deepspeed_config(t.deepspeed),
         fsdp=t.fsdp or "",
+        save_on_each_node=distributed.current().per_node,  # per-node disks: each keeps a full copy
         use_liger_kernel=t.use_liger_kernel,
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
@@ -346,6 +354,7 @@ def _callbacks(cfg: RunConfig, run_dir: Path, data: Prepared, renderer: Renderer
     return out
 
 
+@distributed.in_session  # many processes: one failing stops them all (alone: nothing changes)
 def run(
     cfg: RunConfig,
     resume: str | None = None,
@@ -386,14 +395,16 @@ def run(
     template = load_template(cfg.template, tokenizer)
     renderer = Renderer(template, tokenizer, cfg.data.mask, cfg.data.cutoff_len, cfg.data.overflow)
     fp = fingerprint(cfg, renderer, resolved.path)
+    sync = distributed.current()
+    sync.agree(cfg, fp, resolved.path)  # every node runs the same sftkit, config, data, model, or all stop
     _check_fingerprint(folder, fp, resume, force)
-    data = prepare(cfg.data, renderer, cfg.train.seed)
+    data = sync.prepared(lambda: prepare(cfg.data, renderer, cfg.train.seed))  # once per node, then checked
     _preflight(cfg, data, force, console)
     template_report = _check_template(template, tokenizer, data, resolved.path, console)
 
     _claim(folder, cfg, resume, overwrite, console)  # the first write into the run folder
     _write_records(folder, fp, data, template_report)
-    checkpoint = _resume_point(run_dir, resume, console)
+    checkpoint = sync.checkpoint(_resume_point(run_dir, resume, console), folder, resume, console)
     _report_data(data, run_dir, console)
     model, trainable, total = _build_model(cfg, resolved.path, console)
     train_rows = _train_rows(cfg, data, console)
@@ -422,7 +433,7 @@ def run(
     seconds = time.perf_counter() - t0
 
     final = _save_final(trainer, tokenizer, cfg, run_dir)
-    if trainer.is_world_process_zero():
+    if _is_main():
         _finish(folder, out, trainer, seconds, tokens_per_step, checkpoint, (trainable, total), final, console)
     return TrainResult(run_dir, seconds, out.global_step, out.training_loss, trainer.state.best_metric)
 

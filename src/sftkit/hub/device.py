@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sftkit.core.errors import AcceleratorUnavailable, DeviceUnavailable, UsageError
+from sftkit.core.vocab import DEVICE_SPEC
 
 _PACKAGES = ("unsloth", "liger_kernel", "flash_attn", "bitsandbytes", "vllm")
 DEVICE_SPECS = "auto, cpu, cuda, cuda:N or mps"
@@ -35,7 +36,7 @@ FIT_SHARE = 0.8
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 _DTYPE_NAMES = {"auto": None, "fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
                 "fp16": "float16", "float16": "float16", "half": "float16"}
-_SPEC = re.compile(r"(auto|cpu|mps|cuda)(?::(\d+))?")
+_SPEC = re.compile(DEVICE_SPEC)
 GB = 1024**3
 
 
@@ -143,6 +144,7 @@ class InferenceDevice:
     dtype: str  # "float32", "bfloat16", "float16"
     device_map: str | None = None  # "auto": the weights are spread over the visible cards
     note: str = ""
+    fits: bool = True  # False: the weights look larger than the one card's free memory
 
     @property
     def kind(self) -> str:
@@ -205,11 +207,11 @@ def _on_cuda(caps: Capabilities, index: int | None, params: int | None, want: st
                                 f"{_cc(card)}) has no native bf16; use float16")
     dev = InferenceDevice(f"cuda:{card.index}", dtype, note=card.name)
     weights = (params or 0) * DTYPE_BYTES[dtype]
-    if index is not None or not params or not card.free_bytes or weights <= FIT_SHARE * card.free_bytes:
+    if not params or not card.free_bytes or weights <= FIT_SHARE * card.free_bytes:
         return dev
-    if len(cards) < 2:
-        return replace(dev, note=f"{card.name}; {weights / GB:.1f} GB of weights may not fit its "
-                                 f"{card.free_bytes / GB:.1f} GB free")
+    if index is not None or len(cards) < 2:  # pinned, or nowhere to spread to
+        return replace(dev, fits=False, note=f"{card.name}; {weights / GB:.1f} GB of weights may not fit its "
+                                             f"{card.free_bytes / GB:.1f} GB free")
     if want is None and not all(c.bf16 for c in cards):
         dtype = "float16"  # spread over cards of mixed generations: the dtype every one computes
     first = min(c.index for c in cards)

@@ -174,7 +174,7 @@ class Engine:
         if self.model is None or limit <= 1:
             return max(1, limit)
         longest = max(len(r.prompt_ids) + len(r.ids) for r in candidates[:limit])
-        free = self.free_memory(self._device())
+        free = self.free_memory(self.input_device())
         return memory.rows_that_fit(free, memory.kv_bytes_per_token(self.model), longest + max_new_tokens, limit)
 
     def prompt_for(self, conv: Any) -> str:
@@ -210,18 +210,22 @@ class Engine:
             total_s=r.total_s,
         )
 
-    def _device(self) -> torch.device:
+    def input_device(self) -> torch.device:
         """Where inputs go: the input embeddings' device (the first card when spread over several)."""
         emb = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None
         weight = getattr(emb, "weight", None)
         return weight.device if weight is not None else next(self.model.parameters()).device
 
     def _run(self, rows: list[_Row], params: GenParams, gen: torch.Generator | None) -> None:
-        """Decode ``rows`` to the end. Out of memory: the rows still decoding continue in two halves
-        (recomputed from prompt + tokens so far), and later batches stay at the halved size."""
+        """Decode ``rows`` to the end. Out of memory: the rows still decoding go on in batches of half
+        the size (recomputed from prompt + tokens so far), and later batches keep that size."""
         queue = [rows]
         while queue:
             part = [r for r in queue.pop(0) if r.finish is None]
+            cap = self.max_rows or len(part)
+            if len(part) > cap:
+                queue[:0] = [part[i : i + cap] for i in range(0, len(part), cap)]
+                continue
             if not part:
                 continue
             try:
@@ -231,14 +235,13 @@ class Engine:
             except Exception as e:
                 if not memory.is_oom(e):
                     raise
-            live = [r for r in part if r.finish is None]  # the batch that ran out of memory
-            half = self.halve(live, params)
-            queue[:0] = [live[i : i + half] for i in range(0, len(live), half)]
+            self.halve([r for r in part if r.finish is None], params)  # the batch that ran out of memory
+            queue.insert(0, part)
 
     def halve(self, live: list[_Row], params: GenParams) -> int:
         """After an out-of-memory error in a batch of ``live`` rows: the new batch size (logged and
         kept); one row that does not fit alone is ``DoesNotFit``."""
-        dev = self._device()
+        dev = self.input_device()
         memory.release(dev)
         if len(live) <= 1:
             tokens = sum(len(r.prompt_ids) + len(r.ids) for r in live)
@@ -261,7 +264,7 @@ class Engine:
         already has tokens (a retry after out-of-memory) continues from prompt + those tokens."""
         from transformers import DynamicCache
 
-        dev = self._device()
+        dev = self.input_device()
         stops = [*self.stop_strings, *p.stop]
         # Decoding every step is only needed for streaming and for stop strings
         # that are not single tokens; otherwise the text is decoded once at the end.

@@ -37,7 +37,7 @@ from sftkit.core.errors import ExportError
 from sftkit.core.rundir import RunDir
 from sftkit.core.safepaths import check_replaceable_dir, refuse_overlap, replace_dir
 from sftkit.hub.device import InferenceDevice
-from sftkit.hub.models import ResolvedModel, inference_device, load_tokenizer, resolve
+from sftkit.hub.models import ResolvedModel, inference_device, load_model, load_tokenizer, resolve
 from sftkit.hub.safety import check_adapter
 from sftkit.templates.json_template import JSONTemplate
 from sftkit.templates.registry import load_template
@@ -247,12 +247,8 @@ def _load_merged(info: RunInfo, batch: list[list[int]], log: Any,
                  dev: InferenceDevice) -> tuple[Any, list[Any], float | None]:
     """The model to export in float32 on ``dev``, the reference logits (base+adapter, or the
     trained model) and, for LoRA, the merged-vs-unmerged logit difference."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     log(f"loading {info.kind} run {info.run_dir.name} (base {info.base.name}) in float32 on {dev.describe()} ...")
-    model = AutoModelForCausalLM.from_pretrained(info.base, dtype=torch.float32, use_safetensors=True,
-                                                 **_placement(dev)).eval()
+    model = load_model(ResolvedModel(str(info.base), info.base), device=dev)
     if info.kind != "lora":
         return model, _logits(model, batch), None
     from peft import PeftModel
@@ -265,10 +261,6 @@ def _load_merged(info: RunInfo, batch: list[list[int]], log: Any,
     merge_diff = _max_diff(reference, _logits(model, batch))
     log(f"merged adapter: max |logit diff| merged vs base+adapter (fp32) = {merge_diff:.2e}")
     return model, reference, merge_diff
-
-
-def _placement(dev: InferenceDevice) -> dict[str, Any]:
-    return {} if dev.kind == "cpu" else {"device_map": dev.device_map or dev.device}
 
 
 def _unverified(out: Path) -> Path:
@@ -311,7 +303,6 @@ def export_run(run: Path, out: Path, dtype: str | None = None, force: bool = Fal
     dev = check_device(info, device, log)
 
     import torch
-    from transformers import AutoModelForCausalLM
 
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -334,8 +325,7 @@ def export_run(run: Path, out: Path, dtype: str | None = None, force: bool = Fal
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         del model
-        reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32, use_safetensors=True,
-                                                        **_placement(dev)).eval()
+        reloaded = load_model(ResolvedModel(str(tmp), tmp), device=dev)  # plain from_pretrained, float32
         reload_diff = _max_diff(reference, _logits(reloaded, batch))
         del reloaded
         log(f"reloaded {out.name} with plain AutoModelForCausalLM.from_pretrained: max |logit diff| = "

@@ -186,6 +186,28 @@ def test_concurrent_streams_share_forward_passes(client, engine, live):
     assert after["active_streams"] == 0
 
 
+def test_health_reports_tokens_per_second_and_queue(client, live):
+    """/health after real requests: the engine's token counts equal the usage the clients were sent,
+    the recent throughput is non-zero, the queue is empty again."""
+    before = live.health()
+    with ThreadPoolExecutor(4) as pool:
+        usages = list(pool.map(lambda i: chat(client, f"count to {i}", max_tokens=5).usage, range(4)))
+    streamed = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "stream"}],
+                                              temperature=0, max_tokens=5, stream=True,
+                                              stream_options={"include_usage": True})
+    usages += [c.usage for c in streamed if c.usage is not None]
+    after = live.health()
+    assert after["completion_tokens_total"] - before["completion_tokens_total"] == sum(
+        u.completion_tokens for u in usages)
+    assert after["prompt_tokens_total"] - before["prompt_tokens_total"] == sum(u.prompt_tokens for u in usages)
+    assert after["prompts_total"] - before["prompts_total"] == 5
+    assert after["tokens_per_s"] > 0 and after["decode_tokens_per_s"] > 0
+    assert after["queue_length"] == 0 and after["oom_halvings"] == 0
+    assert "device" not in after  # like the model's name: only for key holders
+    keyed = httpx.get(live.root + "/health", headers={"Authorization": f"Bearer {KEY}"}, timeout=10).json()
+    assert keyed["device"].startswith("cpu")
+
+
 def test_client_disconnect_mid_stream_frees_slot(client, live):
     before = live.health()["cancelled_streams"]
     with httpx.stream("POST", live.url + "/chat/completions", headers={"Authorization": f"Bearer {KEY}"},

@@ -23,6 +23,7 @@ from sftkit.core.rundir import Overwrite, RunDir, State
 from sftkit.data import load_file
 from sftkit.evaluate.report import write_report
 from sftkit.evaluate.table import comparison_table
+from sftkit.hub.device import release_memory, resolve_device
 
 DEMO_EXAMPLE = "api_assistant"
 
@@ -90,8 +91,12 @@ def _baseline_first(cfg: RunConfig, test: str, console: Console) -> Any:
 
     e = cfg.eval
     convs = E.load_conversations(test, e.limit)
-    side = E.load_sides(cfg.model.name_or_path, "none", batch_size=e.batch_size, template=cfg.template)[0]
+    side = E.load_sides(cfg.model.name_or_path, "none", batch_size=e.batch_size, template=cfg.template,
+                        device=e.device)[0]
+    console.print(f"baseline on {side.engine.device_info.describe() if side.engine.device_info else 'cpu'}")
     scored = E.run_side(side, convs, E.metric_names(e.metrics, convs), e.max_new_tokens)
+    del side
+    release_memory()  # the base model leaves the card before training loads its own copy
     scores = E.side_scores(scored)
     console.print(f"baseline on {len(convs)} test prompts: " + ", ".join(
         f"{k} {v:.3f}" for k, v in scores.items() if k in HEADLINE and isinstance(v, int | float)))
@@ -115,6 +120,7 @@ def run_pipeline(
     test = str(cfg.data.test[0].path)
     e = cfg.eval
     _check_folder(cfg, overwrite)
+    resolve_device(e.device, what="eval.device")  # a GPU that is not there stops the run before step 1
 
     console.rule("[bold]1/5 data check")
     _check_data(cfg, console)
@@ -127,7 +133,8 @@ def run_pipeline(
 
     console.rule("[bold]4/5 tuned vs base on the same prompts")
     result = evaluate(str(trained.run_dir), test, None, e.metrics, e.max_new_tokens, e.limit,
-                      batch_size=e.batch_size, forgetting=e.forgetting_check, done={"baseline": baseline})
+                      batch_size=e.batch_size, forgetting=e.forgetting_check, done={"baseline": baseline},
+                      device=e.device)
     console.print(comparison_table(result))
     flips = result.get("flips", [])
     up = sum(1 for f in flips if f.get("direction") == "wrong_to_right")

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from sftkit.cli.options import DEVICE_HELP, check_device
 from sftkit.core.errors import UsageError
 
 err = Console(stderr=True, highlight=False)
@@ -38,6 +39,7 @@ def console_cmd(
     allow: Annotated[list[Path] | None, typer.Option(
         help="A further folder the page may read (e.g. where your models are); repeatable. The console reads "
              "only the folder it starts in, the runs folder and these.")] = None,
+    device: Annotated[str, typer.Option("--device", help="Chat: " + DEVICE_HELP)] = "auto",
 ) -> None:
     """Web console: configure, launch, watch and compare runs, and chat with the result."""
     try:
@@ -48,13 +50,14 @@ def console_cmd(
         raise UsageError("sft console needs fastapi and uvicorn: pip install 'sftkit-llm[serve]'") from None
     if token is not None and len(token) < 8:
         raise UsageError("--token must be at least 8 characters")
+    check_device(device)
     # Always a token, loopback too: any local user (a shared GPU box) can reach 127.0.0.1, and the
     # API can start code. The printed URL carries it; opening it moves it into a cookie.
     token = token or secrets.token_urlsafe(18)
     problem = _port_free(host, port)
     if problem:
         raise UsageError(f"cannot listen on {host}:{port} ({problem}); pick another --port")
-    app = create_app(runs=runs, token=token, host=host, warm_up=True, allow=tuple(allow or ()))
+    app = create_app(runs=runs, token=token, host=host, warm_up=True, allow=tuple(allow or ()), device=device)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/?token={token}"
     # stdout, one line, so scripts (and the tests) can read the address and the token

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from sftkit.cli.options import DEVICE_HELP, check_device
 from sftkit.core.errors import UsageError
 from sftkit.core.rundir import RunDir
 from sftkit.evaluate.report import write_report
@@ -45,6 +46,8 @@ def eval_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line of stdout.")] = False,
     engine: Annotated[str, typer.Option(help="Generation engine: transformers (built in) or vllm (CUDA GPU; "
                                              "no loss/ppl).")] = "transformers",
+    device: Annotated[str | None, typer.Option("--device", help=DEVICE_HELP + " Default: a run's eval.device, "
+                                                                 "else auto.")] = None,
 ) -> None:
     """Evaluate a model or run (loss, perplexity, generation metrics), against a baseline."""
     from sftkit.evaluate.runner import evaluate  # heavy: torch
@@ -60,6 +63,9 @@ def eval_cmd(
 
     run = RunDir(model_or_run)
     cfg = run.eval_settings() if run.config.is_file() else {}
+    device = device or cfg.get("device") or "auto"
+    if engine == "transformers":
+        check_device(device)
     names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else cfg.get("metrics")
     console = err_console if as_json else Console()
     with err_console.status(f"evaluating {model_or_run} ..."):
@@ -73,6 +79,7 @@ def eval_cmd(
             forgetting=forgetting,
             batch_size=cfg.get("batch_size") or 16,
             engine=engine,
+            device=device,
         )
     console.print(comparison_table(result))
     print_details(console, result)

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from sftkit.cli.boundary import err
+from sftkit.cli.options import check_device
 from sftkit.core.errors import UsageError, VerificationFailed
 from sftkit.export.gguf import export_gguf
 from sftkit.export.merge import ExportResult, export_run
@@ -34,13 +35,17 @@ def export_cmd(
     force: Annotated[bool, typer.Option(help="Replace --out if it is an earlier sft export (never any other "
                                              "folder, nor one that is, holds or lies in the run or base model).")]
     = False,
+    device: Annotated[str, typer.Option("--device", help="Where the merge and its float32 logit check run: auto, "
+                                                         "cpu, cuda, cuda:N or mps (the CPU when the float32 "
+                                                         "weights do not fit on the card).")] = "auto",
 ) -> None:
     """Merge a run's adapter into its base model and write a standalone, verified model folder (and GGUF)."""
     log = lambda m: err.print(m, highlight=False)  # noqa: E731
     if ollama and not gguf:
         raise UsageError("--ollama NAME needs --gguf TYPE (the Modelfile points at the GGUF file): add --gguf q8_0")
+    check_device(device)
     if gguf:
-        g = export_gguf(run, out, gguf, ollama_name=ollama, force=force, dtype=dtype, log=log)
+        g = export_gguf(run, out, gguf, ollama_name=ollama, force=force, dtype=dtype, log=log, device=device)
         if g.export is not None:
             _report(g.export)
         q, e = g.verification["quality"], g.verification["exactness"]
@@ -53,7 +58,7 @@ def export_cmd(
         if g.ollama_command:
             print(g.ollama_command)  # stdout: the one line to run
         return
-    _report(export_run(run, out, dtype=dtype, force=force, log=log))
+    _report(export_run(run, out, dtype=dtype, force=force, log=log, device=device))
 
 
 def _report(res: ExportResult) -> None:

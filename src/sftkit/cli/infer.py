@@ -16,6 +16,7 @@ import typer
 from rich.markup import escape
 
 from sftkit.cli.boundary import err
+from sftkit.cli.options import DeviceOpt, check_device
 from sftkit.core.errors import UsageError
 from sftkit.core.vocab import BUNDLED_ALIAS
 from sftkit.data import write_rejects
@@ -37,19 +38,23 @@ def chat_cmd(
     max_new_tokens: Annotated[int, typer.Option(help="Longest reply in tokens.")] = 256,
     temperature: Annotated[float, typer.Option(help="0 = greedy (deterministic).")] = 0.0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 0.9,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Talk to a model in the terminal (streaming), or answer one --prompt."""
     from sftkit.infer.chat import run_chat  # heavy: torch
 
+    check_device(device)
     run_chat(model, prompt=prompt, system=system, max_new_tokens=max_new_tokens, temperature=temperature,
-             top_p=top_p)
+             top_p=top_p, device=device)
 
 
-def load_engine(ref: str, dtype: str = "float32", batch_size: int = 16, template: str | None = None) -> Engine:
-    """A model reference, exported folder or run folder (LoRA or full), with the run's template."""
+def load_engine(ref: str, dtype: str | None = None, batch_size: int = 16, template: str | None = None,
+                device: str = "auto") -> Engine:
+    """A model reference, exported folder or run folder (LoRA or full), with the run's template, on the
+    device the rule picks for ``device`` (``dtype`` None: the rule's)."""
     from sftkit.infer.engine import Engine
 
-    return Engine.from_ref(ref, dtype, batch_size, template)
+    return Engine.from_ref(ref, dtype, batch_size, template, device=device)
 
 
 def generate_cmd(
@@ -66,6 +71,7 @@ def generate_cmd(
     format: Annotated[str | None, typer.Option("--format", help="Force the data layout (default: detect).")] = None,
     template: Annotated[str | None, typer.Option(help="Chat template (default: the run's, else the model's).")] = None,
     seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Answer every prompt of a data file with a model; resumable, one JSON line per row."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -77,10 +83,11 @@ def generate_cmd(
         raise UsageError(f"--data {data}: no such file")
     if batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
+    check_device(device)
     answers = open_answers(data, out)  # a foreign --out is refused before the model loads
     params = GenParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     with err.status(f"loading {model} ..."):
-        engine = load_engine(model, batch_size=batch_size, template=template)
+        engine = load_engine(model, batch_size=batch_size, template=template, device=device)
     progress = Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                         console=err, transient=False)
     task = progress.add_task("generate", total=None)
@@ -119,7 +126,11 @@ def serve_cmd(
     = "transformers",
     max_batch: Annotated[int, typer.Option(help="Most requests decoded together (and concurrent streams).")] = 16,
     max_tokens_limit: Annotated[int, typer.Option(help="Largest max_tokens a request may ask for.")] = 1024,
-    dtype: Annotated[str, typer.Option(help="Weights dtype: float32, bfloat16, float16.")] = "float32",
+    dtype: Annotated[str, typer.Option(help="Weights dtype: auto (bf16 on GPUs that have it, else fp16; fp32 on "
+                                            "the CPU), float32, bfloat16, float16.")] = "auto",
+    device: Annotated[str, typer.Option("--device", help="transformers engine: where the model runs: auto, "
+                                                         "cpu, cuda, cuda:N or mps (see sft chat --help).")]
+    = "auto",
     canary_of: Annotated[str | None, typer.Option(
         "--canary-of", help="Canary release: MODEL is the new model and this the old one; requests for the old "
                             "model's id go to MODEL for --share of the users (sticky per user: the request's "
@@ -153,6 +164,7 @@ def serve_cmd(
     if engine == "vllm":
         _exec_vllm(model, host, port, api_key, max_batch)
         return
+    check_device(device, dtype)
     try:
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
@@ -162,17 +174,18 @@ def serve_cmd(
 
     log = None if no_request_log else RequestLog(request_log)  # a refused path stops us before any loading
     with err.status(f"loading {model} ..."):
-        eng = load_engine(model, dtype=dtype, batch_size=max_batch)
+        eng = load_engine(model, dtype=dtype, batch_size=max_batch, device=device)
     canary = None
     if canary_of is not None:
         with err.status(f"loading {canary_of} (the stable model) ..."):
-            old = load_engine(canary_of, dtype=dtype, batch_size=max_batch)
+            old = load_engine(canary_of, dtype=dtype, batch_size=max_batch, device=device)
         name = served_name(model)
         canary = Canary(eng, name if name != served_name(canary_of) else f"{name}-canary", share, {model})
         eng, model = old, canary_of
     key_note = ", API key required" if api_key else ""
-    err.print(f"serving [bold]{escape(served_name(model))}[/] on {url} "
-              f"(max batch {max_batch}, max_tokens <= {max_tokens_limit}{key_note})", highlight=False)
+    where = eng.device_info.describe() if eng.device_info else "cpu"
+    err.print(f"serving [bold]{escape(served_name(model))}[/] on {url} ({where}; "
+              f"max batch {max_batch}, max_tokens <= {max_tokens_limit}{key_note})", highlight=False, soft_wrap=True)
     if canary is not None:
         err.print(f"canary: [bold]{escape(canary.name)}[/] answers {share:.0%} of the users of "
                   f"{escape(served_name(model))} (sticky per user; ask for {escape(canary.name)} by name to try it); "

@@ -243,7 +243,8 @@ async def _warm_up(_: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(runs: str | Path = "runs", base: str | Path | None = None, token: str | None = None,
-               host: str = "127.0.0.1", warm_up: bool = False, allow: tuple[str | Path, ...] = ()) -> FastAPI:
+               host: str = "127.0.0.1", warm_up: bool = False, allow: tuple[str | Path, ...] = (),
+               device: str = "auto") -> FastAPI:
     """The console for the runs folder ``runs`` (relative paths are read from ``base``, default cwd).
 
     ``host``: the address the server listens on (the Host header must name it, or loopback).
@@ -251,11 +252,12 @@ def create_app(runs: str | Path = "runs", base: str | Path | None = None, token:
     Host and Origin checks then guard the API, but any local user can use it; ``sft console``
     always has one. ``allow``: further folders the page may read besides ``base`` and ``runs``.
     ``warm_up``: import the heavy modules in the background at startup (``sft console`` does; an
-    embedding program that imports transformers itself meanwhile should not, see ``heavy``)."""
+    embedding program that imports transformers itself meanwhile should not, see ``heavy``).
+    ``device``: where the chat page's models run (``sftkit.hub.device``)."""
 
     if not token and not is_loopback(host):
         raise UsageError(f"a console listening on {host!r} (not loopback) needs an access token")
-    state = ConsoleState(Workspace.create(runs, base, allow), token or None, host)
+    state = ConsoleState(Workspace.create(runs, base, allow), token or None, host, chat=ChatModels(device))
     app = FastAPI(title="sftkit console", docs_url=None, redoc_url=None, openapi_url=None,
                   lifespan=_warm_up if warm_up else None)
     app.state.console = state

@@ -58,7 +58,8 @@ class ChatModels:
     """The model pair loaded last (one pair at a time keeps memory bounded); one forward
     step at a time across all chats, since the models are shared."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: str = "auto") -> None:
+        self.device = device  # where chat models load (``sft console --device``; sftkit.hub.device)
         self._key: tuple[str, str | None] | None = None
         self._sides: list[Any] = []
         self._load_lock = threading.Lock()
@@ -77,7 +78,7 @@ class ChatModels:
                     self._sides, self._key = [], None
                     gc.collect()  # the previous pair goes before the next one loads
                     with self.step_lock:
-                        self._sides = load_sides(model_ref, base_ref)
+                        self._sides = load_sides(model_ref, base_ref, device=self.device)
                     self._key = key
             except (ModelNotFound, TemplateError, OSError, ValueError) as e:
                 raise bad_request(f"model: cannot load {model_ref!r}: {e}", "model") from None

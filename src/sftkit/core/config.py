@@ -12,6 +12,7 @@ command-line overrides are relative to the current directory.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, 
 
 from sftkit.core.vocab import (
     BUNDLED_ALIAS,
+    DEVICE_SPEC,
     TRACKERS,
     MaskPolicy,
     Overflow,
@@ -304,6 +306,20 @@ class EvalConfig(_Section):
     """During training, every N steps generate answers for a few validation prompts and log the task metric."""
     generate_samples: int = Field(default=16, gt=0)
     """How many validation prompts generate_every scores."""
+    device: str = "auto"
+    """Where the baseline and the tuned model are evaluated (`sft run`, `sft demo`; `sft eval RUN` without
+    --device): auto (a CUDA GPU if present, else Apple MPS, else the CPU), cpu, cuda, cuda:N or mps; bf16 on
+    GPUs that have it, else fp16, fp32 on the CPU; a model larger than one card's free memory spreads over
+    the visible cards. generate_every scores on the training device instead (the model being trained, its
+    adapter live). There is no model.device: training runs where its launcher puts it (every visible GPU;
+    choose cards with CUDA_VISIBLE_DEVICES)."""
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        if re.fullmatch(DEVICE_SPEC, v.strip().lower()) is None or v.strip().lower().startswith(("cpu:", "mps:")):
+            raise ValueError(f"device {v!r}: use auto, cpu, cuda, cuda:N or mps")
+        return v.strip().lower()
 
 
 class RunConfig(_Section):

@@ -111,3 +111,8 @@ def canonical_metric(name: str) -> str:
 
 TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "swanlab": "swanlab", "mlflow": "mlflow"}
 """``train.report_to`` names -> the Python package each needs."""
+
+# -- devices ------------------------------------------------------------------------------------
+
+DEVICE_SPEC = r"(auto|cpu|mps|cuda)(?::(\d+))?"
+"""What ``--device`` and ``eval.device`` accept (``cuda:N`` only with cuda); the rule is ``hub/device.py``."""

@@ -26,7 +26,7 @@ from sftkit.core.rundir import RunDir
 from sftkit.data import load_file
 from sftkit.evaluate import metrics as M
 from sftkit.hub.device import check_vllm
-from sftkit.hub.models import load_model, load_tokenizer, resolve
+from sftkit.hub.models import inference_device, load_model, load_tokenizer, resolve
 from sftkit.infer import vllm_engine
 from sftkit.infer.engine import Engine, GenParams, GenResult, build_renderer
 from sftkit.templates.inline import answer_part
@@ -56,16 +56,19 @@ def _adapter_off(model: Any) -> Callable[[], contextlib.AbstractContextManager[A
     return model.disable_adapter  # PeftModel: a context manager that bypasses the LoRA layers
 
 
-def load_sides(model_ref: str, baseline_ref: str | None, dtype: str = "float32", batch_size: int = 16,
-               template: str | None = None) -> list[Side]:
+def load_sides(model_ref: str, baseline_ref: str | None, dtype: str | None = None, batch_size: int = 16,
+               template: str | None = None, device: str = "auto") -> list[Side]:
     """The model and, if any, its baseline (``None``: the base model of a run;
-    ``"none"``: no baseline). ``template`` applies to a plain model (a run keeps its own)."""
+    ``"none"``: no baseline). ``template`` applies to a plain model (a run keeps its own).
+    Both go on the device the rule picks for ``device`` (``sftkit.hub.device``); ``dtype`` None:
+    the rule's."""
 
     resolved = resolve(model_ref)
     tok = load_tokenizer(resolved.path)
     template = (RunDir(resolved.run_dir).template() if resolved.run_dir else template) or None
-    model = load_model(resolved, dtype=dtype)
-    engine = Engine(model, tok, build_renderer(tok, template), batch_size=batch_size)
+    dev = inference_device(resolved, device, dtype)
+    model = load_model(resolved, device=dev)
+    engine = Engine(model, tok, build_renderer(tok, template), batch_size=batch_size, device=dev)
     sides = [Side("model", model_ref, engine)]
     if baseline_ref is None and resolved.adapter is not None:
         sides.append(Side("baseline", f"{resolved.path} (base)", engine, _adapter_off(model)))
@@ -75,7 +78,9 @@ def load_sides(model_ref: str, baseline_ref: str | None, dtype: str = "float32",
         # Same conversations, same template: a plain baseline model is prompted the
         # way the tuned one is (a baseline run keeps its own template).
         btpl = (RunDir(b.run_dir).template() if b.run_dir else template) or None
-        bengine = Engine(load_model(b, dtype=dtype), btok, build_renderer(btok, btpl), batch_size=batch_size)
+        bdev = inference_device(b, device, dtype)
+        bengine = Engine(load_model(b, device=bdev), btok, build_renderer(btok, btpl), batch_size=batch_size,
+                         device=bdev)
         sides.append(Side("baseline", baseline_ref, bengine))
     return sides
 
@@ -119,7 +124,7 @@ def reference_loss(engine: Engine, convs: Sequence[Conversation]) -> dict[str, f
     rows = [r for r in renderer.render_many(list(convs)) if not isinstance(r, RowRejected)]
     rows.sort(key=lambda r: len(r.input_ids))
     total, count = 0.0, 0
-    dev = next(engine.model.parameters()).device
+    dev = engine.input_device()  # where inputs go; the logits come out where the last layer is
     i = 0
     with torch.inference_mode():
         while i < len(rows):
@@ -140,7 +145,7 @@ def reference_loss(engine: Engine, convs: Sequence[Conversation]) -> dict[str, f
             # Token t is predicted from position t-1.
             loss = torch.nn.functional.cross_entropy(
                 logits[:, :-1].reshape(-1, logits.shape[-1]),
-                labels[:, 1:].reshape(-1).to(dev),
+                labels[:, 1:].reshape(-1).to(logits.device),
                 ignore_index=IGNORE,
                 reduction="sum",
             )
@@ -382,16 +387,18 @@ def evaluate(
     *,
     forgetting: bool = True,
     latency_samples: int = 4,
-    dtype: str = "float32",
+    dtype: str | None = None,
     batch_size: int = 16,
     write: bool = True,
     done: Mapping[str, SideRun] | None = None,
     engine: str = "transformers",
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Evaluate ``model_ref`` (model reference or run folder) on ``data_path``.
 
     ``baseline_ref``: None = the base model for a run (no baseline otherwise);
     ``"none"`` = no baseline. ``data_path`` defaults to a run's ``data.test``.
+    ``device``/``dtype``: where the models run (``sftkit.hub.device``; the loss pass too).
     Evaluating a run writes ``eval.json`` and ``eval_predictions.jsonl`` into it.
     """
 
@@ -404,7 +411,7 @@ def evaluate(
     if engine == "vllm":
         sides = load_vllm_sides(model_ref, baseline_ref, batch_size=batch_size)
     else:
-        sides = load_sides(model_ref, baseline_ref, dtype=dtype, batch_size=batch_size)
+        sides = load_sides(model_ref, baseline_ref, dtype=dtype, batch_size=batch_size, device=device)
     result, rows = evaluate_sides(
         sides, convs, metrics, max_new_tokens=max_new_tokens, forgetting=forgetting, latency_samples=latency_samples,
         done=done,

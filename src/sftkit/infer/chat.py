@@ -27,16 +27,17 @@ def answer(engine: Engine, history: list[Message], params: GenParams, out: TextI
 
 
 def run_chat(ref: str, prompt: str | None = None, system: str | None = None, max_new_tokens: int = 256,
-             temperature: float = 0.0, top_p: float = 0.9) -> None:
+             temperature: float = 0.0, top_p: float = 0.9, device: str = "auto") -> None:
     console = Console(stderr=True)
     with console.status(f"loading {ref} ..."):
-        engine = Engine.from_ref(ref)
+        engine = Engine.from_ref(ref, device=device)
     params = GenParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
     base: list[Message] = [Message("system", system)] if system else []
     if prompt is not None:
         answer(engine, [*base, Message("user", prompt)], params)
         return
-    console.print(f"[dim]{ref} — {_HELP}[/]")
+    where = engine.device_info.describe() if engine.device_info else "cpu"
+    console.print(f"[dim]{ref} on {where} — {_HELP}[/]")
     history = list(base)
     while True:
         try:

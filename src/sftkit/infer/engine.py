@@ -9,98 +9,47 @@ what ``sft eval`` scores.
 Prompts are left-padded; position ids are computed from the attention mask so a
 padded row sees the same positions as it would alone, which is what makes batched
 greedy output equal one-at-a-time greedy output token for token.
+
+On a GPU the inputs and the KV cache live on the model's device; a batch holds as many prompts as
+the free memory allows (``sftkit.infer.memory``), and an out-of-memory error halves the batch: the
+rows that were decoding continue in two smaller batches, recomputed from their prompt and the
+tokens they already have, so no request is lost and greedy output stays what it would have been.
+The halving is logged and remembered for the engine's later batches.
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from dataclasses import replace
+from typing import Any
 
 import torch
 
-from sftkit.core.errors import UsageError
+from sftkit.core.errors import DoesNotFit
 from sftkit.core.rundir import RunDir
-from sftkit.hub.models import load_model, load_tokenizer, resolve
+from sftkit.hub.device import InferenceDevice
+from sftkit.hub.models import inference_device, load_model, load_tokenizer, resolve
+from sftkit.infer import memory
+from sftkit.infer.decoding import FinishReason, GenParams, GenResult, _cut_at_stop, _held_back, _Row
+from sftkit.infer.stats import InferStats
+from sftkit.infer.streams import MultiStream, Stream
 from sftkit.templates.registry import load_template
 from sftkit.templates.render import Renderer
 
-FinishReason = Literal["stop", "length", "abort"]  # abort: the caller left mid-stream
-
-
-@dataclass(slots=True)
-class GenParams:
-    """Decoding settings. ``temperature <= 0`` means greedy."""
-
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    repetition_penalty: float = 1.0
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise UsageError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-        if not 0 < self.top_p <= 1:
-            raise UsageError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.repetition_penalty <= 0:
-            raise UsageError(f"repetition_penalty must be positive, got {self.repetition_penalty}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature <= 0
-
-
-@dataclass(slots=True)
-class GenResult:
-    """One completion. ``token_ids`` are the generated ids including a final
-    end-of-turn token when there was one; ``text`` excludes stop strings."""
-
-    text: str
-    token_ids: list[int]
-    finish_reason: FinishReason
-    prompt_tokens: int
-    completion_tokens: int
-    first_token_s: float
-    total_s: float
-
-
-@dataclass(slots=True)
-class _Row:
-    """Decoding state of one prompt."""
-
-    index: int
-    prompt_ids: list[int]
-    ids: list[int] = field(default_factory=list)
-    text: str = ""
-    emitted: int = 0  # characters of ``text`` already streamed
-    finish: FinishReason | None = None
-    first_s: float = 0.0
-    total_s: float = 0.0
-    max_new: int | None = None  # this row's own limit (streams batched together keep theirs)
-    abort: bool = False  # the caller is gone: leave the batch at the next step
-
-
-def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
-    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-    return (text[: min(hits)], True) if hits else (text, False)
-
-
-def _held_back(text: str, stops: Sequence[str]) -> int:
-    """How many trailing characters might be the start of a stop string (or an
-    incomplete UTF-8 character) and so must not be streamed yet."""
-    n = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:k]):
-                n = max(n, k)
-                break
-    if text.endswith("\ufffd"):
-        n = max(n, 1)
-    return n
+__all__ = [
+    "Engine",
+    "FinishReason",
+    "GenParams",
+    "GenResult",
+    "MultiStream",
+    "Stream",
+    "_cut_at_stop",
+    "build_renderer",
+]
+log = logging.getLogger(__name__)
 
 
 def _process_logits(
@@ -130,26 +79,36 @@ def _process_logits(
 
 
 class Engine:
-    """Batched generation for one model, tokenizer and renderer."""
+    """Batched generation for one model, tokenizer and renderer. ``batch_size`` is the most prompts
+    decoded together; on a GPU the free memory may allow fewer (see ``sftkit.infer.memory``)."""
 
-    def __init__(self, model: Any, tokenizer: Any, renderer: Any = None, batch_size: int = 16) -> None:
+    def __init__(self, model: Any, tokenizer: Any, renderer: Any = None, batch_size: int = 16,
+                 device: InferenceDevice | None = None, stats: InferStats | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.renderer = renderer
         self.batch_size = batch_size
+        self.device_info = device  # how the model was placed (None: by the caller, e.g. training)
+        self.stats = stats or InferStats()
+        self.max_rows: int | None = None  # learned from an out-of-memory error
+        self.free_memory = memory.free_bytes  # device -> bytes (None: no cap); tests replace it
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.stop_strings, self.stop_ids = self._end_of_turn()
+        self._keep_last = _accepts_logits_to_keep(model)
 
     @classmethod
-    def from_ref(cls, ref: str, dtype: str = "float32", batch_size: int = 16, template: str | None = None) -> Engine:
-        """Load a model reference or run folder (base + adapter) with the run's template."""
+    def from_ref(cls, ref: str, dtype: str | None = None, batch_size: int = 16, template: str | None = None,
+                 *, device: str | InferenceDevice = "auto") -> Engine:
+        """Load a model reference or run folder (base + adapter) with the run's template, on the device
+        the rule picks for ``device`` (``sftkit.hub.device``); ``dtype`` None: the rule's dtype."""
 
         resolved = resolve(ref)
+        dev = inference_device(resolved, device, dtype)
         tok = load_tokenizer(resolved.path)
-        model = load_model(resolved, dtype=dtype)
+        model = load_model(resolved, device=dev)
         if template is None and resolved.run_dir is not None:
             template = RunDir(resolved.run_dir).template()
-        return cls(model, tok, build_renderer(tok, template), batch_size=batch_size)
+        return cls(model, tok, build_renderer(tok, template), batch_size=batch_size, device=dev)
 
     def _end_of_turn(self) -> tuple[list[str], set[int]]:
         """The template's end-of-turn strings, and those that are single tokens as ids."""
@@ -173,17 +132,19 @@ class Engine:
         """Complete every prompt; results come back in prompt order."""
         params = params or GenParams()
         encoded = [self._encode(p) for p in prompts]
+        self.stats.started(len(encoded), sum(map(len, encoded)))
         # Similar lengths in one batch waste less compute on padding.
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-        results: list[GenResult | None] = [None] * len(encoded)
+        rows = [_Row(i, encoded[i]) for i in order]
         gen = self._generator(params)
-        for start in range(0, len(order), self.batch_size):
-            rows = [_Row(i, encoded[i]) for i in order[start : start + self.batch_size]]
-            t0 = time.perf_counter()
-            for _ in self._decode(rows, params, gen, t0, stream=False):
-                pass
-            for r in rows:
-                results[r.index] = self._result(r)
+        start = 0
+        while start < len(rows):
+            n = self.rows_per_batch(rows[start : start + self.batch_size], params.max_new_tokens)
+            self._run(rows[start : start + n], params, gen)
+            start += n
+        results: list[GenResult | None] = [None] * len(encoded)
+        for r in rows:
+            results[r.index] = self._result(r)
         return [r for r in results if r is not None]
 
     def stream(self, prompt: str, params: GenParams | None = None) -> Stream:
@@ -191,7 +152,9 @@ class Engine:
         SSE); once exhausted, ``.result`` holds the ``GenResult`` (finish reason,
         token counts) for a final SSE chunk or usage line."""
         params = params or GenParams()
-        return Stream(self, _Row(0, self._encode(prompt)), params)
+        ids = self._encode(prompt)
+        self.stats.started(1, len(ids))
+        return Stream(MultiStream(self, [_Row(0, ids)], params))
 
     def stream_many(self, prompts: Sequence[str], params: GenParams | None = None,
                     max_new_tokens: Sequence[int] | None = None) -> MultiStream:
@@ -201,7 +164,18 @@ class Engine:
         params = params or GenParams()
         limits = list(max_new_tokens or [params.max_new_tokens] * len(prompts))
         rows = [_Row(i, self._encode(p), max_new=n) for i, (p, n) in enumerate(zip(prompts, limits, strict=True))]
+        self.stats.started(len(rows), sum(len(r.prompt_ids) for r in rows))
         return MultiStream(self, rows, replace(params, max_new_tokens=max(limits)))
+
+    def rows_per_batch(self, candidates: Sequence[_Row], max_new_tokens: int) -> int:
+        """How many of ``candidates`` (sorted by length) one batch takes: ``batch_size``, the limit
+        learned from an out-of-memory error, and what the device's free memory holds."""
+        limit = min(len(candidates), self.max_rows or len(candidates))
+        if self.model is None or limit <= 1:
+            return max(1, limit)
+        longest = max(len(r.prompt_ids) + len(r.ids) for r in candidates[:limit])
+        free = self.free_memory(self.input_device())
+        return memory.rows_that_fit(free, memory.kv_bytes_per_token(self.model), longest + max_new_tokens, limit)
 
     def prompt_for(self, conv: Any) -> str:
         """The inference prompt of a conversation under this engine's template."""
@@ -236,55 +210,102 @@ class Engine:
             total_s=r.total_s,
         )
 
-    def _device(self) -> torch.device:
-        return next(self.model.parameters()).device
+    def input_device(self) -> torch.device:
+        """Where inputs go: the input embeddings' device (the first card when spread over several)."""
+        emb = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None
+        weight = getattr(emb, "weight", None)
+        return weight.device if weight is not None else next(self.model.parameters()).device
+
+    def _run(self, rows: list[_Row], params: GenParams, gen: torch.Generator | None) -> None:
+        """Decode ``rows`` to the end. Out of memory: the rows still decoding go on in batches of half
+        the size (recomputed from prompt + tokens so far), and later batches keep that size."""
+        queue = [rows]
+        while queue:
+            part = [r for r in queue.pop(0) if r.finish is None]
+            cap = self.max_rows or len(part)
+            if len(part) > cap:
+                queue[:0] = [part[i : i + cap] for i in range(0, len(part), cap)]
+                continue
+            if not part:
+                continue
+            try:
+                for _ in self._decode(part, params, gen, time.perf_counter(), stream=False):
+                    pass
+                continue
+            except Exception as e:
+                if not memory.is_oom(e):
+                    raise
+            self.halve([r for r in part if r.finish is None], params)  # the batch that ran out of memory
+            queue.insert(0, part)
+
+    def halve(self, live: list[_Row], params: GenParams) -> int:
+        """After an out-of-memory error in a batch of ``live`` rows: the new batch size (logged and
+        kept); one row that does not fit alone is ``DoesNotFit``."""
+        dev = self.input_device()
+        memory.release(dev)
+        if len(live) <= 1:
+            tokens = sum(len(r.prompt_ids) + len(r.ids) for r in live)
+            raise DoesNotFit(f"out of memory on {dev} decoding a single prompt ({tokens} tokens so far, up to "
+                             f"{params.max_new_tokens} new): lower max_new_tokens, shorten the prompt, or use a "
+                             "smaller model or dtype")
+        half = len(live) // 2
+        self.max_rows = min(self.max_rows or half, half)
+        self.stats.halved(self.max_rows)
+        log.warning("out of memory on %s with a batch of %d prompts: retrying them in batches of %d "
+                    "(and keeping that size)", dev, len(live), half)
+        return half
 
     @torch.inference_mode()
     def _decode(
         self, rows: list[_Row], p: GenParams, gen: torch.Generator | None, t0: float, stream: bool
     ) -> Iterator[list[tuple[int, str]]]:
-        """Run the batch to completion, updating ``rows`` in place; when ``stream``,
-        yield once per forward step the ``(row, text delta)`` pairs that became safe to show."""
+        """Run the batch to completion, updating ``rows`` in place; when ``stream``, yield once per
+        forward step the ``(row.index, text delta)`` pairs that became safe to show. A row that
+        already has tokens (a retry after out-of-memory) continues from prompt + those tokens."""
         from transformers import DynamicCache
 
-        dev = self._device()
+        dev = self.input_device()
         stops = [*self.stop_strings, *p.stop]
         # Decoding every step is only needed for streaming and for stop strings
         # that are not single tokens; otherwise the text is decoded once at the end.
         need_text = stream or any(s and s not in self._single_token_stops for s in stops)
-        width = max(len(r.prompt_ids) for r in rows)
+        ctx = [r.prompt_ids + r.ids for r in rows]
+        width = max(len(c) for c in ctx)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for b, r in enumerate(rows):
-            ids[b, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
-            mask[b, width - len(r.prompt_ids) :] = 1
+        for b, c in enumerate(ctx):
+            ids[b, width - len(c) :] = torch.tensor(c)
+            mask[b, width - len(c) :] = 1
         ids, mask = ids.to(dev), mask.to(dev)
         # Left padding: a row's first real token must sit at position 0.
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        seen = [torch.tensor(r.prompt_ids, device=dev) for r in rows]
+        seen = [torch.tensor(c, device=dev) for c in ctx]
         active = list(range(len(rows)))  # indices into ``rows`` still decoding
         cache = DynamicCache()
         step_ids, step_pos = ids, pos
+        # Only the last position's logits are needed: at prefill this saves a (rows, width, vocab) tensor.
+        keep = {"logits_to_keep": 1} if self._keep_last else {}
         while active:
-            out = self.model(
-                input_ids=step_ids, attention_mask=mask, position_ids=step_pos, past_key_values=cache, use_cache=True
-            )
+            ts = time.perf_counter()
+            out = self.model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, past_key_values=cache,
+                             use_cache=True, **keep)
             cache = out.past_key_values
             logits = out.logits[:, -1, :].float()
-            nxt = _process_logits(logits, seen, p, gen).tolist()
-            keep = self._advance([rows[ri] for ri in active], nxt, seen, p, stops, need_text, time.perf_counter() - t0)
+            nxt = _process_logits(logits, seen, p, gen).tolist()  # .tolist(): the CPU waits for the GPU here
+            left = self._advance([rows[ri] for ri in active], nxt, seen, p, stops, need_text, time.perf_counter() - t0)
+            self.stats.step(len(active), time.perf_counter() - ts)
             if stream:
-                yield [(ri, d) for ri in active for d in self._stream_delta(rows[ri], stops)]
-            if len(keep) < len(active):
-                if not keep:
+                yield [(rows[ri].index, d) for ri in active for d in self._stream_delta(rows[ri], stops)]
+            if len(left) < len(active):
+                if not left:
                     break
                 # A finished row leaves the batch, and its cache rows with it.
-                idx = torch.tensor(keep, device=dev)
+                idx = torch.tensor(left, device=dev)
                 cache.batch_select_indices(idx)
                 mask, step_pos = mask[idx], pos_last(step_pos)[idx]
-                nxt = [nxt[b] for b in keep]
-                seen = [seen[b] for b in keep]
-                active = [active[b] for b in keep]
+                nxt = [nxt[b] for b in left]
+                seen = [seen[b] for b in left]
+                active = [active[b] for b in left]
             else:
                 step_pos = pos_last(step_pos)
             step_ids = torch.tensor(nxt, device=dev).unsqueeze(-1)
@@ -328,63 +349,22 @@ class Engine:
             r.emitted = safe
 
 
-class Stream:
-    """An ``Iterator[str]`` of text deltas that also keeps the final result."""
-
-    def __init__(self, engine: Engine, row: _Row, params: GenParams) -> None:
-        self._engine, self._row = engine, row
-        gen = engine._generator(params)
-        self._it = engine._decode([row], params, gen, time.perf_counter(), stream=True)
-        self.result: GenResult | None = None
-
-    def __iter__(self) -> Stream:
-        return self
-
-    def __next__(self) -> str:
-        try:
-            while True:  # a step may hold text back (a stop string could be starting)
-                step = next(self._it)
-                if step:
-                    return "".join(d for _, d in step)
-        except StopIteration:
-            self.result = self._engine._result(self._row)
-            raise
-
-    def close(self) -> None:
-        self._it.close()  # drops the KV cache now
-
-
-class MultiStream:
-    """Batched streams: ``step()`` runs one forward pass for every unfinished row and returns the
-    ``(row, delta)`` pairs it produced, or ``None`` once every row has finished."""
-
-    def __init__(self, engine: Engine, rows: list[_Row], params: GenParams) -> None:
-        self._engine, self.rows = engine, rows
-        self._it = engine._decode(rows, params, engine._generator(params), time.perf_counter(), stream=True)
-
-    def step(self) -> list[tuple[int, str]] | None:
-        try:
-            return next(self._it)
-        except StopIteration:
-            return None
-
-    def finished(self, i: int) -> bool:
-        return self.rows[i].finish is not None
-
-    def result(self, i: int) -> GenResult:
-        return self._engine._result(self.rows[i])
-
-    def abort(self, i: int) -> None:
-        self.rows[i].abort = True
-
-    def close(self) -> None:
-        self._it.close()
-
-
 def pos_last(pos: torch.Tensor) -> torch.Tensor:
     """The last position of each row, as a (rows, 1) tensor."""
     return pos[:, -1:]
 
+
+
+def _accepts_logits_to_keep(model: Any) -> bool:
+    """Whether the model's forward takes ``logits_to_keep`` (transformers' causal LMs do; a PEFT
+    wrapper passes it on to its base model)."""
+    if model is None:
+        return False
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def build_renderer(tokenizer: Any, template: str | None = None) -> Any:

@@ -2,7 +2,9 @@
 
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions``,
 ``GET /v1/models`` (+ ``/v1/models/{id}``), ``GET /health``, and FastAPI's ``/docs``,
-``/redoc`` and ``/openapi.json``. With an API key every path needs it except ``/health``
+``/redoc`` and ``/openapi.json``. ``/health`` reports the queue (``queue_length``: requests and
+streams waiting for the model) and the engine's counters (``sftkit.infer.stats``: ``tokens_per_s``
+over the last 10 s, token totals, out-of-memory halvings). With an API key every path needs it except ``/health``
 (load balancers probe it): that one answers without the key but then does not name the model.
 
 Batching: all generation goes through one ``Batcher`` worker thread (see
@@ -440,6 +442,7 @@ class _Server:
         self.engine, self.model_name, self.aliases = engine, model_name, {model_name, *aliases}
         self.max_tokens_limit, self.batcher = max_tokens_limit, batcher
         self.context = context_length(engine)
+        self.stats = engine.stats  # the generation counters /health reports (InferStats)
         self.created = int(time.time())
         self.pool: ThreadPoolExecutor | None = None
 
@@ -702,10 +705,15 @@ def _add_routes(app: FastAPI, front: _Front, key: bytes | None) -> None:
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:
         ok = all(s.batcher.alive for s in pool.servers)
-        body: dict[str, Any] = {"status": "ok" if ok else "error", **batcher.load(), **batcher.stats}
+        load = batcher.load()
+        body: dict[str, Any] = {"status": "ok" if ok else "error", **load,
+                                "queue_length": load["queued_requests"] + load["waiting_streams"],
+                                **batcher.stats, **srv.stats.snapshot()}
         named = key is None or _key_ok(request.headers.get("authorization", "").encode("latin-1"), key)
         if named:
-            body["model"] = srv.model_name  # which model runs is the key holders' business
+            body["model"] = srv.model_name  # which model runs, and where, is the key holders' business
+            dev = srv.engine.device_info
+            body["device"] = dev.describe() if dev is not None else str(srv.engine.input_device())
         if pool.canary is not None:
             new = pool.canary.batcher
             body["canary"] = {**({"model": pool.canary.model_name, "share": pool.share} if named else {}),

@@ -22,8 +22,10 @@ class EngineTeacher:
 
 
 def make_teacher(ref: str, model: str | None = None, api_key: str | None = None, max_new_tokens: int = 512,
-                 batch_size: int = 8, dtype: str = "float32") -> EngineTeacher | HttpTeacher:
-    """``ref`` is an ``http(s)://…/v1`` URL or any model reference ``sft chat`` accepts."""
+                 batch_size: int = 8, dtype: str | None = None, device: str = "auto") -> EngineTeacher | HttpTeacher:
+    """``ref`` is an ``http(s)://…/v1`` URL or any model reference ``sft chat`` accepts (loaded on the
+    device the rule picks, ``sftkit.hub.device``)."""
     if is_url(ref):
         return HttpTeacher(ref, model, api_key, max_new_tokens)
-    return EngineTeacher(Engine.from_ref(ref, dtype=dtype, batch_size=batch_size), ref, max_new_tokens)
+    engine = Engine.from_ref(ref, dtype=dtype, batch_size=batch_size, device=device)
+    return EngineTeacher(engine, ref, max_new_tokens)

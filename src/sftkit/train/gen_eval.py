@@ -3,11 +3,14 @@
 Loss alone does not say whether a checkpoint *answers* well; this logs the task
 metric (accuracy, BLEU/ROUGE, ...) next to the loss in ``metrics.jsonl`` so the best
 checkpoint can be picked by what matters. It uses the shared generation engine on
-the model being trained, greedy, so numbers are comparable across steps.
+the model being trained, greedy, so numbers are comparable across steps: on the training
+device, with the adapter live, and in the training's mixed precision (``train.bf16`` /
+``train.fp16`` autocast), so a GPU run does not generate in fp32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -36,13 +39,12 @@ class GenerationEval(TrainerCallback):
             return
         import torch
 
-
         was_training = model.training
         model.eval()
         try:
-            engine = Engine(model, self.renderer.tokenizer, self.renderer)
+            engine = Engine(model, self.renderer.tokenizer, self.renderer)  # wherever training put the model
             prompts = [engine.prompt_for(c) for c in self.convs]
-            with torch.no_grad():
+            with torch.no_grad(), _mixed_precision(args, engine.input_device()):
                 results = engine.generate(prompts, GenParams(max_new_tokens=self.max_new_tokens))
         finally:
             if was_training:
@@ -51,3 +53,13 @@ class GenerationEval(TrainerCallback):
         row = {"step": state.global_step, **{f"gen_{k}": round(v, 5) for k, v in scores.items()}}
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
+
+
+def _mixed_precision(args: Any, device: Any) -> contextlib.AbstractContextManager[Any]:
+    """The autocast training runs under (``args.bf16`` / ``args.fp16``), on the model's device."""
+    import torch
+
+    amp = torch.bfloat16 if getattr(args, "bf16", False) else torch.float16 if getattr(args, "fp16", False) else None
+    if amp is None or device.type not in ("cuda", "cpu", "mps"):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=amp)

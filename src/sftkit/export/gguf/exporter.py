@@ -87,11 +87,11 @@ def precheck(src: Path) -> None:
 
 
 def _hf_folder(src: Path, out_dir: Path, force: bool, dtype: str | None,
-               log: Log) -> tuple[Path, ExportResult | None]:
+               log: Log, device: str = "auto") -> tuple[Path, ExportResult | None]:
     """The Hugging Face folder to convert: ``src`` itself, or the verified export of run ``src`` into ``out_dir``."""
     if not (src / "config.yaml").is_file():
         return src, None
-    res = export_run(src, out_dir, dtype=dtype, force=force, log=log)
+    res = export_run(src, out_dir, dtype=dtype, force=force, log=log, device=device)
     if not res.ok:
         raise VerificationFailed(f"the Hugging Face export of {src} failed verification (kept as {res.out}); "
                                  "no GGUF was written")
@@ -185,7 +185,7 @@ def _export(folder: Path, out_dir: Path, stem: str, qtype: str, quantizer: str |
 
 
 def export_gguf(src: Path, out_dir: Path, qtype: str, ollama_name: str | None = None, *, force: bool = False,
-                dtype: str | None = None, log: Log = print) -> GGUFResult:
+                dtype: str | None = None, log: Log = print, device: str = "auto") -> GGUFResult:
     """``sft export SRC --out OUT_DIR --gguf QTYPE [--ollama NAME]``.
 
     ``src``: a run folder (exported first, verified, into ``out_dir`` as ``sft export`` does) or a
@@ -201,7 +201,7 @@ def export_gguf(src: Path, out_dir: Path, qtype: str, ollama_name: str | None = 
     stem = (out_dir if is_run else src).resolve().name
     if out_dir.is_dir():
         _check_targets(out_dir, stem, qtype, force)
-    folder, exported = _hf_folder(src, out_dir, force, dtype, log)
+    folder, exported = _hf_folder(src, out_dir, force, dtype, log, device)  # the GGUF checks run on the CPU
     try:
         res = _export(folder, out_dir, stem, qtype, quantizer, ollama_name, force, log)
         res.export = exported

@@ -22,6 +22,8 @@ class Capabilities:
     bf16: bool = False  # the CUDA GPU computes in bf16 natively
     cpu_bf16: bool = False  # the CPU has native bf16 instructions (AVX512-BF16 / AMX)
     packages: frozenset[str] = field(default_factory=frozenset)
+    torch_varlen: bool = False  # this torch ships torch.nn.attention.varlen (variable-length flash attention)
+    name: str = ""  # the GPU's name (device 0), "" on a CPU
 
     def has(self, package: str) -> bool:
         return package in self.packages
@@ -42,7 +44,23 @@ def detect() -> Capabilities:
     bf16 = bool(cuda and torch.cuda.is_bf16_supported())
     cpu_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     found = frozenset(p for p in _PACKAGES if importlib.util.find_spec(p) is not None)
-    return Capabilities(cuda, cap, bf16, cpu_bf16, found)  # type: ignore[arg-type]
+    name = torch.cuda.get_device_name(0) if cuda else ""
+    return Capabilities(cuda, cap, bf16, cpu_bf16, found, has_torch_varlen(), name)  # type: ignore[arg-type]
+
+
+def has_torch_varlen() -> bool:
+    """torch >= 2.9 ships ``torch.nn.attention.varlen.varlen_attn`` (CUDA kernels only)."""
+    try:
+        return importlib.util.find_spec("torch.nn.attention.varlen") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def assumed_gpu(bf16: bool = True, capability: tuple[int, int] = (8, 0), name: str = "") -> Capabilities:
+    """A CUDA GPU that is not here (``sft estimate --device cuda`` on a CPU machine): this install's
+    packages and torch, the stated generation (Ampere-class unless told otherwise)."""
+    found = frozenset(p for p in _PACKAGES if importlib.util.find_spec(p) is not None)
+    return Capabilities(True, capability, bf16, False, found, has_torch_varlen(), name)
 
 
 def check_vllm(caps: Capabilities | None = None) -> None:

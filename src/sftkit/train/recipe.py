@@ -73,7 +73,7 @@ def _plan(folder: RunDir, cfg: RunConfig, resume: str | None, overwrite: Overwri
 
 
 def _claim(folder: RunDir, cfg: RunConfig, resume: str | None, overwrite: Overwrite, console: Console,
-           plan: TrainPlan) -> None:
+           device_plan: TrainPlan) -> None:
     """Make the folder this run's (rank 0): everything before this only read."""
     if not _is_main():
         return
@@ -85,7 +85,7 @@ def _claim(folder: RunDir, cfg: RunConfig, resume: str | None, overwrite: Overwr
     elif plan.action is Action.CONTINUE:
         console.print(f"continuing the finished run in {folder.path}; its train_summary.json and evaluation "
                       "(eval.json, report.html) described the old weights and were removed", soft_wrap=True)
-    _write_config(folder, cfg, plan)
+    _write_config(folder, cfg, device_plan)
 
 
 def _write_config(folder: RunDir, cfg: RunConfig, plan: TrainPlan) -> None:
@@ -438,7 +438,7 @@ def run(
 
     resolved = models.resolve(cfg.model.name_or_path)
     safety.check_remote_code(resolved.path, cfg.model.trust_remote_code)
-    plan = _make_plan(cfg, resolved.path)
+    device_plan = _make_plan(cfg, resolved.path)  # per-device defaults (sftkit.train.plan)
     if _is_main():
         full = cfg.method.type in (Method.full, Method.freeze)
         faults.check_free_space(run_dir, faults.checkpoint_need(resolved.path, full, cfg.train.save_total_limit),
@@ -450,14 +450,14 @@ def run(
     fp = fingerprint(cfg, renderer, resolved.path)
     _check_fingerprint(folder, fp, resume, force)
     data = prepare(cfg.data, renderer, cfg.train.seed)
-    _preflight(cfg, data, force, console, plan)
+    _preflight(cfg, data, force, console, device_plan)
     template_report = _check_template(template, tokenizer, data, resolved.path, console)
 
-    _claim(folder, cfg, resume, overwrite, console, plan)  # the first write into the run folder
+    _claim(folder, cfg, resume, overwrite, console, device_plan)  # the first write into the run folder
     _write_records(folder, fp, data, template_report)
     checkpoint = _resume_point(run_dir, resume, console)
     _report_data(data, run_dir, console)
-    model, trainable, total, plan = _build_model(cfg, resolved.path, console, plan, folder)
+    model, trainable, total, device_plan = _build_model(cfg, resolved.path, console, device_plan, folder)
     train_rows = _train_rows(cfg, data, console)
 
     tokens_per_step = data.report["train_tokens"] / max(1, len(train_rows)) * (
@@ -469,7 +469,7 @@ def run(
         args=_training_args(cfg, run_dir, bool(data.val.examples), report_to),
         train_dataset=train_rows,
         eval_dataset=Examples.from_rendered(data.val.examples) if data.val.examples else None,
-        data_collator=accel.train_collator(cfg, tokenizer.pad_token_id, plan),
+        data_collator=accel.train_collator(cfg, tokenizer.pad_token_id, device_plan),
         processing_class=tokenizer,
         callbacks=_callbacks(cfg, run_dir, data, renderer, tokens_per_step, console,
                              [stop, *tracker_callbacks, *(callbacks or [])]),
@@ -486,7 +486,7 @@ def run(
     final = _save_final(trainer, tokenizer, cfg, run_dir)
     if trainer.is_world_process_zero():
         _finish(folder, out, trainer, seconds, tokens_per_step, checkpoint, (trainable, total), final, console,
-                plan)
+                device_plan)
     return TrainResult(run_dir, seconds, out.global_step, out.training_loss, trainer.state.best_metric)
 
 

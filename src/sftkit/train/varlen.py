@@ -96,24 +96,42 @@ def varlen_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value:
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     position_ids = kwargs.get("position_ids")
-    dtype = _compute_dtype(query)
-    usable = (attention_mask is None and position_ids is not None and query.shape[2] == key.shape[2]
-              and dropout == 0.0 and dtype in (torch.bfloat16, torch.float16))
-    if not usable:  # padded evaluation, generation with a cache, fp32, attention dropout: sdpa
+    if attention_mask is not None or position_ids is None or query.shape[2] != key.shape[2]:
+        # padded evaluation, generation with a cache: transformers' sdpa with the mask it built
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
     batch, heads, length, dim = query.shape
-    cu = kwargs.get("cu_seq_lens_q")
-    if cu is not None and kwargs.get("max_length_q") is not None and batch == 1:
-        cu, longest = cu.to(torch.int32), int(kwargs["max_length_q"])  # from the collator: no host sync
-    else:
-        cu, longest = cu_seqlens(position_ids.expand(batch, -1) if position_ids.shape[0] != batch else position_ids)
+    scale = scaling or dim**-0.5
+    cu, longest = _boundaries(position_ids, batch, kwargs)
+    dtype = _compute_dtype(query)
+    if dropout or (KERNEL is None and dtype not in (torch.bfloat16, torch.float16)):
+        return _block_diagonal(query, key, value, cu, dropout, scale), None  # exact, without the kernel
 
     def flat(x: torch.Tensor) -> torch.Tensor:
         return x.transpose(1, 2).reshape(batch * length, x.shape[1], dim).to(dtype)
 
-    out = _call(flat(query), flat(key), flat(value), cu, longest, scaling or dim**-0.5)
+    out = _call(flat(query), flat(key), flat(value), cu, longest, scale)
     return out.reshape(batch, length, heads, dim), None
+
+
+def _boundaries(position_ids: torch.Tensor, batch: int, kwargs: dict[str, Any]) -> tuple[torch.Tensor, int]:
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is not None and kwargs.get("max_length_q") is not None and batch == 1:
+        return cu.to(torch.int32), int(kwargs["max_length_q"])  # from the collator: no host sync
+    return cu_seqlens(position_ids.expand(batch, -1) if position_ids.shape[0] != batch else position_ids)
+
+
+def _block_diagonal(query, key, value, cu, dropout, scale) -> torch.Tensor:
+    """fp32 (flash kernels are 16-bit) or attention dropout: sdpa with the block-diagonal causal mask."""
+    batch, _, length, _ = query.shape
+    seg = torch.zeros(batch * length, dtype=torch.int32, device=query.device)
+    seg[cu[1:-1].long()] = 1
+    seg = seg.cumsum(0).view(batch, length)
+    causal = torch.ones(length, length, dtype=torch.bool, device=query.device).tril()
+    mask = (seg[:, :, None] == seg[:, None, :]) & causal
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask[:, None], dropout_p=dropout,
+                                         scale=scale, enable_gqa=query.shape[1] != key.shape[1])
+    return out.transpose(1, 2).contiguous()
 
 
 def _mask(*args: Any, **kwargs: Any) -> Any:

@@ -120,7 +120,9 @@ def layer_activation_bytes(shape: ModelShape, setup: Setup, trainable_layer: boo
     i, q, kv = shape.intermediate, shape.q_dim, shape.kv_dim
     rb, ab, mb, kept = _bytes(setup)
     full = setup.method in FULL_METHODS if trainable_layer is None else trainable_layer
-    attn = ab * (2 * q + 2 * kv) + 4 * shape.heads + (ab * q if full else 0)
+    # transformers repeats grouped kv heads itself when sdpa gets a mask (sdpa's own GQA needs none)
+    kv_kept = q if setup.mask_bias else kv
+    attn = ab * (2 * q + 2 * kv_kept) + 4 * shape.heads + (ab * q if full else 0)
     if setup.mask_bias:
         attn += ab * setup.seq_len
     if not setup.flash_attention:  # eager attention keeps softmax probs (fp32) and their 16-bit copy per head

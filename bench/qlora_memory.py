@@ -39,7 +39,8 @@ SIDES = ("lora_bf16", "qlora", "qlora_upcast")
 def _batch(tokenizer: Any, rows: int, length: int) -> dict[str, Any]:
     import torch
 
-    words = "the model learns to answer questions about data 你好 数据 模型 训练 回答".split()
+    words = ["the", "model", "learns", "to", "answer", "questions", "about", "data",
+             "你好", "数据", "模型", "训练", "回答"]
     g = torch.Generator().manual_seed(0)
     ids, pos = [], []
     for _ in range(rows):

@@ -35,11 +35,12 @@ def test_tiny_dry_run_prints_the_summary_line(tmp_path, tokenizer, capsys):
     line = _bench().main(["--tiny", "--inprocess", "--sides", sides, "--tokenizer", str(tok),
                           "--work", str(tmp_path / "w"), "--out", str(tmp_path / "r.json")])
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert printed == line and KEYS <= set(line) and line["errors"] is None
+    assert printed == line and set(line) >= KEYS and line["errors"] is None
     assert line["device"] == "cpu" and line["sftkit_tokens_per_s"] > 0 and line["ratio"] > 0
     assert line["estimate_gb"] > 0 and 0 < line["mfu"] < 1
     assert set(line["plan"]) == {"attn_implementation", "dtype", "loss_head", "packing"}
     full = json.loads((tmp_path / "r.json").read_text())["results"]
-    assert full["trl_best"]["settings"]["packing"] is True and full["trl_best"]["settings"]["gradient_checkpointing"] is False
+    best = full["trl_best"]["settings"]
+    assert best["packing"] is True and best["gradient_checkpointing"] is False
     assert full["sftkit"]["padding_fraction"] < full["trl"]["padding_fraction"]
     assert all(len(r["losses"]) == 3 for r in full.values())  # 1 warm-up + 2 timed steps, each logged

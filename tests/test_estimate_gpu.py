@@ -189,10 +189,9 @@ def test_layer_term_equals_what_autograd_saves(name, tmp_path):
     def per_layer(tokens: int) -> int:
         return _saved_bytes(2, tokens, case, tmp_path) - _saved_bytes(1, tokens, case, tmp_path)
 
-    if setup.mask_bias:  # the [seq x seq] bias grows with the row: compare at one length (no per-step casts here)
-        measured_bytes = per_layer(64) / 64
-    else:  # the slope over two lengths drops what is saved once per forward (autocast's weight casts)
-        measured_bytes = (per_layer(128) - per_layer(64)) / 64
+    # the slope over two lengths drops what is saved once per forward (autocast's weight casts); the
+    # [seq x seq] bias grows with the row, so that case compares at one length (it has no per-step casts)
+    measured_bytes = per_layer(64) / 64 if setup.mask_bias else (per_layer(128) - per_layer(64)) / 64
     predicted = layer_activation_bytes(shape, setup)
     assert predicted == pytest.approx(measured_bytes, rel=0.01), (name, predicted, measured_bytes)
 

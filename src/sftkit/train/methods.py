@@ -93,10 +93,11 @@ def attach(model: Any, method: MethodConfig, gradient_checkpointing: bool = Fals
             use_dora=method.use_dora,
             task_type="CAUSAL_LM",
         )
-        from sftkit.train.dropout import speed_up_lora_dropout
+        from sftkit.train.dropout import keep_lora_inputs_16bit, speed_up_lora_dropout
 
         model = get_peft_model(model, cfg)
         speed_up_lora_dropout(model)  # same p, a third of the cost on CPU (sftkit.train.dropout)
+        keep_lora_inputs_16bit(model)  # same values, no fp32 copy of every LoRA input under autocast
         return model
     if method.type is Method.freeze:
         return _freeze(model, method)

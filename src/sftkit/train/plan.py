@@ -25,6 +25,7 @@ from typing import Any
 
 from sftkit.core.config import Method, RunConfig
 from sftkit.hub.device import Capabilities
+from sftkit.hub.models import resolve
 from sftkit.train import attention
 
 KEYS = ("attn_implementation", "dtype", "loss_head", "packing")
@@ -201,8 +202,6 @@ def plan(cfg: RunConfig, caps: Capabilities, model_config: Any | None = None) ->
 
 def model_config_of(cfg: RunConfig) -> Any | None:
     """The model's transformers config (config.json only, no weights); None when it cannot be read here."""
-    from sftkit.hub.models import resolve
-
     try:
         from transformers import AutoConfig
 

@@ -30,7 +30,7 @@ from sftkit.hub.device import detect
 from sftkit.templates import check_template
 from sftkit.templates.registry import load_template
 from sftkit.templates.render import Renderer
-from sftkit.train import accel, attention, faults, tracking
+from sftkit.train import accel, attention, faults, losshead, tracking, varlen
 from sftkit.train import plan as planning
 from sftkit.train.callbacks import (
     CheckpointMarker,
@@ -146,8 +146,6 @@ def _check_template(template: Any, tokenizer: Any, data: Prepared, model_path: P
 def _load_base(cfg: RunConfig, path: Path, plan: TrainPlan) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
-
-    from sftkit.train import varlen
 
     dtype = plan.dtype.value
     kw: dict[str, Any] = {"dtype": getattr(torch, dtype),
@@ -354,8 +352,6 @@ def _install_loss_head(model: Any, plan: TrainPlan) -> TrainPlan:
     """The chunked (or Liger) head replaces the model's own loss in training calls (``losshead.install``)."""
     head = plan.loss_head
     if head.value in ("chunked", "liger") and "use_liger_kernel" not in head.reason:
-        from sftkit.train import losshead
-
         losshead.install(model, backend=head.value)
     return plan
 

@@ -294,12 +294,16 @@ def child(side: str, work: Path, args: argparse.Namespace) -> None:
 def run_child(side: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     if args.inprocess:  # the test's dry run: the same functions without a process per side (peaks are shared)
         return run_side(side, work, args)
+    left = args.deadline - time.monotonic()
+    if left < 30:
+        return {"error": f"skipped: --budget {args.budget} s spent"}
+    limit = min(args.timeout, left)
     cmd = [sys.executable, __file__, "--child", side, "--work", str(work), *args.passthrough]
     try:
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None if args.verbose else subprocess.PIPE,
-                              text=True, check=False, timeout=args.timeout)
+                              text=True, check=False, timeout=limit)
     except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {args.timeout} s"}
+        return {"error": f"timed out after {limit:.0f} s"}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not lines:
         tail = (proc.stderr or "").strip().splitlines()[-12:]
@@ -385,13 +389,15 @@ def prepare(work: Path, args: argparse.Namespace) -> None:
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tiny", action="store_true", help="2 layers, hidden 64, on CPU: a dry run in seconds")
-    ap.add_argument("--sides", default="sftkit,trl,trl_best,qlora", help=f"comma-separated, of {', '.join(SIDES)}")
+    ap.add_argument("--sides", default="sftkit,trl_best,trl,qlora", help=f"comma-separated, of {', '.join(SIDES)}")
     ap.add_argument("--tokenizer", help="a saved tokenizer folder (default: the bundled model's)")
     ap.add_argument("--work", type=Path, help="model, data and run folders (default: a temporary folder)")
     ap.add_argument("--out", type=Path, help="write every side's full result here as it arrives")
     ap.add_argument("--steps", type=int, help="timed optimizer steps (default 10; tiny 2)")
     ap.add_argument("--warmup", type=int, help="warm-up steps (default 2; tiny 1)")
-    ap.add_argument("--timeout", type=int, default=300, help="seconds per side")
+    ap.add_argument("--timeout", type=int, default=240, help="seconds per side at most")
+    ap.add_argument("--budget", type=int, default=540, help="seconds for the whole run: a side that cannot start "
+                    "with 30 s left is skipped (and reported), so the results file is complete before any outer limit")
     ap.add_argument("--threads", type=int, default=2, help="torch threads on a CPU")
     ap.add_argument("--verbose", action="store_true", help="show the runs' own output")
     ap.add_argument("--inprocess", action="store_true", help="run the sides in this process (dry runs; the peak "
@@ -410,6 +416,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     args = parse(argv)
+    args.deadline = time.monotonic() + args.budget
     if args.child:
         child(args.child, args.work, args)
         return None

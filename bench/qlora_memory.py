@@ -104,7 +104,7 @@ def side(name: str, rows: int, length: int) -> dict[str, Any]:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
         loss = model(**batch).loss
     loss.backward()
-    est = _estimate(cfg, plan)
+    est = _estimate(cfg, plan, "float32" if name == "qlora_upcast" else None)
     return {"weights_mb": weights / 2**20, "saved_mb": sum(seen.values()) / 2**20,
             "held_mb": (weights + sum(seen.values())) / 2**20, "loss": round(loss.item(), 5),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "baseline_rss_mb": base_rss,
@@ -126,13 +126,13 @@ def _storage_bytes(model: Any) -> int:
     return sum(seen.values())
 
 
-def _estimate(cfg: Any, plan: Any) -> float:
+def _estimate(cfg: Any, plan: Any, weight_dtype: str | None) -> float:
     from dataclasses import replace
 
     from sftkit.estimate import estimate, setup_from_config, shape_for
     from sftkit.estimate.device import Device
 
-    setup = setup_from_config(cfg, plan.values())
+    setup = setup_from_config(cfg, {**plan.values(), **({"dtype": weight_dtype} if weight_dtype else {})})
     est = estimate(shape_for(cfg.model.name_or_path), replace(setup, device="cpu"),
                    Device("cpu", 1e3, 1.0, kind="cpu", overhead_gb=0.0))
     return (est.total_gb - est.breakdown_gb["allocator_retention"]) * 1e9 / 2**20

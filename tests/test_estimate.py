@@ -163,6 +163,10 @@ def test_preflight_refuses_with_breakdown(tmp_path, bundled_path):
         preflight(cfg, device_memory_gb=total * 0.8)
     assert "cheapest fix: enable train.gradient_checkpointing" in str(e.value)
     assert preflight(cfg, device_memory_gb=1000).fits
+    # above the estimate's lower bound but below its total: not refused (the measured peaks say such runs
+    # fit), and the caller is told it does not fit by the estimate
+    between = preflight(cfg, device_memory_gb=total * 0.92)
+    assert not between.fits and between.lower_gb <= total * 0.92 < between.total_gb
 
 
 def test_cheapest_fix_combines_changes_when_no_single_one_fits():

@@ -148,3 +148,17 @@ def test_estimate_device_cuda_json_returns_the_plan_without_a_gpu(cfg_file):
                            "packing": "packed"}
     r = CliRunner().invoke(app, ["estimate", str(cfg_file), "--device", "tpu", "--json"])
     assert r.exit_code == 2 and "use cuda or cpu" in r.output
+
+
+def test_the_collator_follows_the_plan(cfg_file):
+    from sftkit.train.accel import train_collator
+    from sftkit.train.collate import Collator, FlatCollator
+
+    cfg = load_config(cfg_file)
+    flat = train_collator(cfg, 0, plan(cfg, H100))
+    assert isinstance(flat, FlatCollator)
+    batch = flat([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8, 9], "labels": [-100, 9]}])
+    assert batch["cu_seq_lens_q"].tolist() == [0, 3, 5, 8]  # two examples, then the padding to 8
+    assert batch["max_length_q"] == 3 and "attention_mask" not in batch
+    assert type(train_collator(cfg, 0, plan(cfg, CPU))) is Collator
+    assert type(train_collator(cfg, 0, plan(cfg, A100_OLD_TORCH))) is Collator

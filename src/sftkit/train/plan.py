@@ -19,6 +19,7 @@ against sdpa, and the loss head against the loaded model; either falls back, wit
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -243,3 +244,27 @@ def confirm_loss_head(p: TrainPlan, model: Any) -> TrainPlan:
     if reason is None:
         return p
     return p.with_choice("loss_head", "plain", f"{reason}: the model's own loss (full logits)")
+
+
+def for_run(cfg: RunConfig, model_path: Path, caps: Capabilities) -> TrainPlan:
+    """The plan ``sft train`` uses: the model's family from its config.json, torch's varlen kernel checked
+    on this process's GPU (each rank of a multi-GPU run plans for its own device)."""
+    import torch
+    from transformers import AutoConfig
+
+    model_config = AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
+    p = plan(cfg, caps, model_config)
+    if caps.cuda:
+        p = confirm_attention(p, torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))))
+    return p
+
+
+def install_loss_head(model: Any, p: TrainPlan) -> TrainPlan:
+    """The chunked (or Liger) head replaces the model's own loss in training calls (``losshead.install``);
+    with train.use_liger_kernel the Trainer patches the model itself."""
+    head = p.loss_head
+    if head.value in ("chunked", "liger") and "use_liger_kernel" not in head.reason:
+        from sftkit.train import losshead
+
+        losshead.install(model, backend=head.value)
+    return p

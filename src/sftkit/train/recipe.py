@@ -30,7 +30,7 @@ from sftkit.hub.device import detect
 from sftkit.templates import check_template
 from sftkit.templates.registry import load_template
 from sftkit.templates.render import Renderer
-from sftkit.train import accel, attention, faults, losshead, tracking, varlen
+from sftkit.train import accel, attention, faults, tracking, varlen
 from sftkit.train import plan as planning
 from sftkit.train.callbacks import (
     CheckpointMarker,
@@ -337,7 +337,7 @@ def _build_model(cfg: RunConfig, path: Path, console: Console, plan: TrainPlan, 
         base = _load_base(cfg, path, plan)
         base.config.use_cache = False  # no KV cache in training: memory, and packing masks need it off
         model = attach(base, cfg.method, cfg.train.gradient_checkpointing)
-    confirmed = _install_loss_head(model, planning.confirm_loss_head(plan, model))
+    confirmed = planning.install_loss_head(model, planning.confirm_loss_head(plan, model))
     if confirmed != plan and _is_main():  # the loss head could not stand in for this model's own loss
         _write_config(folder, cfg, confirmed)
     _show_plan(confirmed, console)
@@ -346,14 +346,6 @@ def _build_model(cfg: RunConfig, path: Path, console: Console, plan: TrainPlan, 
                   f"{total:,} parameters ({100 * trainable / total:.2f}%), "
                   f"attention {getattr(model.config, '_attn_implementation', None)}", soft_wrap=True)
     return model, trainable, total, confirmed
-
-
-def _install_loss_head(model: Any, plan: TrainPlan) -> TrainPlan:
-    """The chunked (or Liger) head replaces the model's own loss in training calls (``losshead.install``)."""
-    head = plan.loss_head
-    if head.value in ("chunked", "liger") and "use_liger_kernel" not in head.reason:
-        losshead.install(model, backend=head.value)
-    return plan
 
 
 def _show_plan(plan: TrainPlan, console: Console) -> None:
@@ -391,18 +383,6 @@ def _callbacks(cfg: RunConfig, run_dir: Path, data: Prepared, renderer: Renderer
     return out
 
 
-def _make_plan(cfg: RunConfig, model_path: Path) -> TrainPlan:
-    """The per-device choices (``sftkit.train.plan``), with torch's varlen kernel checked on this device."""
-    import torch
-    from transformers import AutoConfig
-
-    model_config = AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
-    plan = planning.plan(cfg, detect(), model_config)
-    if torch.cuda.is_available():
-        plan = planning.confirm_attention(plan, torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))))
-    return plan
-
-
 def run(
     cfg: RunConfig,
     resume: str | None = None,
@@ -434,7 +414,7 @@ def run(
 
     resolved = models.resolve(cfg.model.name_or_path)
     safety.check_remote_code(resolved.path, cfg.model.trust_remote_code)
-    device_plan = _make_plan(cfg, resolved.path)  # per-device defaults (sftkit.train.plan)
+    device_plan = planning.for_run(cfg, resolved.path, detect())  # per-device defaults (sftkit.train.plan)
     if _is_main():
         full = cfg.method.type in (Method.full, Method.freeze)
         faults.check_free_space(run_dir, faults.checkpoint_need(resolved.path, full, cfg.train.save_total_limit),

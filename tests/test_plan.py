@@ -162,3 +162,16 @@ def test_the_collator_follows_the_plan(cfg_file):
     assert batch["max_length_q"] == 3 and "attention_mask" not in batch
     assert type(train_collator(cfg, 0, plan(cfg, CPU))) is Collator
     assert type(train_collator(cfg, 0, plan(cfg, A100_OLD_TORCH))) is Collator
+
+
+def test_liger_head_is_checked_on_the_device_and_falls_back(cfg_file):
+    """Liger's API changes between releases, so the planned fused head is run once against the chunked one;
+    here (no liger-kernel, no CUDA) the check really fails and the plan says why."""
+    from sftkit.train.plan import confirm_liger_head
+
+    planned = plan(load_config(cfg_file), A100_ALL)
+    assert planned.loss_head.value == "liger"
+    confirmed = confirm_liger_head(planned, "cpu")
+    assert confirmed.loss_head.value == "chunked" and "failed its check" in confirmed.loss_head.reason
+    kept = plan(load_config(cfg_file, ["train.use_liger_kernel=true"]), A100_ALL)
+    assert confirm_liger_head(kept, "cpu") == kept  # the Trainer's own Liger patch is not ours to check

@@ -255,8 +255,44 @@ def for_run(cfg: RunConfig, model_path: Path, caps: Capabilities) -> TrainPlan:
     model_config = AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
     p = plan(cfg, caps, model_config)
     if caps.cuda:
-        p = confirm_attention(p, torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))))
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        p = confirm_liger_head(confirm_attention(p, device), device)
     return p
+
+
+def confirm_liger_head(p: TrainPlan, device: Any) -> TrainPlan:
+    """Liger's fused head once on ``device`` against sftkit's chunked head (loss and gradients); on any
+    failure or mismatch the chunked head, saying why. Liger's API has changed between releases."""
+    if p.loss_head.value != "liger" or "use_liger_kernel" in p.loss_head.reason:
+        return p
+    problem = liger_head_problem(device)
+    if problem is None:
+        return p
+    return p.with_choice("loss_head", "chunked", f"Liger's fused head failed its check on this device ({problem}); "
+                                                 "sftkit's chunked head (same loss, no full logits)")
+
+
+def liger_head_problem(device: Any) -> str | None:
+    import torch
+
+    from sftkit.train.losshead import linear_cross_entropy
+
+    gen = torch.Generator().manual_seed(0)
+    h, w = torch.randn(40, 64, generator=gen), torch.randn(300, 64, generator=gen) * 0.1
+    labels = torch.randint(0, 300, (40,), generator=gen)
+    labels[:7] = -100
+    outs = []
+    try:
+        for backend in ("liger", "chunked"):
+            hh = h.to(device).requires_grad_()
+            loss = linear_cross_entropy(hh, w.to(device), labels.to(device), backend=backend, reduction="sum")
+            loss.backward()
+            outs.append((loss.detach().float().cpu(), hh.grad.float().cpu()))
+    except Exception as e:  # noqa: BLE001 - any failure means: do not use this kernel here
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}".rstrip(": ")
+    worst = max((outs[0][0] - outs[1][0]).abs().item() / max(1.0, outs[1][0].abs().item()),
+                (outs[0][1] - outs[1][1]).abs().max().item())
+    return None if worst <= 1e-3 else f"differs from the chunked head by {worst:.3g}"
 
 
 def install_loss_head(model: Any, p: TrainPlan) -> TrainPlan:

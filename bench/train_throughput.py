@@ -1,6 +1,6 @@
 """Training throughput: TRL ``SFTTrainer`` (defaults, then its best CPU settings) vs ``sft train``.
 
-    .venv/bin/python bench/train_throughput.py                 # 2 repeats, 1 warm-up + 3 timed steps each
+    .venv/bin/python bench/train_throughput.py --json          # 2 repeats, 1 warm-up + 3 timed steps each
     .venv/bin/python bench/train_throughput.py --repeat 1 --steps 3 --only sftkit
 
 One process runs the trio, interleaved per repeat, on the same everything:
@@ -19,17 +19,20 @@ One process runs the trio, interleaved per repeat, on the same everything:
 Sides:
 * ``trl``: ``SFTConfig`` defaults (``use_cpu=True``, which a CPU needs; fp32 as the reference run did,
   ``bf16=False``): batch 8, padding to the longest row, gradient checkpointing on (TRL's default).
-* ``trl_best``: the same plus ``bf16=True`` and ``packing=True`` (its ``bfd`` strategy, padding-free rows).
+* ``trl_best``: the same plus ``bf16=True``, ``packing=True`` (its ``bfd`` strategy, padding-free rows) and
+  ``gradient_checkpointing=False`` (sftkit runs without it too: a fair best).
 * ``sftkit``: ``sft train`` (``sftkit.train.recipe.run``, the whole command in-process) with ``train.packing``,
-  ``train.bf16`` and no gradient checkpointing; attention and LoRA dropout take sftkit's CPU paths
-  (``sftkit.train.attention``, ``sftkit.train.dropout``).
+  ``train.bf16`` and no gradient checkpointing; everything else is the per-device plan's CPU default
+  (``sftkit.train.plan``): segment attention, the chunked loss head (``sftkit.train.losshead``: prompt tokens
+  skip the head, no full logits), fast LoRA dropout (``sftkit.train.dropout``).
 
 Timing: the wall time between consecutive optimizer steps (data loading, forward, backward, optimizer),
 warm-up steps excluded; real tokens (not padding) counted from the rows each collator receives; the
 median tokens/s over repeats is reported. Each run is a fresh child process (so peak RSS, ``ru_maxrss``,
 is that run's own); the parent only generates the data and collects the results.
 ``sftkit_gflops``: 4 x (linear-layer weights, lm_head included) FLOPs per real token (forward plus the
-input gradients of frozen weights; attention and LoRA not counted) x tokens/s. Prints one JSON line.
+input gradients of frozen weights; attention and LoRA not counted) x tokens/s. The last stdout line is one
+JSON object (with ``--json`` the only one; without it a table of the sides comes first).
 """
 
 from __future__ import annotations
@@ -145,7 +148,8 @@ def run_trl(rows: list[dict[str, list[int]]], best: bool, steps: int, warmup: in
     path = models.resolve(MODEL).path
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    extra = {"bf16": True, "packing": True, "per_device_train_batch_size": 2} if best else {"bf16": False}
+    extra = ({"bf16": True, "packing": True, "per_device_train_batch_size": 2, "gradient_checkpointing": False}
+             if best else {"bf16": False})
     args = SFTConfig(output_dir=str(out), use_cpu=True, max_length=CUTOFF, max_steps=steps, learning_rate=LR,
                      optim=OPTIM, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
                      seed=0, **extra)
@@ -248,6 +252,7 @@ def main() -> None:
     ap.add_argument("--only", default="trl,trl_best,sftkit", help="comma-separated sides to run")
     ap.add_argument("--out", type=Path, default=None, help="keep the run folders here")
     ap.add_argument("--verbose", action="store_true", help="show the runs' own output")
+    ap.add_argument("--json", action="store_true", help="stdout: only the JSON line (no table)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -278,7 +283,19 @@ def main() -> None:
             results[side].append(r)
         line = summary(results, args, peak, flops_per_token, len(rows))
         log(f"after {rep + 1} repeat(s): {line}")  # a killed run still leaves its figures so far
+    if not args.json:
+        print(table(json.loads(line)))
     print(line)
+
+
+def table(r: dict[str, Any]) -> str:
+    rows = [f"{'side':<10} {'tokens/s':>9} {'padding':>8} {'peak RSS MB':>12}"]
+    for side in ("trl", "trl_best", "sftkit"):
+        if r.get(f"{side}_tokens_per_s"):
+            rows.append(f"{side:<10} {r[f'{side}_tokens_per_s']:>9.1f} {r[f'{side}_padding_fraction']:>8.1%} "
+                        f"{r[f'{side}_peak_rss_mb']:>12.0f}")
+    rows.append(f"ratio {r['ratio']}, ratio_best {r['ratio_best']}")
+    return "\n".join(rows)
 
 
 def summary(results: dict[str, list[dict[str, float]]], args: argparse.Namespace, peak: float,

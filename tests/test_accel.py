@@ -79,7 +79,11 @@ def test_gpu_decisions_with_stated_capabilities(cfg_file):
         (["model.attn_implementation=flash_attention_2", "model.dtype=bfloat16"], V100, "a V100 is 7.0"),
         (["model.attn_implementation=flash_attention_2", "model.dtype=bfloat16"], ON_GPU_NO_PKGS,
          "`pip install flash-attn --no-build-isolation`"),
-        (["model.attn_implementation=flash_attention_2"], A100, "computes in fp16/bf16 only"),
+        (["model.attn_implementation=flash_attention_2", "model.dtype=float32"], A100, "computes in fp16/bf16 only"),
+        (["model.attn_implementation=sftkit_varlen"], V100, "a V100 is 7.0"),
+        (["model.attn_implementation=sftkit_varlen"], ON_GPU_NO_PKGS, "needs torch.nn.attention.varlen"),
+        (["train.loss_head=liger"], CPU_NO_PKGS, "Liger's Triton kernels fail on CPU"),
+        (["train.loss_head=liger"], ON_GPU_NO_PKGS, "`pip install liger-kernel`"),
         (["train.bf16=true"], V100, "use train.fp16=true instead"),
         (["train.optim=adamw_8bit"], CPU_NO_PKGS, "needs bitsandbytes: `pip install bitsandbytes`"),
     ]

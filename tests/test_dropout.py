@@ -59,3 +59,42 @@ def test_replaces_peft_lora_dropout(tiny_model_dir):
     drops = [m for m in model.modules() if isinstance(m, FastDropout)]
     assert len(drops) == n and all(d.p == 0.05 for d in drops)
     assert not any(type(m) is torch.nn.Dropout and m.p > 0 for m in model.modules())
+
+
+def test_lora_inputs_stay_16bit_under_autocast_with_the_same_values(tiny_model_dir):
+    """keep_lora_inputs_16bit skips peft's fp32 copy of every LoRA input under autocast: the loss and the
+    adapters' gradients are bit-for-bit those of peft's own path; outside autocast peft's cast still runs
+    (a bf16 model with fp32 adapters still generates)."""
+    from transformers import AutoModelForCausalLM
+
+    from sftkit.core.config import MethodConfig
+    from sftkit.train import dropout
+    from sftkit.train.methods import attach
+
+    ids = torch.randint(0, 1000, (2, 24), generator=torch.Generator().manual_seed(0))
+    results = []
+    for skip in (False, True):
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+        original = dropout.keep_lora_inputs_16bit
+        if not skip:
+            dropout.keep_lora_inputs_16bit = lambda model: 0
+        try:
+            torch.manual_seed(0)  # the same adapter init
+            model = attach(base, MethodConfig(type="lora", r=4, dropout=0.1))
+        finally:
+            dropout.keep_lora_inputs_16bit = original
+        for name, p in model.named_parameters():  # B starts at zero: make the adapters matter both ways
+            if "lora_B" in name:
+                p.data.normal_(0, 0.5)
+        model.train()
+        torch.manual_seed(1)  # the same dropout masks on both paths
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((loss.item(), grads))
+        model.eval()
+        model.generate(input_ids=ids[:1, :5], max_new_tokens=2, do_sample=False)  # no autocast: peft casts
+    assert results[0][0] == results[1][0]
+    assert results[0][1].keys() == results[1][1].keys()
+    assert all(torch.equal(results[0][1][k], results[1][1][k]) for k in results[0][1])

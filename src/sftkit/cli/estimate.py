@@ -1,8 +1,11 @@
 """``sft estimate``: peak memory per device, time, and recommendations before training.
 
 With ``--json`` the last stdout line is one JSON object:
-``{"total_gb", "breakdown", "fits", "tokens_per_step", "est_hours",
-"recommendations": [{"what", "value", "why", "seed"}], ...}``.
+``{"total_gb", "lower_gb", "breakdown", "fits", "tokens_per_step", "est_hours",
+"recommendations": [{"what", "value", "why", "seed"}], ...}``; for a CONFIG also the training plan for the
+device (``--device cuda`` plans for a GPU on a machine without one):
+``"plan": {"attn_implementation", "dtype", "loss_head", "packing"}``, ``"plan_reasons"`` (same keys),
+``"plan_device"``.
 """
 
 from __future__ import annotations
@@ -17,25 +20,63 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from sftkit.core.config import RunConfig
 from sftkit.core.configio import load_config
 from sftkit.core.errors import UsageError
-from sftkit.estimate import Device, Estimate, Setup, detect_device, estimate_for, estimate_run, gpu, preflight
+from sftkit.estimate import (
+    Device,
+    Estimate,
+    Setup,
+    cpu_device,
+    detect_device,
+    estimate_for,
+    estimate_run,
+    gpu,
+    preflight,
+)
 from sftkit.estimate.memory import EXPLAIN
 from sftkit.estimate.recommend import cheapest_fix
+from sftkit.hub.device import Capabilities, assumed_gpu, detect
+from sftkit.train.plan import TrainPlan, model_config_of, plan
 
 __all__ = ["estimate_cmd", "preflight"]
 
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
-def _device(gpu_name: str | None, gpu_memory: float | None) -> Device:
-    if gpu_name:
+ASSUMED_GPU = "H100-80GB"  # `--device cuda` on a machine without one, and no --gpu / --gpu-memory
+
+
+def _device(gpu_name: str | None, gpu_memory: float | None, kind: str | None = None) -> Device:
+    if kind not in (None, "cuda", "cpu"):
+        raise UsageError(f"--device {kind}: use cuda or cpu (default: this machine's)")
+    if kind == "cpu":
+        if gpu_name:
+            raise UsageError("--device cpu with --gpu: choose one")
+        dev = cpu_device()
+    elif gpu_name:
         dev = gpu(gpu_name)
     elif gpu_memory is not None:
         dev = Device(f"GPU {gpu_memory:g} GB", gpu_memory, 100.0)  # unknown GPU: assume a mid-range 100 TFLOPs
     else:
         dev = detect_device()
+        if kind == "cuda" and dev.kind != "cuda":
+            dev = replace(gpu(ASSUMED_GPU), name=f"{ASSUMED_GPU} (assumed: no GPU here)")
     return replace(dev, memory_gb=gpu_memory) if gpu_memory is not None else dev
+
+
+def _caps(dev: Device) -> Capabilities:
+    """What the plan reads: this machine's, or the stated GPU with this install's packages."""
+    here = detect()
+    if dev.kind == "cpu":
+        return replace(here, cuda=False, capability=None, bf16=False, name="")
+    if here.cuda:
+        return here
+    return assumed_gpu(bf16=dev.bf16, capability=dev.capability, name=dev.name)
+
+
+def _plan(cfg: RunConfig, dev: Device) -> TrainPlan:
+    return plan(cfg, _caps(dev), model_config_of(cfg))
 
 
 def _apply(setup: Setup, **changes: object) -> Setup:
@@ -88,17 +129,22 @@ def estimate_cmd(
         "--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations in backward.")] = None,
     zero: Annotated[int | None, typer.Option("--zero", help="DeepSpeed ZeRO stage 0-3.", min=0, max=3)] = None,
     offload: Annotated[bool, typer.Option("--offload", help="ZeRO CPU offload.")] = False,
+    device: Annotated[str | None, typer.Option("--device", help="cuda or cpu: plan and estimate for that kind of "
+                                               f"device (default: this machine's; cuda without a GPU here: "
+                                               f"{ASSUMED_GPU} unless --gpu says which).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object as the last stdout line.")] = False,
 ) -> None:
     """Estimate peak memory per device and training time, and recommend settings with reasons."""
-    dev = _device(gpu_name, gpu_memory)
+    dev = _device(gpu_name, gpu_memory, device)
     changes = {"method": method, "seq_len": seq_len, "micro_batch": batch, "grad_accum": grad_accum,
                "gradient_checkpointing": gradient_checkpointing}
     deepspeed = {"zero": zero or 0, "offload": offload, "master_copy": zero is not None}
+    chosen: TrainPlan | None = None
     if config is not None:
-
-        est = estimate_run(load_config(config), dev, count_data=True, lengths=True,
-                           changes={"gpus": gpus, **changes, **deepspeed})
+        cfg = load_config(config)
+        chosen = _plan(cfg, dev)
+        est = estimate_run(cfg, dev, count_data=True, lengths=True,
+                           changes={"gpus": gpus, **changes, **deepspeed}, plan=chosen.values())
     elif model_size is not None:
         # No config: the usual GPU recipe - bf16 weights, LoRA unless told otherwise.
         setup = _apply(Setup(weight_dtype="bfloat16" if dev.bf16 else "float16", gpus=gpus,
@@ -112,8 +158,14 @@ def estimate_cmd(
     if as_json:
         out = est.to_json()
         out["cheapest_fix"] = {"change": fix[0], "total_gb": round(fix[1], 3)} if fix else None
+        if chosen is not None:
+            out.update(plan=chosen.values(), plan_reasons=chosen.reasons(), plan_device=chosen.device)
         sys.stdout.write(json.dumps(out) + "\n")
         sys.stdout.flush()
         return
     _print(est, fix)
+    if chosen is not None:
+        console.print(f"[bold]plan[/] on {chosen.device} (what sft train would choose):")
+        for line in chosen.lines():
+            console.print(f"  {line}", soft_wrap=True)
 

@@ -56,18 +56,24 @@ class ModelConfig(_Section):
     """Model reference: the bundled alias, a local HF folder, a .gguf file, a run folder, or a hub id already
     in the local cache: ORG/NAME[@REV] (Hugging Face / HF_ENDPOINT mirror) or modelscope:ORG/NAME[@REV]
     (fetch it first with `sft download REF`)."""
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """dtype the base weights are loaded in (mixed precision is train.bf16 / train.fp16)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """dtype the base weights are loaded in (mixed precision is train.bf16 / train.fp16). auto: chosen per device
+    and method (sftkit.train.plan): bfloat16 on GPUs that have it for lora/qlora/freeze (float16 on V100/T4 for
+    lora/qlora), float32 for full fine-tuning on a GPU (AdamW steps at lr 1e-5 are below bf16's resolution) and
+    for lora/full/freeze on a CPU (exact; train.bf16 gives the speed); qlora computes in 16 bits everywhere.
+    The choice and its reason are printed and written to the run folder (config.yaml, train_summary.json)."""
     trust_remote_code: StrictBool = False
     """Run Python code shipped with the model. Off unless you trust its source."""
     allow_pickle: StrictBool = False
     """Load weights stored as pickle (.bin/.pt) when a folder has no safetensors. Unpickling can run code:
     only for files you trust (weights are still read with torch.load(weights_only=True))."""
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "sftkit_segments"] | None = None
-    """Attention kernel. None: sftkit_segments for llama, qwen2, qwen3 and mistral models (each packed example
-    runs as its own causal SDPA call: exact, and cheaper than sdpa's block mask), else transformers' choice
-    (sdpa). flash_attention_2 needs a CUDA GPU (Ampere or newer) and the flash-attn package; with
-    train.packing it trains padding-free (one row per batch)."""
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "sftkit_segments", "sftkit_varlen"] | None = None
+    """Attention kernel. None: chosen per device (sftkit.train.plan). On a CUDA GPU (Ampere or newer) for
+    llama, qwen2, qwen3 and mistral models: flash_attention_2 when flash-attn is installed, else sftkit_varlen
+    (PyTorch's own variable-length flash attention, checked against sdpa on the device at start), both
+    padding-free (a batch is one row, no padding); otherwise sdpa with the block-diagonal mask from position ids.
+    On a CPU: sftkit_segments for those families (each packed example runs as its own causal SDPA call: exact,
+    and cheaper than sdpa's block mask), else transformers' choice (sdpa)."""
 
 
 class DataSource(_Section):
@@ -253,6 +259,12 @@ class TrainConfig(_Section):
     and the unsloth package)."""
     use_liger_kernel: bool = False
     """Liger's fused Triton kernels (less activation memory); needs a CUDA GPU and the liger-kernel package."""
+    loss_head: Literal["auto", "chunked", "liger", "plain"] = "auto"
+    """How the loss is computed from the last hidden states. chunked: sftkit's head, which never holds the
+    [tokens x vocab] logits (prompt tokens skip it, the rest go through in chunks; same loss and gradients as
+    the plain head); liger: Liger's fused linear cross-entropy (CUDA, liger-kernel); plain: the model's own
+    (full logits). auto: liger on a CUDA GPU with liger-kernel installed, else chunked; plain where neither can
+    reproduce the model's head (a LoRA-adapted or quantised lm_head, ZeRO-3/FSDP sharding, rescaled logits)."""
 
     @field_validator("max_steps")
     @classmethod

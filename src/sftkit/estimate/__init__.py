@@ -11,6 +11,7 @@ docs/estimate.md explains every term; bench/RESULTS_estimate.md checks them on t
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ __all__ = [
 ]
 
 _OPTIMS = {"adamw_8bit": "adamw_8bit", "adamw_bnb_8bit": "adamw_8bit", "paged_adamw_8bit": "paged_adamw_8bit",
-           "sgd": "sgd", "adafactor": "adafactor"}
+           "sgd": "sgd", "adafactor": "adafactor", "adamw_torch_fused": "adamw_fused"}
 
 
 
@@ -54,18 +55,27 @@ def shape_for(model: str | Path) -> ModelShape:
     return from_path(model)
 
 
-def setup_from_config(cfg: Any) -> Setup:
+def setup_from_config(cfg: Any, plan: Mapping[str, str] | None = None) -> Setup:
     """A RunConfig as sftkit trains it: HF Trainer + torch AdamW, whose states take the
-    parameters' dtype (no fp32 master copy unless DeepSpeed adds one)."""
+    parameters' dtype (no fp32 master copy unless DeepSpeed adds one). ``plan``: the training plan's
+    values (``sftkit.train.plan``: attn_implementation, dtype, loss_head, packing) for what the config
+    leaves to the device; without one, ``auto`` reads as the CPU's choices."""
     m, t = cfg.method, cfg.train
+    p = dict(plan or {})
     targets = LINEARS if m.target_modules == "all-linear" else tuple(x for x in LINEARS if x in m.target_modules)
+    auto_dtype = "bfloat16" if m.type.value == "qlora" else "float32"
+    dtype = p.get("dtype") or (cfg.model.dtype if cfg.model.dtype != "auto" else auto_dtype)
+    attn = p.get("attn_implementation") or cfg.model.attn_implementation or "sdpa"
+    packing = p.get("packing") or ("packed" if t.packing else "padded")
+    head = p.get("loss_head") or ("plain" if t.loss_head == "plain" else "chunked")
     return Setup(
         method=m.type.value, seq_len=cfg.data.cutoff_len, micro_batch=t.per_device_train_batch_size,
         grad_accum=t.gradient_accumulation_steps, gpus=int(os.environ.get("WORLD_SIZE", "1")),
-        weight_dtype=cfg.model.dtype, autocast="bf16" if t.bf16 else "fp16" if t.fp16 else None,
+        weight_dtype=dtype, autocast="bf16" if t.bf16 else "fp16" if t.fp16 else None,
         optim=_OPTIMS.get(t.optim, "adamw"), gradient_checkpointing=t.gradient_checkpointing,
         lora_r=m.r, lora_targets=targets, lora_dropout=m.dropout, freeze_layers=m.freeze_trainable_layers,
-        flash_attention=cfg.model.attn_implementation != "eager",
+        flash_attention=attn != "eager", mask_bias=attn in ("sdpa", "eager") and packing != "padding_free",
+        loss_head=head if head in ("plain", "chunked", "liger") else "plain", liger=t.use_liger_kernel,
     )
 
 
@@ -87,11 +97,13 @@ def _data_info(cfg: Any, lengths: bool) -> tuple[int | None, list[int] | None]:
 
 
 def estimate_run(cfg: Any, device: Device | None = None, count_data: bool = True, lengths: bool = False,
-                 max_len: int | None = None, changes: dict[str, Any] | None = None) -> Estimate:
+                 max_len: int | None = None, changes: dict[str, Any] | None = None,
+                 plan: Mapping[str, str] | None = None) -> Estimate:
     """Estimate for a RunConfig on ``device`` (default: this machine's first GPU, else its CPU).
-    ``changes``: Setup fields to override (what-if questions from the command line)."""
+    ``changes``: Setup fields to override (what-if questions from the command line); ``plan``: the
+    training plan's values for that device (``setup_from_config``)."""
     shape = from_path(cfg.model.name_or_path, cfg.model.trust_remote_code)
-    setup = replace(setup_from_config(cfg), **{k: v for k, v in (changes or {}).items() if v is not None})
+    setup = replace(setup_from_config(cfg, plan), **{k: v for k, v in (changes or {}).items() if v is not None})
     if max_len:
         setup = replace(setup, seq_len=min(setup.seq_len, max_len))
     device = device or detect_device()
@@ -128,9 +140,12 @@ def format_breakdown(est: Estimate) -> str:
     return "\n".join([*rows, f"  {'total':<24} {est.total_gb:8.2f} GB  (device {est.device.memory_gb:.1f} GB)"])
 
 
-def preflight(cfg: Any, device_memory_gb: float | None = None, max_len: int | None = None) -> Estimate:
-    """Check a run before any weights load. Returns the Estimate when it fits; raises
-    ``DoesNotFit`` (message: breakdown + cheapest fix) when it does not.
+def preflight(cfg: Any, device_memory_gb: float | None = None, max_len: int | None = None,
+              plan: Mapping[str, str] | None = None) -> Estimate:
+    """Check a run before any weights load. Returns the Estimate when it may fit (``est.fits`` False:
+    the estimate is above the device but its lower bound is not: train, and say so); raises ``DoesNotFit``
+    (message: breakdown + cheapest fix) only when even the lower bound (``Estimate.lower_gb``: the estimate
+    less its tested error band) exceeds the device, so a run the measured peaks say fits is never refused.
 
     ``device_memory_gb`` None: the first CUDA GPU's free memory, or on CPU the available RAM.
     ``max_len``: the longest row that will really be trained, when the data is already
@@ -139,13 +154,13 @@ def preflight(cfg: Any, device_memory_gb: float | None = None, max_len: int | No
     device = detect_device()
     if device_memory_gb is not None:
         device = replace(device, memory_gb=device_memory_gb)
-    est = estimate_run(cfg, device, count_data=False, max_len=max_len)
-    if est.fits:
+    est = estimate_run(cfg, device, count_data=False, max_len=max_len, plan=plan)
+    if est.lower_gb <= device.memory_gb:
         return est
     fix = cheapest_fix(est.shape, est.setup, device)
     hint = (f"cheapest fix: {fix[0]} (-> {fix[1]:.1f} GB)" if fix else
             "even gradient checkpointing, smaller micro-batches, LoRA/QLoRA and a shorter cutoff_len together do "
             "not fit: use more or larger devices (DeepSpeed ZeRO shards the states across them)")
-    raise DoesNotFit(f"estimated peak {est.total_gb:.1f} GB per device exceeds {device.name} "
-                     f"{device.memory_gb:.1f} GB:\n{format_breakdown(est)}\n{hint} "
+    raise DoesNotFit(f"estimated peak {est.total_gb:.1f} GB per device (at least {est.lower_gb:.1f} GB) exceeds "
+                     f"{device.name} {device.memory_gb:.1f} GB:\n{format_breakdown(est)}\n{hint} "
                      f"(`sft estimate CONFIG` explains; --force to train anyway)", est)

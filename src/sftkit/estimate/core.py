@@ -24,6 +24,9 @@ DEFAULT_STEPS = 1000  # time basis when neither data nor max_steps say how long 
 # Measured once (bench/RESULTS_estimate.md, lora-256 run: (peak RSS - static terms) / transient
 # = 1.5) and used unchanged for every configuration; GPUs' caching allocator is not modelled.
 CPU_ALLOCATOR_RETENTION = 0.5
+# The band the estimate is tested to against measured peaks (tests/test_estimate_gpu.py: every sftkit run of
+# shared/data/gpu/h200_2026-12-04.json within +-15%). Preflight refuses only below the band's lower edge.
+ACCURACY = 0.15
 
 
 @dataclass
@@ -53,6 +56,11 @@ class Estimate:
         return self.total_gb <= self.device.memory_gb
 
     @property
+    def lower_gb(self) -> float:
+        """The least the run can need by this estimate: its total less the tested error band."""
+        return self.total_gb * (1 - ACCURACY)
+
+    @property
     def tokens_per_step(self) -> int:
         s = self.setup
         return s.seq_len * s.micro_batch * s.grad_accum * s.gpus
@@ -64,6 +72,7 @@ class Estimate:
     def to_json(self) -> dict[str, Any]:
         return {
             "total_gb": round(self.total_gb, 3),
+            "lower_gb": round(self.lower_gb, 3),
             "breakdown": {k: round(v, 3) for k, v in self.breakdown_gb.items()},
             "fits": self.fits,
             "device": {"name": self.device.name, "memory_gb": round(self.device.memory_gb, 2),

@@ -32,6 +32,7 @@ class Device:
     kind: str = "cuda"
     efficiency: float = MFU
     overhead_gb: float = 0.75  # CUDA context + cuBLAS/cuDNN workspaces
+    capability: tuple[int, int] = (8, 0)  # CUDA compute capability (what the training plan reads)
 
 
 GPUS: dict[str, Device] = {
@@ -39,13 +40,14 @@ GPUS: dict[str, Device] = {
     for d in (
         Device("A100-40GB", 40, 312),
         Device("A100-80GB", 80, 312),
-        Device("H100-80GB", 80, 989),
-        Device("RTX4090", 24, 165),
-        Device("RTX3090", 24, 71),
-        Device("V100-32GB", 32, 125, bf16=False, flash_attention=False),
-        Device("T4", 16, 65, bf16=False, flash_attention=False),
-        Device("L4", 24, 121),
-        Device("A10", 24, 125),
+        Device("H100-80GB", 80, 989, capability=(9, 0)),
+        Device("H200", 141, 989, capability=(9, 0)),
+        Device("RTX4090", 24, 165, capability=(8, 9)),
+        Device("RTX3090", 24, 71, capability=(8, 6)),
+        Device("V100-32GB", 32, 125, bf16=False, flash_attention=False, capability=(7, 0)),
+        Device("T4", 16, 65, bf16=False, flash_attention=False, capability=(7, 5)),
+        Device("L4", 24, 121, capability=(8, 9)),
+        Device("A10", 24, 125, capability=(8, 6)),
     )
 }
 ALIASES = {"a100": "a100-80gb", "a100-40": "a100-40gb", "a100-80": "a100-80gb", "h100": "h100-80gb",
@@ -140,5 +142,5 @@ def detect_device() -> Device:
         props = torch.cuda.get_device_properties(0)
         known = next((d for k, d in GPUS.items() if k.split("-")[0] in name.lower().replace(" ", "")), None)
         return Device(name, free / GB, known.tflops if known else 100.0, bf16=props.major >= 8,
-                      flash_attention=props.major >= 8)
+                      flash_attention=props.major >= 8, capability=(props.major, props.minor))
     return cpu_device()

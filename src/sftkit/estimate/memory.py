@@ -16,23 +16,26 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # NF4 with double quantisation: 4 bits per weight, one 8-bit absmax per 64-weight block,
 # one fp32 constant per 256 blocks (QLoRA paper, section 2).
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
-OPTIM_STATES = {"adamw": 2, "adamw_8bit": 2, "paged_adamw_8bit": 2, "sgd": 1, "adafactor": 0}
+OPTIM_STATES = {"adamw": 2, "adamw_fused": 2, "adamw_8bit": 2, "paged_adamw_8bit": 2, "sgd": 1, "adafactor": 0}
+# One chunk of the chunked head: fp32 logits of at most 256 MiB, ~2.5 such buffers alive at once
+# (sftkit.train.losshead.CHUNK_LOGIT_BYTES).
+CHUNK_BYTES = 2.5 * 256 * 2**20
 FULL_METHODS = ("full", "freeze")
 
 
 @dataclass(frozen=True, slots=True)
 class Setup:
-    """What is trained and how; defaults are sftkit's (LoRA r=8 on every projection, AdamW)."""
+    """What is trained and how; defaults are sftkit's (LoRA r=8 on every projection, AdamW, chunked loss head)."""
 
     method: str = "lora"  # full | lora | qlora | freeze
     seq_len: int = 1024
     micro_batch: int = 1
     grad_accum: int = 1
     gpus: int = 1
-    weight_dtype: str = "bfloat16"  # dtype the base weights are loaded in
+    weight_dtype: str = "bfloat16"  # dtype the base weights are loaded in (QLoRA: its non-4-bit weights)
     autocast: str | None = None  # "bf16" / "fp16": mixed-precision compute over the loaded weights
     master_copy: bool = False  # fp32 master weights + fp32 Adam states for 16-bit weights (DeepSpeed, Megatron)
-    optim: str = "adamw"  # adamw | adamw_8bit | paged_adamw_8bit | sgd | adafactor
+    optim: str = "adamw"  # adamw | adamw_fused | adamw_8bit | paged_adamw_8bit | sgd | adafactor
     gradient_checkpointing: bool = False
     zero: int = 0  # DeepSpeed ZeRO stage 0-3
     offload: bool = False  # ZeRO CPU offload (optimizer states; with stage 3 also the weights)
@@ -40,7 +43,11 @@ class Setup:
     lora_targets: tuple[str, ...] = LINEARS
     lora_dropout: float = 0.05
     freeze_layers: int = 2
-    flash_attention: bool = True  # sdpa/flash: no seq x seq score matrix is kept
+    flash_attention: bool = True  # sdpa/flash: no seq x seq score matrix is kept (False: eager)
+    mask_bias: bool = False  # sdpa with a [seq x seq] mask (packed rows on a GPU): the bias is kept per layer
+    loss_head: str = "chunked"  # plain (full logits) | chunked (sftkit.train.losshead) | liger (fused)
+    liger: bool = False  # train.use_liger_kernel: Liger's RMSNorm, SwiGLU, RoPE and fused head
+    trained_fraction: float = 1.0  # share of tokens with a label (the chunked head only sees those)
     device: str = "cuda"  # cuda | cpu
     overhead_bytes: float = 0.75 * GB  # CUDA context, or the measured CPU process baseline
 
@@ -68,46 +75,70 @@ def trainable_params(shape: ModelShape, setup: Setup) -> int:
     return lora_params(shape, setup)
 
 
-def _bytes(setup: Setup) -> tuple[int, int]:
-    """(residual-stream bytes, matmul-output bytes).
+def _bytes(setup: Setup) -> tuple[int, int, int, int]:
+    """(residual, attention, MLP, LoRA-input) bytes per element.
 
-    The residual stream keeps the embeddings' dtype: fp32 for QLoRA because peft's
-    prepare_model_for_kbit_training upcasts every non-4-bit weight to fp32.
+    The residual stream keeps the dtype of the non-4-bit weights (embeddings, norms); under autocast the
+    attention and MLP activations are 16-bit, except QLoRA's MLP: bitsandbytes returns a 4-bit layer's
+    output in its input's dtype, so with fp32 embeddings (peft's old upcast, or model.dtype float32) the
+    gate, SiLU and up activations are fp32. LoRA A keeps its input as autocast's 16-bit cast, else as
+    peft's fp32 cast.
     """
-    rb = 4 if setup.method == "qlora" else DTYPE_BYTES[setup.weight_dtype]
-    ab = 2 if (setup.autocast or setup.method == "qlora") else rb
-    return rb, ab
+    rb = DTYPE_BYTES[setup.weight_dtype]
+    ab = 2 if setup.autocast else rb
+    mb = rb if setup.method == "qlora" else ab
+    kept = 2 if setup.autocast else 4
+    return rb, ab, mb, kept
+
+
+def _norms(shape: ModelShape, setup: Setup, full: bool) -> float:
+    """Both RMSNorms and, when the projections train, their saved (autocast-cast) inputs.
+
+    HF RMSNorm keeps its fp32 input; Liger's keeps the input in its own dtype and the 1/rms per token.
+    A trained norm weight also keeps the normalised value. Under autocast every projection casts its fp32
+    input separately (q, k, v: three copies; gate, up: two), and a trained projection keeps its cast."""
+    h = shape.hidden
+    rb, ab, _, _ = _bytes(setup)
+    one = (rb * h + 4) if setup.liger else (4 * h + 4)
+    if not full:
+        return 2 * one
+    copies = 5 if rb != ab else 2  # projections reading the two norms' outputs
+    normalised = 0 if setup.liger else rb * h  # Liger's backward recomputes it from the input and 1/rms
+    return 2 * (one + normalised) + copies * ab * h
 
 
 def layer_activation_bytes(shape: ModelShape, setup: Setup, trainable_layer: bool | None = None) -> float:
     """Bytes autograd keeps per token for one decoder layer (no checkpointing).
 
-    A tensor counts when backward needs it: inputs of trainable matmuls, RMSNorm inputs
-    (and their normalised fp32 value when the norm weight trains), rotary q/k (promoted
-    to the residual dtype by the cos/sin tables), SDPA's v and output, the gated MLP's
-    gate/silu/up (and its product when down_proj trains), and for LoRA the dropout noise
-    plus the dropped input that lora_A keeps (its 16-bit cast under autocast).
+    Checked against ``torch.autograd.graph.saved_tensors_hooks`` byte counts of a real decoder layer
+    (tests/test_estimate_gpu.py; bench/RESULTS_estimate.md): the norms (``_norms``), the attention kernel's
+    q, k, v, output and log-sum-exp (+ the o_proj input when it trains; + a [seq x seq] bias per token for
+    sdpa with a mask; eager keeps the probabilities), the gated MLP's gate, SiLU output and up (Liger's
+    SwiGLU recomputes the SiLU; + their product when down_proj trains), and for LoRA per adapted
+    projection the dropout mask (1 byte), A's input and B's input.
     """
-    h, i, q, kv = shape.hidden, shape.intermediate, shape.q_dim, shape.kv_dim
-    rb, ab = _bytes(setup)
+    i, q, kv = shape.intermediate, shape.q_dim, shape.kv_dim
+    rb, ab, mb, kept = _bytes(setup)
     full = setup.method in FULL_METHODS if trainable_layer is None else trainable_layer
-    norms = 2 * (rb * h + (4 * h if full else 0) + (ab * h if full else 0))
-    attn = rb * (q + kv) + ab * kv + ab * q + (ab * (q + kv) if rb != ab else 0)
+    # transformers repeats grouped kv heads itself when sdpa gets a mask (sdpa's own GQA needs none)
+    kv_kept = q if setup.mask_bias else kv
+    attn = ab * (2 * q + 2 * kv_kept) + 4 * shape.heads + (ab * q if full else 0)
+    if setup.mask_bias:
+        attn += ab * setup.seq_len
     if not setup.flash_attention:  # eager attention keeps softmax probs (fp32) and their 16-bit copy per head
         attn += shape.heads * setup.seq_len * (4 + ab)
-    mlp = (3 + (1 if full else 0)) * ab * i
+    mlp = ((2 if setup.liger else 3) + (1 if full else 0)) * mb * i
     lora = 0.0
     if setup.method in ("lora", "qlora"):
         d = _lora_inputs(shape, setup.lora_targets)
-        kept = ab if setup.autocast or setup.method == "qlora" else 4  # adapters are fp32 (peft upcasts them)
-        lora = d * ((4 + kept) if setup.lora_dropout > 0 else (kept if kept != rb else 0))
-        lora += len(setup.lora_targets) * setup.lora_r * ab
-    return norms + attn + mlp + lora
+        lora = d * ((1 + kept) if setup.lora_dropout > 0 else (kept if kept != rb else 0))
+        lora += len(setup.lora_targets) * setup.lora_r * kept
+    return _norms(shape, setup, full) + attn + mlp + lora
 
 
 def activation_bytes(shape: ModelShape, setup: Setup) -> float:
     """All decoder layers for one micro-batch; with checkpointing, each layer's input plus one layer recomputed."""
-    rb, _ = _bytes(setup)
+    rb = DTYPE_BYTES[setup.weight_dtype]
     t = setup.tokens
     per_layer = layer_activation_bytes(shape, setup)
     if setup.method == "freeze":  # frozen lower layers keep nothing: no gradient flows into them
@@ -120,13 +151,27 @@ def activation_bytes(shape: ModelShape, setup: Setup) -> float:
     return t * shape.layers * per_layer
 
 
+def _head_trains(setup: Setup) -> bool:
+    return setup.method == "full"
+
+
 def logits_loss_bytes(shape: ModelShape, setup: Setup) -> float:
-    """Head and loss: the fp32 log-softmax output is kept, and backward makes two more
-    vocab-sized fp32 buffers (nll grad, log-softmax grad) while it is alive; 16-bit
-    logits add their own gradient. Also the final norm's input."""
-    rb, ab = _bytes(setup)
-    per_token = shape.vocab * (12 + (ab if ab != 4 else 0)) + shape.hidden * (rb + 4 + ab)
-    return setup.tokens * per_token
+    """Head and loss at the start of the backward pass, when every activation is still alive.
+
+    plain (transformers): the fp32 log-softmax output is kept, and its backward holds the incoming and the
+    outgoing fp32 gradient beside it: 12 bytes per token x vocab (the forward's 16-bit logits + fp32 copy
+    + log-softmax, 10 bytes, is lower). chunked (sftkit) / liger (fused): one chunk of logits, the trained
+    rows' hidden states and their gradient, and an fp32 weight gradient when the head trains.
+    Also the final norm's fp32 input (+ the head's input when the head trains)."""
+    rb, ab, _, _ = _bytes(setup)
+    t, h, v = setup.tokens, shape.hidden, shape.vocab
+    final_norm = t * h * (4 + ((rb + ab) if _head_trains(setup) else 0))
+    if setup.loss_head == "plain" and not setup.liger:
+        return final_norm + t * v * 12
+    rows = t * setup.trained_fraction
+    chunk = min(CHUNK_BYTES, 2.5 * rows * v * 4)
+    grad_w = v * h * 4 if _head_trains(setup) else 0.0
+    return final_norm + chunk + 2 * rows * h * ab + grad_w
 
 
 def autocast_copy_bytes(shape: ModelShape, setup: Setup) -> float:
@@ -136,13 +181,14 @@ def autocast_copy_bytes(shape: ModelShape, setup: Setup) -> float:
     if not setup.autocast or DTYPE_BYTES[setup.weight_dtype] == 2 or setup.method == "qlora":
         return 0.0
     layers = 1 if setup.gradient_checkpointing else shape.layers
-    return 2 * (layers * shape.linear_params_per_layer + shape.vocab * shape.hidden)
+    head = shape.vocab * shape.hidden if setup.loss_head == "plain" and not setup.liger else 0  # chunks cast per chunk
+    return 2 * (layers * shape.linear_params_per_layer + head)
 
 
 def weight_bytes(shape: ModelShape, setup: Setup) -> float:
-    if setup.method == "qlora":  # projections in NF4; embeddings, head and norms upcast to fp32 by peft
+    if setup.method == "qlora":  # projections in NF4; embeddings, head and norms as loaded (weight_dtype)
         quantised = shape.layers * shape.linear_params_per_layer
-        return quantised * NF4_BYTES + (shape.n_params - quantised) * 4
+        return quantised * NF4_BYTES + (shape.n_params - quantised) * DTYPE_BYTES[setup.weight_dtype]
     return shape.n_params * DTYPE_BYTES[setup.weight_dtype]
 
 
@@ -161,13 +207,13 @@ def param_state_bytes(shape: ModelShape, setup: Setup) -> dict[str, float]:
         "optimizer_states": n * state_b * OPTIM_STATES.get(setup.optim, 2),
         # torch's foreach AdamW materialises sqrt(v) for all params at once during step();
         # the master-copy recipes (DeepSpeed, fused Adam) update in place
-        "optimizer_step_temp": n * state_b if setup.optim == "adamw" and not master else 0.0,
+        "optimizer_step_temp": n * state_b if setup.optim == "adamw" and not master else 0.0,  # fused: in place
     }
 
 
 # What each term of the breakdown is, in one line (the estimate's table and the console show it).
 EXPLAIN = {
-    "weights": "base weights as loaded (NF4 + constants for QLoRA; peft upcasts embeddings/norms to fp32)",
+    "weights": "base weights as loaded (QLoRA: NF4 projections + constants, the rest in model.dtype)",
     "lora_adapters": "LoRA A/B matrices, fp32",
     "gradients": "one gradient per trainable weight",
     "master_weights": "fp32 master copy of 16-bit trainable weights (mixed precision / DeepSpeed)",
@@ -175,7 +221,8 @@ EXPLAIN = {
     "optimizer_step_temp": "foreach AdamW's sqrt(v) buffer during step()",
     "activations": "what autograd keeps per decoder layer x layers x micro-batch tokens",
     "autocast_weight_copies": "16-bit casts of fp32 weights that autograd keeps until backward",
-    "logits_loss": "fp32 log-softmax of batch x seq x vocab and its two gradients",
+    "logits_loss": "loss head: plain = fp32 log-softmax of tokens x vocab and its two gradients; chunked/liger = "
+                   "one chunk of logits and the trained rows' hidden states and gradients",
     "not_simultaneous": "terms above that are never alive at the same moment (grads vs activations)",
     "allocator_retention": "CPU: freed blocks glibc malloc keeps (measured once)",
     "framework_overhead": "CUDA context, or the torch/transformers process baseline on CPU",

@@ -63,6 +63,8 @@ class Capabilities:
     mps: bool = False  # Apple's Metal backend
     torch_version: str = ""
     cuda_build: str | None = None  # torch.version.cuda: None for a CPU-only PyTorch build
+    torch_varlen: bool = False  # this torch ships torch.nn.attention.varlen (variable-length flash attention)
+    name: str = ""  # the GPU's name (device 0), "" on a CPU
 
     def has(self, package: str) -> bool:
         return package in self.packages
@@ -109,8 +111,9 @@ def detect(memory: bool = False) -> Capabilities:
     cpu_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     found = frozenset(p for p in _PACKAGES if importlib.util.find_spec(p) is not None)
     mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-    return Capabilities(cuda, cap, bf16, cpu_bf16, found, cards, mps, str(torch.__version__),  # type: ignore[arg-type]
-                        torch.version.cuda)
+    return Capabilities(cuda, cap, bf16, cpu_bf16, found, cards=cards, mps=mps, torch_version=str(torch.__version__),
+                        cuda_build=torch.version.cuda, torch_varlen=has_torch_varlen(),
+                        name=cards[0].name if cards else "")
 
 
 def _card(torch: Any, i: int, memory: bool) -> Card:
@@ -119,6 +122,21 @@ def _card(torch: Any, i: int, memory: bool) -> Card:
     free, total = torch.cuda.mem_get_info(i) if memory else (0, int(props.total_memory))
     rocm = getattr(torch.version, "hip", None) is not None
     return Card(i, str(props.name), int(total), int(free), cc, bf16=rocm or cc >= (8, 0))
+
+
+def has_torch_varlen() -> bool:
+    """torch >= 2.9 ships ``torch.nn.attention.varlen.varlen_attn`` (CUDA kernels only)."""
+    try:
+        return importlib.util.find_spec("torch.nn.attention.varlen") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def assumed_gpu(bf16: bool = True, capability: tuple[int, int] = (8, 0), name: str = "") -> Capabilities:
+    """A CUDA GPU that is not here (``sft estimate --device cuda`` on a CPU machine): this install's
+    packages and torch, the stated generation (Ampere-class unless told otherwise)."""
+    found = frozenset(p for p in _PACKAGES if importlib.util.find_spec(p) is not None)
+    return Capabilities(True, capability, bf16, False, found, torch_varlen=has_torch_varlen(), name=name)
 
 
 def check_vllm(caps: Capabilities | None = None) -> None:

@@ -25,11 +25,12 @@ from sftkit.core.config import Method, RunConfig
 from sftkit.core.errors import AcceleratorUnavailable
 from sftkit.hub.device import Capabilities, detect
 from sftkit.train.collate import Collator, FlatCollator
+from sftkit.train.plan import VARLEN, TrainPlan, choose_dtype
 
 # bitsandbytes-backed optimizer names of TrainingArguments.optim
 _BNB_OPTIMS = ("adamw_bnb_8bit", "adamw_8bit", "ademamix", "ademamix_8bit", "lion_8bit", "lion_32bit",
                "rmsprop_bnb", "rmsprop_bnb_8bit", "rmsprop_bnb_32bit")
-_FLASH_MIN_CAPABILITY = (8, 0)  # flash-attn 2 kernels: Ampere (A100, RTX 30xx) and newer
+_FLASH_MIN_CAPABILITY = (8, 0)  # flash kernels (flash-attn 2, torch varlen): Ampere (A100, RTX 30xx) and newer
 
 
 
@@ -59,6 +60,13 @@ def _unsloth(cfg: RunConfig, caps: Capabilities) -> list[str]:
 
 
 def _liger(cfg: RunConfig, caps: Capabilities) -> list[str]:
+    if cfg.train.loss_head == "liger" and not cfg.train.use_liger_kernel:
+        if not caps.cuda:
+            return [f"train.loss_head=liger needs a CUDA GPU: Liger's Triton kernels fail on CPU ({caps.device()}); "
+                    "use train.loss_head=chunked (same loss, any device)"]
+        if not caps.has("liger_kernel"):
+            return ["train.loss_head=liger needs the liger-kernel package: `pip install liger-kernel` "
+                    "(or train.loss_head=chunked)"]
     if not cfg.train.use_liger_kernel:
         return []
     if not caps.cuda:
@@ -70,17 +78,21 @@ def _liger(cfg: RunConfig, caps: Capabilities) -> list[str]:
 
 
 def _attention(cfg: RunConfig, caps: Capabilities) -> list[str]:
-    if cfg.model.attn_implementation != "flash_attention_2":
+    name = cfg.model.attn_implementation
+    if name not in ("flash_attention_2", VARLEN):
         return []
     if not caps.cuda or (caps.capability and caps.capability < _FLASH_MIN_CAPABILITY):
-        return [f"model.attn_implementation=flash_attention_2 needs a CUDA GPU of compute capability 8.0+ "
+        return [f"model.attn_implementation={name} needs a CUDA GPU of compute capability 8.0+ "
                 f"(Ampere or newer; a V100 is 7.0) and {caps.device()}; use model.attn_implementation=sdpa"]
-    if not caps.has("flash_attn"):
+    if name == "flash_attention_2" and not caps.has("flash_attn"):
         return ["model.attn_implementation=flash_attention_2 needs the flash-attn package: "
                 "`pip install flash-attn --no-build-isolation`, or use model.attn_implementation=sdpa"]
-    half = cfg.model.dtype in ("bfloat16", "float16") or cfg.train.bf16 or cfg.train.fp16
+    if name == VARLEN and not caps.torch_varlen:
+        return [f"model.attn_implementation={VARLEN} needs torch.nn.attention.varlen (torch 2.9 or newer); "
+                "use model.attn_implementation=sdpa"]
+    half = choose_dtype(cfg, caps).value in ("bfloat16", "float16") or cfg.train.bf16 or cfg.train.fp16
     if not half:
-        return ["model.attn_implementation=flash_attention_2 computes in fp16/bf16 only: set model.dtype=bfloat16 "
+        return [f"model.attn_implementation={name} computes in fp16/bf16 only: set model.dtype=bfloat16 "
                 "(or train.bf16=true)"]
     return []
 
@@ -145,10 +157,12 @@ def check_train(cfg: RunConfig, caps: Capabilities | None = None) -> list[str]:
 # -- the switches' code paths ------------------------------------------------------------------
 
 
-def train_collator(cfg: RunConfig, pad_id: int) -> Any:
-    """flash_attention_2 + packing: padding-free batches (transformers' flash path separates packed
-    examples by position ids only in a single row); otherwise the padding collator."""
-
+def train_collator(cfg: RunConfig, pad_id: int, plan: TrainPlan | None = None) -> Any:
+    """Padding-free batches for the varlen kernels (flash-attn, torch's): the batch becomes one row and
+    its example boundaries travel with it (transformers' flash path separates packed examples by position
+    ids only in a single row); otherwise the padding collator. Without a plan: flash_attention_2 + packing."""
+    if plan is not None:
+        return FlatCollator(pad_id, seq_lens=True) if plan.padding_free else Collator(pad_id)
     if cfg.train.packing and cfg.model.attn_implementation == "flash_attention_2":
         return FlatCollator(pad_id)
     return Collator(pad_id)
@@ -157,13 +171,13 @@ def train_collator(cfg: RunConfig, pad_id: int) -> Any:
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def unsloth_model(cfg: RunConfig, path: Any) -> Any:
+def unsloth_model(cfg: RunConfig, path: Any, dtype_name: str = "float32") -> Any:
     """LoRA / QLoRA through Unsloth's FastLanguageModel (its documented API). Untested without a GPU."""
     import torch
     from unsloth import FastLanguageModel
 
     m = cfg.method
-    dtype = None if cfg.model.dtype == "float32" else getattr(torch, cfg.model.dtype)  # None: Unsloth picks
+    dtype = None if dtype_name == "float32" else getattr(torch, dtype_name)  # None: Unsloth picks
     model, _tokenizer = FastLanguageModel.from_pretrained(
         model_name=str(path),
         max_seq_length=cfg.data.cutoff_len,

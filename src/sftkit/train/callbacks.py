@@ -199,6 +199,8 @@ def print_summary(console: Console, run_dir: Path, summary: dict[str, Any]) -> N
         where = f" at {Path(summary['best_checkpoint']).name}" if summary.get("best_checkpoint") else ""
         t.add_row("best eval loss", f"{summary['best_eval_loss']:.4f}{where}")
     t.add_row("trainable", f"{summary['trainable_parameters']:,} of {summary['total_parameters']:,} parameters")
+    if summary.get("plan"):  # what sftkit chose for this device (reasons: train_summary.json, config.yaml)
+        t.add_row("plan", ", ".join(f"{k} {v}" for k, v in summary["plan"].items()))
     files = [("weights", summary["final"]), ("report", run_dir / "report.html"), ("metrics", run_dir / "metrics.jsonl"),
              ("loss curve", run_dir / "loss.png"), ("rejected rows", run_dir / "rejected.jsonl")]
     for name, path in files:

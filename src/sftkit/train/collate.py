@@ -112,8 +112,9 @@ class FlatCollator:
     position ids, which is how this is tested on CPU.
     """
 
-    def __init__(self, pad_id: int, multiple: int = 8) -> None:
+    def __init__(self, pad_id: int, multiple: int = 8, seq_lens: bool = False) -> None:
         self.inner = Collator(pad_id, multiple)
+        self.seq_lens = seq_lens
 
     def __call__(self, rows: list[Row]) -> dict[str, Any]:
         flat: Row = {"input_ids": [], "labels": [], "position_ids": []}
@@ -121,4 +122,20 @@ class FlatCollator:
             flat["input_ids"] += r["input_ids"]
             flat["labels"] += [IGNORE, *r["labels"][1:]]
             flat["position_ids"] += r.get("position_ids") or list(range(len(r["input_ids"])))
-        return self.inner([flat])
+        out = self.inner([flat])
+        if self.seq_lens:
+            out.update(seq_len_kwargs(out["position_ids"][0].tolist()))
+        return out
+
+
+def seq_len_kwargs(pos: list[int]) -> dict[str, Any]:
+    """Example boundaries of one flat row as the varlen kernels take them (transformers' flash-attention
+    kwargs): computed here on the CPU so the GPU never waits for them."""
+    import torch
+
+    starts = [i for i, p in enumerate(pos) if p == 0] or [0]
+    if starts[0] != 0:
+        starts.insert(0, 0)
+    cu = torch.tensor([*starts, len(pos)], dtype=torch.int32)
+    longest = int((cu[1:] - cu[:-1]).max())
+    return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}

@@ -26,10 +26,12 @@ from sftkit.data.prepare import Prepared, prepare
 from sftkit.estimate import preflight
 from sftkit.evaluate.report import write_report
 from sftkit.hub import models, safety
+from sftkit.hub.device import detect
 from sftkit.templates import check_template
 from sftkit.templates.registry import load_template
 from sftkit.templates.render import Renderer
-from sftkit.train import accel, attention, distributed, faults, tracking
+from sftkit.train import accel, attention, distributed, faults, tracking, varlen
+from sftkit.train import plan as planning
 from sftkit.train.callbacks import (
     CheckpointMarker,
     MetricsLogger,
@@ -42,6 +44,7 @@ from sftkit.train.collate import Examples, pack
 from sftkit.train.fingerprint import differences, fingerprint
 from sftkit.train.gen_eval import GenerationEval
 from sftkit.train.methods import attach, count_parameters, deepspeed_config, quantization_config
+from sftkit.train.plan import TrainPlan
 
 
 @dataclass
@@ -70,16 +73,18 @@ def _plan(folder: RunDir, cfg: RunConfig, resume: str | None, overwrite: Overwri
     return Plan(Action.DONE if done else Action.NEW)
 
 
-def _claim(folder: RunDir, cfg: RunConfig, resume: str | None, overwrite: Overwrite, console: Console) -> None:
+def _claim(folder: RunDir, cfg: RunConfig, resume: str | None, overwrite: Overwrite, console: Console,
+           device_plan: TrainPlan) -> None:
     """Make the folder this run's (rank 0): everything before this only read. Then, many nodes: if
     output_dir is each node's own disk, each node's local rank 0 claims its own copy."""
     if _is_main():
-        _claim_one(folder, cfg, resume, overwrite, console)
+        _claim_one(folder, cfg, resume, overwrite, console, device_plan)
     if distributed.current().storage(folder.path, cfg.train.deepspeed):
-        _claim_one(folder, cfg, resume, overwrite, console)
+        _claim_one(folder, cfg, resume, overwrite, console, device_plan)
 
 
-def _claim_one(folder: RunDir, cfg: RunConfig, resume: str | None, overwrite: Overwrite, console: Console) -> None:
+def _claim_one(folder: RunDir, cfg: RunConfig, resume: str | None, overwrite: Overwrite, console: Console,
+               device_plan: TrainPlan) -> None:
     plan = folder.claim(cfg, resume, overwrite)
     if plan.moved_to is not None:
         console.print(f"[yellow]--overwrite: moved the previous run to {plan.moved_to}[/]", soft_wrap=True)
@@ -88,7 +93,17 @@ def _claim_one(folder: RunDir, cfg: RunConfig, resume: str | None, overwrite: Ov
     elif plan.action is Action.CONTINUE:
         console.print(f"continuing the finished run in {folder.path}; its train_summary.json and evaluation "
                       "(eval.json, report.html) described the old weights and were removed", soft_wrap=True)
-    folder.config.write_text(config_to_yaml(cfg), encoding="utf-8")
+    _write_config(folder, cfg, device_plan)
+
+
+def _write_config(folder: RunDir, cfg: RunConfig, plan: TrainPlan) -> None:
+    """The user's values (``auto`` stays ``auto``, so the file loads, resumes and digests as written), then
+    what this machine resolved them to as a ``# plan:`` comment block."""
+    folder.config.write_text(config_to_yaml(cfg) + planning_block(plan), encoding="utf-8")
+
+
+def planning_block(plan: TrainPlan) -> str:
+    return "\n" + plan.comment_block()
 
 
 def _already_finished(folder: RunDir, console: Console) -> TrainResult:
@@ -136,24 +151,27 @@ def _check_template(template: Any, tokenizer: Any, data: Prepared, model_path: P
     return report
 
 
-def _load_base(cfg: RunConfig, path: Path) -> Any:
+def _load_base(cfg: RunConfig, path: Path, plan: TrainPlan) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
-    kw: dict[str, Any] = {"dtype": getattr(torch, cfg.model.dtype),
+    dtype = plan.dtype.value
+    kw: dict[str, Any] = {"dtype": getattr(torch, dtype),
                           "use_safetensors": safety.use_safetensors(path, cfg.model.allow_pickle),
                           "trust_remote_code": cfg.model.trust_remote_code}
-    if cfg.model.attn_implementation:
-        if cfg.model.attn_implementation == attention.NAME:
-            attention.register()
-        kw["attn_implementation"] = cfg.model.attn_implementation
-    qc = quantization_config(cfg.method)
+    attn = plan.attn_implementation.value
+    if attn == attention.NAME:
+        attention.register()
+    elif attn == varlen.NAME:
+        varlen.register()
+    if cfg.model.attn_implementation or attn != "sdpa":  # else transformers' own choice, as before
+        kw["attn_implementation"] = attn
+    qc = quantization_config(cfg.method, "bfloat16" if dtype == "float32" else dtype)
     if qc is not None:
-        kw.update(quantization_config=qc, device_map="cpu" if not torch.cuda.is_available() else "auto")
-    model = AutoModelForCausalLM.from_pretrained(path, **kw)
-    if cfg.model.attn_implementation is None and attention.supports(model.config, cfg.data.cutoff_len):
-        model.set_attn_implementation(attention.register())  # exact, and cheaper for packed rows
-    return model
+        # one whole copy per process on its own device: "auto" would spread every rank's copy over all GPUs
+        where = {"": int(os.environ.get("LOCAL_RANK", "0"))} if torch.cuda.is_available() else "cpu"
+        kw.update(quantization_config=qc, device_map=where)
+    return AutoModelForCausalLM.from_pretrained(path, **kw)
 
 
 def _training_args(cfg: RunConfig, run_dir: Path, has_val: bool, report_to: list[str]) -> Any:
@@ -205,6 +223,7 @@ def _training_args(cfg: RunConfig, run_dir: Path, has_val: bool, report_to: list
         fsdp=t.fsdp or "",
         save_on_each_node=distributed.current().per_node,  # per-node disks: each keeps a full copy
         use_liger_kernel=t.use_liger_kernel,
+        prediction_loss_only=True,  # evaluation needs the loss only; the chunked head returns no logits
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
     )
@@ -234,19 +253,26 @@ def _step_of(checkpoint: str | None) -> int:
     return int(tail) if tail.isdigit() else 0
 
 
-def _preflight(cfg: RunConfig, data: Prepared, force: bool, console: Console) -> None:
-    """Refuse a run that will not fit the device, before the weights load (``--force`` overrides).
+def _preflight(cfg: RunConfig, data: Prepared, force: bool, console: Console, plan: TrainPlan) -> None:
+    """Refuse a run that cannot fit the device, before the weights load (``--force`` overrides): only when
+    even the estimate's lower bound exceeds it; above the estimate but not its lower bound, warn and train.
     Batches are padded to their longest row, so the real longest row sets the activations."""
 
     rows = data.train.examples + data.val.examples
     longest = cfg.data.cutoff_len if cfg.train.packing else max(len(e.input_ids) for e in rows)
     try:
-        est = preflight(cfg, max_len=longest)
+        est = preflight(cfg, max_len=longest, plan=plan.values())
     except DoesNotFit as e:
         if not force:
             raise
         console.print(f"[yellow]--force: training although the estimate ({e.estimate.total_gb:.1f} GB) "
                       "says it will not fit[/]")
+        return
+    if not est.fits:
+        console.print(f"[yellow]memory estimate {est.total_gb:.2f} GB is above the {est.device.memory_gb:.1f} GB "
+                      f"available, but its lower bound {est.lower_gb:.2f} GB is not: training; if it runs out of "
+                      "memory, halve train.per_device_train_batch_size (`sft estimate CONFIG` explains)[/]",
+                      soft_wrap=True)
         return
     console.print(f"memory estimate: {est.total_gb:.2f} GB of {est.device.memory_gb:.1f} GB available")
 
@@ -307,22 +333,34 @@ def _report_data(data: Prepared, run_dir: Path, console: Console) -> None:
                       "(details: `sft data lint` / `sft data dedup`)")
 
 
-def _build_model(cfg: RunConfig, path: Path, console: Console) -> tuple[Any, int, int]:
+def _build_model(cfg: RunConfig, path: Path, console: Console, plan: TrainPlan, folder: RunDir
+                 ) -> tuple[Any, int, int, TrainPlan]:
+    """The model ready to train, and the plan as confirmed against it (recorded again if it changed)."""
     from transformers import set_seed
 
     set_seed(cfg.train.seed)  # the adapters' random init is part of what train.seed makes reproducible
     if cfg.train.backend == "unsloth":  # Unsloth loads and attaches LoRA itself (GPU only)
-        model = accel.unsloth_model(cfg, path)
+        model = accel.unsloth_model(cfg, path, plan.dtype.value)
         model.config.use_cache = False
     else:
-        base = _load_base(cfg, path)
+        base = _load_base(cfg, path, plan)
         base.config.use_cache = False  # no KV cache in training: memory, and packing masks need it off
         model = attach(base, cfg.method, cfg.train.gradient_checkpointing)
+    confirmed = planning.install_loss_head(model, planning.confirm_loss_head(plan, model))
+    if confirmed != plan and _is_main():  # the loss head could not stand in for this model's own loss
+        _write_config(folder, cfg, confirmed)
+    _show_plan(confirmed, console)
     trainable, total = count_parameters(model)
     console.print(f"model: {path.name} method={cfg.method.type.value} trainable {trainable:,} / "
                   f"{total:,} parameters ({100 * trainable / total:.2f}%), "
                   f"attention {getattr(model.config, '_attn_implementation', None)}", soft_wrap=True)
-    return model, trainable, total
+    return model, trainable, total, confirmed
+
+
+def _show_plan(plan: TrainPlan, console: Console) -> None:
+    console.print(f"plan on {plan.device}:", highlight=False)
+    for line in plan.lines():
+        console.print(f"  {line}", highlight=False, soft_wrap=True)
 
 
 def _train_rows(cfg: RunConfig, data: Prepared, console: Console) -> Examples:
@@ -386,6 +424,7 @@ def run(
 
     resolved = models.resolve(cfg.model.name_or_path)
     safety.check_remote_code(resolved.path, cfg.model.trust_remote_code)
+    device_plan = planning.for_run(cfg, resolved.path, detect())  # per-device defaults (sftkit.train.plan)
     if _is_main():
         full = cfg.method.type in (Method.full, Method.freeze)
         faults.check_free_space(run_dir, faults.checkpoint_need(resolved.path, full, cfg.train.save_total_limit),
@@ -399,14 +438,14 @@ def run(
     sync.agree(cfg, fp, resolved.path)  # every node runs the same sftkit, config, data, model, or all stop
     _check_fingerprint(folder, fp, resume, force)
     data = sync.prepared(lambda: prepare(cfg.data, renderer, cfg.train.seed))  # once per node, then checked
-    _preflight(cfg, data, force, console)
+    _preflight(cfg, data, force, console, device_plan)
     template_report = _check_template(template, tokenizer, data, resolved.path, console)
 
-    _claim(folder, cfg, resume, overwrite, console)  # the first write into the run folder
+    _claim(folder, cfg, resume, overwrite, console, device_plan)  # the first write into the run folder
     _write_records(folder, fp, data, template_report)
     checkpoint = sync.checkpoint(_resume_point(run_dir, resume, console), folder, resume, console)
     _report_data(data, run_dir, console)
-    model, trainable, total = _build_model(cfg, resolved.path, console)
+    model, trainable, total, device_plan = _build_model(cfg, resolved.path, console, device_plan, folder)
     train_rows = _train_rows(cfg, data, console)
 
     tokens_per_step = data.report["train_tokens"] / max(1, len(train_rows)) * (
@@ -418,7 +457,7 @@ def run(
         args=_training_args(cfg, run_dir, bool(data.val.examples), report_to),
         train_dataset=train_rows,
         eval_dataset=Examples.from_rendered(data.val.examples) if data.val.examples else None,
-        data_collator=accel.train_collator(cfg, tokenizer.pad_token_id),
+        data_collator=accel.train_collator(cfg, tokenizer.pad_token_id, device_plan),
         processing_class=tokenizer,
         callbacks=_callbacks(cfg, run_dir, data, renderer, tokens_per_step, console,
                              [stop, *tracker_callbacks, *(callbacks or [])]),
@@ -434,12 +473,13 @@ def run(
 
     final = _save_final(trainer, tokenizer, cfg, run_dir)
     if _is_main():
-        _finish(folder, out, trainer, seconds, tokens_per_step, checkpoint, (trainable, total), final, console)
+        _finish(folder, out, trainer, seconds, tokens_per_step, checkpoint, (trainable, total), final, console,
+                device_plan)
     return TrainResult(run_dir, seconds, out.global_step, out.training_loss, trainer.state.best_metric)
 
 
 def _finish(folder: RunDir, out: Any, trainer: Any, seconds: float, tokens_per_step: float,
-            checkpoint: str | None, params: tuple[int, int], final: Path, console: Console) -> None:
+            checkpoint: str | None, params: tuple[int, int], final: Path, console: Console, plan: TrainPlan) -> None:
     """Rank 0, after the final weights are in place: the curves, the summary (its presence means
     the run finished), the report."""
 
@@ -449,7 +489,8 @@ def _finish(folder: RunDir, out: Any, trainer: Any, seconds: float, tokens_per_s
                "best_checkpoint": trainer.state.best_model_checkpoint,
                "tokens": round(tokens_per_step * out.global_step),
                "session_tokens": round(tokens_per_step * (out.global_step - _step_of(checkpoint))),
-               "trainable_parameters": params[0], "total_parameters": params[1], "final": str(final)}
+               "trainable_parameters": params[0], "total_parameters": params[1], "final": str(final),
+               "plan": plan.values(), "plan_reasons": plan.reasons(), "plan_device": plan.device}
     folder.summary.write_text(json.dumps(summary, indent=2))
     write_report(folder.path)  # updated again by `sft eval`
     print_summary(console, folder.path, summary)

@@ -32,7 +32,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 PORT = 18765
-SYSTEM = "你是企业年报分析助手。请根据公司年度报告如实回答，写明公司名称，数字和单位与年报一致。"
+SYSTEM = "你是企业年报分析助手。"
 
 
 def sft(*args: str) -> dict[str, Any]:

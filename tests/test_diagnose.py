@@ -103,7 +103,7 @@ def _rows(items):
                               ensure_ascii=False) + "\n" for q, a in items)
 
 
-def _train(tmp_path, model_dir, train_rows, val_rows, train_cfg):
+def _train(tmp_path, model_dir, train_rows, val_rows, train_cfg, eval_steps=6):
     from sftkit.core.configio import load_config
     from sftkit.train.recipe import run
 
@@ -111,13 +111,15 @@ def _train(tmp_path, model_dir, train_rows, val_rows, train_cfg):
     (tmp_path / "v.jsonl").write_text(_rows(val_rows), encoding="utf-8")
     (tmp_path / "c.yaml").write_text(
         f"model:\n  name_or_path: {model_dir}\ndata:\n  train: t.jsonl\n  val: v.jsonl\n  cutoff_len: 64\n"
-        "method:\n  type: full\ntrain:\n  per_device_train_batch_size: 4\n  logging_steps: 1\n  eval_steps: 6\n"
+        "method:\n  type: full\ntrain:\n  per_device_train_batch_size: 4\n  logging_steps: 1\n"
+        f"  eval_steps: {eval_steps}\n"
         "  lr_scheduler_type: constant\n  warmup_ratio: 0\n  group_by_length: false\n" + train_cfg)
     out = tmp_path / "run"
     run(load_config(tmp_path / "c.yaml", [f"output_dir={out}"]))
     return out, json.loads((out / "diagnostics.json").read_text(encoding="utf-8"))
 
 
+@pytest.mark.slow
 def test_a_high_learning_rate_is_diagnosed_as_diverging(tmp_path, tiny_model_dir):
     rows = [(f"第{i}题：{i}加{i}等于几？", f"答案是{2 * i}。") for i in range(16)]
     out, diag = _train(tmp_path, tiny_model_dir, rows[:12], rows[12:],
@@ -132,15 +134,16 @@ def test_a_high_learning_rate_is_diagnosed_as_diverging(tmp_path, tiny_model_dir
     assert "training loss is rising" in (out / "report.html").read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_duplicated_rows_are_diagnosed_as_memorised(tmp_path, tiny_model_dir):
-    row = ("恒远新能源2023年营业收入是多少？", "2023年恒远新能源实现营业收入128.64亿元，同比增长23.5%。")
+    row = ("恒远新能源的营业收入是多少？", "128.64亿元。")
     other = [(f"问题{i}：今天星期几？", f"今天星期{i}。") for i in range(1, 5)]
     _, diag = _train(tmp_path, tiny_model_dir, [row] * 32, other,
-                     "  max_steps: 24\n  learning_rate: 3.0e-2\n  max_grad_norm: 1.0\n")
+                     "  max_steps: 100\n  learning_rate: 1.0e-2\n  max_grad_norm: 1.0\n", eval_steps=25)
     memorised = [f for f in diag["findings"] if f["kind"] == "memorised"]
     assert memorised, diag["findings"]
     assert any("31 of 32 training rows are exact duplicates" in c for c in memorised[0]["causes"])
-    assert memorised[0]["step"] <= 12  # within the first half of the 24 steps
+    assert memorised[0]["step"] <= 50 and memorised[0]["evidence"]["loss"] < 0.05  # in the first half
     assert diag["context"]["duplicate_rows"] == 31
 
 

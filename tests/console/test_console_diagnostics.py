@@ -7,6 +7,7 @@ import io
 import json
 from types import SimpleNamespace
 
+import pytest
 from rich.console import Console
 
 from sftkit.evaluate.report import write_report
@@ -41,3 +42,38 @@ def test_run_page_api_and_report_show_the_diagnosis(live, workdir):
     assert live.client.get("/api/runs/overfit/files/diagnostics.json").json()["finished"] is True
     html = write_report(run).read_text(encoding="utf-8")
     assert "Training diagnostics" in html and "over-fitting: validation loss rose for 2 evaluations" in html
+
+
+@pytest.mark.slow
+def test_run_page_in_a_browser_shows_the_diagnosis(live_token, workdir):
+    """The run page (real headless Chromium) renders the finding: title, numbers, causes, what to do."""
+    import shutil
+
+    from console_helpers import TOKEN
+    from playwright.sync_api import expect, sync_playwright
+
+    run = workdir / "runs" / "flat-run"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("name: flat-run\ntrain:\n  max_steps: 40\n", encoding="utf-8")
+    cb = Diagnostics(run / "diagnostics.json", run / "metrics.jsonl",
+                     Context(learning_rate=1e-7, lora_r=8, train_rows=40, trainable_share=0.3),
+                     Console(file=io.StringIO()))
+    state = SimpleNamespace(is_world_process_zero=True, max_steps=40, global_step=0, epoch=0.0,
+                            best_model_checkpoint=None)
+    cb.on_train_begin(None, state, None)
+    for step in range(1, 41):
+        state.global_step = step
+        cb.on_log(SimpleNamespace(load_best_model_at_end=False), state, None, logs={"loss": 2.3})
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
+                                    args=["--headless", "--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            page.goto(f"{live_token.url}/?token={TOKEN}")
+            page.goto(f"{live_token.url}/#/run/flat-run")
+            box = page.locator("#diagnostics")
+            expect(box).to_contain_text("loss is flat: training loss has not fallen after 30 steps")
+            expect(box).to_contain_text("learning rate 1e-07")
+            expect(box).to_contain_text("30% of training tokens carry loss")
+        finally:
+            browser.close()

@@ -154,7 +154,8 @@ def near_zero(train: list[Point], ctx: Context, th: Thresholds, planned_steps: i
         "memorised", hit[0], "training loss is ~0 early: the model memorised its training data",
         f"training loss {hit[1]:.3g} at step {hit[0]} of {planned_steps} ({hit[0] / max(1, planned_steps):.0%} of "
         f"the run; the check: under {th.near_zero:g} in the first {th.early_share:.0%}). A model that reproduces its "
-        "training answers this early has learnt them by heart and rarely generalises.",
+        "training answers this early has learnt them by heart and rarely generalises (expected only when the "
+        "replies are a few fixed strings, such as class labels: then watch the validation loss).",
         _memorising_causes(ctx),
         ["remove duplicates (sft data dedup FILE --out DEDUPED) and hold out a validation set to watch",
          "train fewer epochs or on more data; lower the learning rate",

@@ -1,4 +1,5 @@
-"""``sft data ...``: check, stats, dedup, lint, split, leak.
+"""``sft data ...``: check, stats, dedup, lint, split, leak; and (``cli/data_workflow.py``) the
+document workflow extract, synth, sample, review, agree, augment.
 
 Every command prints rich tables, or with ``--json`` exactly one JSON object
 (the last line of stdout). Exit codes: 0 ok, 1 rows rejected / problems found

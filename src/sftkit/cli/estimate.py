@@ -2,8 +2,9 @@
 
 With ``--json`` the last stdout line is one JSON object:
 ``{"total_gb", "lower_gb", "breakdown", "fits", "tokens_per_step", "est_hours",
-"recommendations": [{"what", "value", "why", "seed"}], ...}``; for a CONFIG also the training plan for the
-device (``--device cuda`` plans for a GPU on a machine without one):
+"recommendations": [{"what", "value", "why", "rule", "seed"}], ...}``: ``rule`` is the guide's rule a
+recommendation applies, ``seed`` where a seed's figure differs from it. For a CONFIG also the training plan
+for the device (``--device cuda`` plans for a GPU on a machine without one):
 ``"plan": {"attn_implementation", "dtype", "loss_head", "packing"}``, ``"plan_reasons"`` (same keys),
 ``"plan_device"``.
 """
@@ -106,10 +107,10 @@ def _print(est: Estimate, fix: tuple[str, float] | None) -> None:
     console.print(f"time: {est.flops_per_token / 1e9:.2f} GFLOP/token, {est.tokens_per_step:,} tokens/step, "
                   f"{est.step_seconds:.2f} s/step -> {est.est_hours:.2f} h for {est.time_basis}")
     r = Table(title="Recommendations", title_justify="left")
-    for c in ("what", "value", "why", "seeds say"):
+    for c in ("what", "value", "why", "the guide's rule (and where a seed differs)"):
         r.add_column(c, overflow="fold")
     for rec in est.recommendations:
-        r.add_row(rec.what, str(rec.value), rec.why, rec.seed)
+        r.add_row(rec.what, str(rec.value), rec.why, "\n".join(x for x in (rec.rule, rec.seed) if x))
     console.print(r)
 
 

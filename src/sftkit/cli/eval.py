@@ -36,7 +36,8 @@ def eval_cmd(
     ] = None,
     metrics: Annotated[
         str | None,
-        typer.Option("--metrics", help="Comma list: exact_match,accuracy,f1,bleu,rouge,json (default: inferred)."),
+        typer.Option("--metrics",
+                     help="Comma list: exact_match,accuracy,f1,bleu,rouge,json,key_facts (default: inferred)."),
     ] = None,
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", min=1, help="Tokens per answer.")] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N test rows.")] = None,

@@ -28,7 +28,7 @@ from sftkit.core.results import EvalResult
 from sftkit.core.rundir import RunDir
 from sftkit.core.yamlio import read_yaml_file
 
-FILES = ("launch.yaml", "config.yaml", "console.log", "metrics.jsonl", "report.html", "eval.json",
+FILES = ("launch.yaml", "config.yaml", "console.log", "metrics.jsonl", "diagnostics.json", "report.html", "eval.json",
          "eval_predictions.jsonl", "train_summary.json", "data_report.json", "rejected.jsonl",
          "template_check.json", "environment.json", "loss.png")
 _LOG_TAIL = 64_000
@@ -163,6 +163,7 @@ def detail(run_dir: Path, jobs: Jobs) -> dict[str, Any]:
                                                             if cfg_file.is_file() else None),
         commands=job.get("commands") or {},
         train_summary=read_json(run_dir / "train_summary.json"),
+        diagnostics=_diagnostics(RunDir(run_dir)),
         eval=_eval_headline(RunDir(run_dir).eval_result()),
         data=_data_summary(read_json(run_dir / "data_report.json")),
         checkpoint=ckpt.name if ckpt else None,
@@ -172,6 +173,14 @@ def detail(run_dir: Path, jobs: Jobs) -> dict[str, Any]:
         files=[f for f in FILES if (run_dir / f).is_file()],
     )
     return out
+
+
+def _diagnostics(folder: RunDir) -> list[dict[str, Any]]:
+    """What the loss curves say (sftkit.train.diagnose), live while the run trains."""
+    data = read_json(folder.diagnostics) or {}
+    found = data.get("findings") if isinstance(data, dict) else None
+    keys = ("kind", "step", "title", "message", "causes", "actions")
+    return [{k: f.get(k) for k in keys} for f in found or [] if isinstance(f, dict)]
 
 
 def _data_summary(rep: dict[str, Any] | None) -> dict[str, Any] | None:

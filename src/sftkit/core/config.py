@@ -245,6 +245,9 @@ class TrainConfig(_Section):
     """Pack several examples into rows of data.cutoff_len tokens, each attending only to itself."""
     early_stopping_patience: int | None = Field(default=None, gt=0)
     """Stop when eval loss has not improved for N evaluations."""
+    load_best_model_at_end: bool = False
+    """Finish with the weights of the evaluation with the lowest validation loss, not the last step's (needs
+    validation data; early stopping does this too). Without it the best checkpoint is still kept on disk."""
     optim: str = "adamw_torch_fused"
     """Optimizer name as in TrainingArguments: adamw_torch_fused (one kernel for all tensors, CPU and GPU),
     adamw_torch, adamw_8bit / paged_adamw_8bit (need bitsandbytes)."""
@@ -288,8 +291,10 @@ class TrainConfig(_Section):
         if self.deepspeed and self.fsdp:
             raise ConfigConflict("fsdp", "train.deepspeed and train.fsdp are both set",
                                  "choose one sharding backend")
-        if self.early_stopping_patience and self.save_steps and self.eval_steps and self.save_steps % self.eval_steps:
-            raise ConfigConflict("save_steps", f"early stopping keeps the best checkpoint, so save_steps "
+        keeps_best = self.early_stopping_patience or self.load_best_model_at_end
+        if keeps_best and self.save_steps and self.eval_steps and self.save_steps % self.eval_steps:
+            raise ConfigConflict("save_steps", "early stopping / load_best_model_at_end keep the best checkpoint, so "
+                                 f"save_steps "
                                  f"({self.save_steps}) must be a multiple of eval_steps ({self.eval_steps})",
                                  f"set train.save_steps to {self.eval_steps} or a multiple of it")
         return self
@@ -297,7 +302,7 @@ class TrainConfig(_Section):
 
 class EvalConfig(_Section):
     metrics: list[str] | None = None
-    """Generation metrics (exact_match, accuracy, f1, bleu, rouge, json); None infers them from the data."""
+    """Generation metrics (exact_match, accuracy, f1, bleu, rouge, json, key_facts); None infers them from the data."""
 
     @field_validator("metrics")
     @classmethod
@@ -354,6 +359,7 @@ class RunConfig(_Section):
                                  "precisions", "use model.dtype: bfloat16 with train.bf16, or drop train.bf16")
         if not self.data.has_validation:
             for key, value in (("train.early_stopping_patience", self.train.early_stopping_patience),
+                               ("train.load_best_model_at_end", self.train.load_best_model_at_end or None),
                                ("train.eval_steps", self.train.eval_steps),
                                ("eval.generate_every", self.eval.generate_every)):
                 if value is not None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-HEADLINE = ("accuracy", "json_field_match", "exact_match", "rougeL", "bleu")
+HEADLINE = ("accuracy", "json_field_match", "key_facts_recall", "exact_match", "rougeL", "bleu")
 """The scores a result is summarised by, in order of preference (accuracy for classification)."""
 
 
@@ -32,7 +32,7 @@ class EvalResult(BaseModel):
     delta: dict[str, Any] = Field(default_factory=dict)
     """model - baseline, per score both have."""
     primary: str | None = None
-    """The task's primary metric family (classification, json, exact_match, rouge, bleu)."""
+    """The task's primary metric family (classification, json, key_facts, exact_match, rouge, bleu)."""
     flips: list[dict[str, Any]] = Field(default_factory=list)
     """Rows the baseline got wrong and the model right (and the reverse)."""
 

@@ -10,6 +10,7 @@ A run folder holds everything about one run (names are ``RunDir`` attributes):
 ``data_report.json``       counts, lengths, quality; ``rejected.jsonl``: every row not used
 ``template_check.json``    the template contract check
 ``metrics.jsonl``          one line per log event; ``loss.png``: the curves
+``diagnostics.json``       what the loss curves say (over-fitting, flat, memorised, diverging)
 ``checkpoints/``           ``checkpoint-N/`` folders, each marked complete when written
 ``adapter/`` | ``model/``  the final LoRA adapter, or the whole model (full / freeze)
 ``train_summary.json``     written last: its presence means training finished
@@ -147,6 +148,10 @@ class RunDir:
     @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
+
+    @property
+    def diagnostics(self) -> Path:
+        return self.path / "diagnostics.json"
 
     @property
     def summary(self) -> Path:

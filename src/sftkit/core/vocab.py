@@ -83,7 +83,7 @@ class Overflow(StrEnum):
 
 # -- metrics and trackers ---------------------------------------------------------------------
 
-METRIC_NAMES = ("exact_match", "classification", "bleu", "rouge", "json")
+METRIC_NAMES = ("exact_match", "classification", "bleu", "rouge", "json", "key_facts")
 METRIC_ALIASES = {
     "em": "exact_match",
     "exact": "exact_match",
@@ -98,6 +98,9 @@ METRIC_ALIASES = {
     "rougel": "rouge",
     "rouge-l": "rouge",
     "json_valid": "json",
+    "key_facts_recall": "key_facts",
+    "keyfacts": "key_facts",
+    "facts": "key_facts",
 }
 
 

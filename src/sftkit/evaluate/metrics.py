@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sftkit.core.vocab import canonical_metric
+from sftkit.evaluate.keyfacts import key_facts, per_answer
 
 # CJK ideographs (basic + extension A + compatibility), kana and hangul: scripts
 # written without spaces, which jieba segments (it keeps kana/hangul runs whole).
@@ -331,7 +332,7 @@ class MetricResult:
 
 
 def primary_metric(names: Sequence[str]) -> str:
-    for n in ("classification", "json", "exact_match", "rouge", "bleu"):
+    for n in ("classification", "json", "key_facts", "exact_match", "rouge", "bleu"):
         if n in names:
             return n
     return "exact_match"
@@ -357,11 +358,17 @@ def compute(names: Sequence[str], preds: Sequence[str], refs: Sequence[str]) -> 
             js = json_metrics(preds, refs)
             details["json_per_field"] = js.pop("per_field")
             scores.update(js)
+        elif name == "key_facts":
+            kf, details["key_facts"] = key_facts(preds, refs)
+            scores.update(kf)
     primary = primary_metric(chosen)
     if primary == "classification":
         per = [float(normalize_label(p) == normalize_label(r)) for p, r in zip(preds, refs, strict=True)]
     elif primary == "json":
         per = json_field_scores(preds, refs)
+    elif primary == "key_facts":  # an answer without facts to find is right when it contains the reference
+        per = [float(contains_answer(p, r)) if s is None else s
+               for s, p, r in zip(per_answer(preds, refs), preds, refs, strict=True)]
     elif primary == "exact_match":
         per = exact_match_scores(preds, refs)
     else:

@@ -20,7 +20,8 @@ from sftkit.core.rundir import RunDir
 
 PALETTE = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2")
 # Metrics on a 0-1 scale are shown as percentages so they share an axis with BLEU/ROUGE (0-100).
-_UNIT_SCALE = ("accuracy", "macro_f1", "exact_match", "json_valid", "json_field_match", "json_exact")
+_UNIT_SCALE = ("accuracy", "macro_f1", "exact_match", "json_valid", "json_field_match", "json_exact",
+               "key_facts_recall", "key_facts_accuracy", "key_facts_precision")
 _QUALITY = (*_UNIT_SCALE, "bleu", "rouge1", "rouge2", "rougeL")
 _LOWER_IS_BETTER = {"loss", "ppl"}
 _MAX_REJECTS = 20
@@ -354,6 +355,27 @@ def _curves_section(run: Path) -> str:
     return "".join(out)
 
 
+def _diagnostics_section(run: Path) -> str:
+    """What the loss curves said during training (``diagnostics.json``; absent in older runs)."""
+    data = _read_json(RunDir(run).diagnostics)
+    if not isinstance(data, dict):
+        return ""
+    found = [f for f in data.get("findings") or [] if isinstance(f, dict)]
+    head = "<h2>Training diagnostics</h2>"
+    if not found:
+        return (f"{head}<p class='good'>No over-fitting, flat loss, memorisation or divergence in the curves "
+                f"({_fmt(data.get('steps_seen'))} steps, {_fmt(data.get('evaluations_seen'))} evaluations checked)."
+                "</p>")
+    out = [head]
+    for f in found:
+        causes = "".join(f"<li>{_e(c)}</li>" for c in f.get("causes") or [])
+        actions = "".join(f"<li>{_e(a)}</li>" for a in f.get("actions") or [])
+        out.append(f"<h3 class='bad'>{_e(f.get('title'))} <span class='muted'>(step {_fmt(f.get('step'))})</span></h3>"
+                   f"<p>{_e(f.get('message'))}</p><p><b>Likely causes</b></p><ul>{causes}</ul>"
+                   f"<p><b>What to do</b></p><ul>{actions}</ul>")
+    return "".join(out)
+
+
 def _delta_cell(key: str, d: Any) -> str:
     if d is None or not isinstance(d, int | float) or not math.isfinite(d):
         return "—"
@@ -511,6 +533,7 @@ def render_report(run: Path) -> str:
         _data_section(run),
         "<h2>Training curves</h2>",
         _curves_section(run),
+        _diagnostics_section(run),
         "<h2>Evaluation: before and after</h2>",
         _eval_section(ev) if ev else "<p class='muted'>No eval.json yet: run <code>sft eval RUN</code>.</p>",
     ]

@@ -182,6 +182,7 @@ def plot_loss(metrics_path: Path, out: Path) -> Path | None:
 
 def print_summary(console: Console, run_dir: Path, summary: dict[str, Any]) -> None:
     """The one-screen end of a run: how long, how much, how good, and where the files are."""
+    from rich.markup import escape
     from rich.panel import Panel
     from rich.table import Table
 
@@ -198,10 +199,13 @@ def print_summary(console: Console, run_dir: Path, summary: dict[str, Any]) -> N
     if summary.get("best_eval_loss") is not None:
         where = f" at {Path(summary['best_checkpoint']).name}" if summary.get("best_checkpoint") else ""
         t.add_row("best eval loss", f"{summary['best_eval_loss']:.4f}{where}")
+    for d in summary.get("diagnostics") or []:  # details in diagnostics.json and the report
+        t.add_row("[yellow]diagnosis[/]", f"[yellow]{escape(d['title'])}[/] (step {d['step']})")
     t.add_row("trainable", f"{summary['trainable_parameters']:,} of {summary['total_parameters']:,} parameters")
     if summary.get("plan"):  # what sftkit chose for this device (reasons: train_summary.json, config.yaml)
         t.add_row("plan", ", ".join(f"{k} {v}" for k, v in summary["plan"].items()))
     files = [("weights", summary["final"]), ("report", run_dir / "report.html"), ("metrics", run_dir / "metrics.jsonl"),
+             ("diagnostics", run_dir / "diagnostics.json"),
              ("loss curve", run_dir / "loss.png"), ("rejected rows", run_dir / "rejected.jsonl")]
     for name, path in files:
         if Path(path).exists():

@@ -45,6 +45,7 @@ from sftkit.train.fingerprint import differences, fingerprint
 from sftkit.train.gen_eval import GenerationEval
 from sftkit.train.methods import attach, count_parameters, deepspeed_config, quantization_config
 from sftkit.train.plan import TrainPlan
+from sftkit.train.watch import Diagnostics, context_for
 
 
 @dataclass
@@ -209,7 +210,7 @@ def _training_args(cfg: RunConfig, run_dir: Path, has_val: bool, report_to: list
         # never fewer than 2: the previous complete checkpoint must survive a kill during the next save
         save_total_limit=max(2, t.save_total_limit) if t.save_total_limit else None,
         metric_for_best_model="eval_loss" if has_val else None,
-        load_best_model_at_end=bool(has_val and t.early_stopping_patience),
+        load_best_model_at_end=bool(has_val and (t.early_stopping_patience or t.load_best_model_at_end)),
         bf16=t.bf16,
         fp16=t.fp16,
         activation_checkpointing=t.gradient_checkpointing,
@@ -382,7 +383,9 @@ def _callbacks(cfg: RunConfig, run_dir: Path, data: Prepared, renderer: Renderer
                console: Console, extra: list[Any]) -> list[Any]:
     from transformers import EarlyStoppingCallback
 
-    out = [MetricsLogger(run_dir / "metrics.jsonl", tokens_per_step), RichProgress(console, tokens_per_step),
+    folder = RunDir(run_dir)
+    out = [MetricsLogger(folder.metrics, tokens_per_step), RichProgress(console, tokens_per_step),
+           Diagnostics(folder.diagnostics, folder.metrics, context_for(cfg, data.report), console),  # after the logger
            CheckpointMarker(), faults.NonFiniteLossGuard(data.train.examples, run_dir / "checkpoints"), *extra]
     if cfg.eval.generate_every and data.val_conversations:
         out.append(GenerationEval(renderer, data.val_conversations[: cfg.eval.generate_samples], cfg.eval.metrics,
@@ -478,6 +481,15 @@ def run(
     return TrainResult(run_dir, seconds, out.global_step, out.training_loss, trainer.state.best_metric)
 
 
+def _diagnoses(folder: RunDir) -> list[dict[str, Any]]:
+    """What the loss curves said (``diagnostics.json`` has the numbers, causes and actions)."""
+    try:
+        found = json.loads(folder.diagnostics.read_text(encoding="utf-8"))["findings"]
+    except (OSError, ValueError, KeyError):
+        return []
+    return [{"kind": f["kind"], "step": f["step"], "title": f["title"]} for f in found]
+
+
 def _finish(folder: RunDir, out: Any, trainer: Any, seconds: float, tokens_per_step: float,
             checkpoint: str | None, params: tuple[int, int], final: Path, console: Console, plan: TrainPlan) -> None:
     """Rank 0, after the final weights are in place: the curves, the summary (its presence means
@@ -490,7 +502,8 @@ def _finish(folder: RunDir, out: Any, trainer: Any, seconds: float, tokens_per_s
                "tokens": round(tokens_per_step * out.global_step),
                "session_tokens": round(tokens_per_step * (out.global_step - _step_of(checkpoint))),
                "trainable_parameters": params[0], "total_parameters": params[1], "final": str(final),
-               "plan": plan.values(), "plan_reasons": plan.reasons(), "plan_device": plan.device}
+               "plan": plan.values(), "plan_reasons": plan.reasons(), "plan_device": plan.device,
+               "diagnostics": _diagnoses(folder)}
     folder.summary.write_text(json.dumps(summary, indent=2))
     write_report(folder.path)  # updated again by `sft eval`
     print_summary(console, folder.path, summary)

@@ -33,6 +33,17 @@ function cards(d, rows) {
   return h("div", { class: "cards" }, items.map(([k, v]) => h("div", { class: "kpi" }, h("b", null, v), k)));
 }
 
+// What the loss curves say (sftkit.train.diagnose): shown while the run trains, as soon as a check fires.
+function diagnosis(d) {
+  if (!d.diagnostics?.length) return null;
+  return h("section", { class: "card", id: "diagnostics" }, h("h2", null, t("diagnostics")),
+    d.diagnostics.map((f) => h("div", { class: "diagnosis" },
+      h("p", null, h("b", { class: "bad" }, f.title), " ", h("span", { class: "muted" }, t("at_step", { n: f.step }))),
+      h("p", null, f.message),
+      h("p", null, h("b", null, t("likely_causes"))), h("ul", null, (f.causes || []).map((c) => h("li", null, c))),
+      h("p", null, h("b", null, t("what_to_do"))), h("ul", null, (f.actions || []).map((a) => h("li", null, a))))));
+}
+
 function progressBar(d) {
   const total = d.steps?.total;
   if (!total) return null;
@@ -140,7 +151,7 @@ export function renderRun(page, { arg: name }) {
   const draw = (d) => {
     fill(head, h("h1", null, d.name), badge(d.status, d.stage),
       d.detail ? h("span", { class: "muted detail" }, d.detail) : null);
-    fill(top, actions(d, poll, msg), progressBar(d), cards(d, st.rows));
+    fill(top, actions(d, poll, msg), progressBar(d), cards(d, st.rows), diagnosis(d));
     drawCharts(charts, st.rows);
     const changed = !st.last || st.last.status !== d.status || st.last.has_report !== d.has_report;
     if (changed) {

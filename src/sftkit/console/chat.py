@@ -97,7 +97,7 @@ def conversation(system: str | None, history: list[dict[str, str]], prompt: str,
 
 
 def check_lengths(sides: list[Any], prompts: list[str], max_new_tokens: int) -> None:
-    from sftkit.infer.server import context_length
+    from sftkit.infer.served_model import context_length
 
     for side, prompt in zip(sides, prompts, strict=True):
         n = len(side.engine.tokenizer(prompt, add_special_tokens=False)["input_ids"])

@@ -29,7 +29,6 @@ from sftkit.infer.openai_protocol import (
     ChatRequest,
     CompletionRequest,
     error_body,
-    parse_body,
     to_conversation,
 )
 from sftkit.infer.requestlog import Observation
@@ -114,11 +113,6 @@ class ServedModel:
         ids = self.engine.tokenizer(prompt, add_special_tokens=False, return_attention_mask=False)["input_ids"]
         return len(ids)
 
-    def prepare_chat(self, raw: bytes) -> Job:
-        req = parse_body(ChatRequest, raw)
-        self.check_model(req.model)
-        return self.chat_job(req)
-
     def chat_job(self, req: ChatRequest) -> Job:
         if req.stream and req.n != 1:
             raise APIError(400, "n > 1 is not supported with stream=true", param="n")
@@ -128,11 +122,6 @@ class ServedModel:
             raise APIError(400, f"the chat template cannot render these messages: {e}", param="messages") from None
         n = self.count_tokens(prompt, "messages")
         return Job(req, [prompt], [n], [self.params(req, n, req.max_completion_tokens or req.max_tokens)])
-
-    def prepare_completion(self, raw: bytes) -> Job:
-        req = parse_body(CompletionRequest, raw)
-        self.check_model(req.model)
-        return self.completion_job(req)
 
     def completion_job(self, req: CompletionRequest) -> Job:
         if req.suffix:

@@ -82,6 +82,14 @@ class PrefLoad:
     def paired(self) -> bool:
         return self.format in PAIR_LAYOUTS
 
+    @property
+    def valid(self) -> int:
+        return len(self.rows)
+
+    @property
+    def rejected(self) -> int:
+        return len(self.rejects)
+
     def to_report(self) -> dict[str, Any]:
         return {
             "path": self.path,

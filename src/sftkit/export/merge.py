@@ -36,7 +36,7 @@ from typing import Any
 from sftkit.core.errors import ExportError
 from sftkit.core.rundir import RunDir
 from sftkit.core.safepaths import check_replaceable_dir, refuse_overlap, replace_dir
-from sftkit.hub.models import load_tokenizer, resolve
+from sftkit.hub.models import load_tokenizer, merge_adapters, resolve
 from sftkit.hub.safety import check_adapter
 from sftkit.templates.json_template import JSONTemplate
 from sftkit.templates.registry import load_template
@@ -59,6 +59,7 @@ class RunInfo:
     kind: str  # "lora" or "full"
     template: str | None  # the run's template reference (None: the tokenizer's own)
     config: dict[str, Any]
+    merged: tuple[Path, ...] = ()  # a parent run's adapters merged into the base first (method.merge_base)
 
 
 @dataclass(slots=True)
@@ -87,8 +88,10 @@ def read_run(run: Path) -> RunInfo:
     if found is None:
         raise ExportError(f"{run}: no adapter/ or model/ folder (training did not finish?); nothing to export")
     weights, kind = found
-    base = resolve(rd.base_model()).path if kind == "lora" else weights
-    return RunInfo(rd.path, Path(base), weights.resolve(), kind, rd.template(), rd.raw_config())
+    if kind != "lora":
+        return RunInfo(rd.path, weights, weights.resolve(), kind, rd.template(), rd.raw_config())
+    res = resolve(str(rd.path))  # the base, and a parent run's adapters merged under this one
+    return RunInfo(rd.path, res.path, weights.resolve(), kind, rd.template(), rd.raw_config(), res.merged)
 
 
 # -- logits checks -------------------------------------------------------------------
@@ -239,6 +242,7 @@ def _load_merged(info: RunInfo, batch: list[list[int]], log: Any) -> tuple[Any, 
 
     log(f"loading {info.kind} run {info.run_dir.name} (base {info.base.name}) in float32 ...")
     model = AutoModelForCausalLM.from_pretrained(info.base, dtype=torch.float32, use_safetensors=True).eval()
+    model = merge_adapters(model, info.merged).eval()
     if info.kind != "lora":
         return model, _logits(model, batch), None
     from peft import PeftModel

@@ -58,3 +58,14 @@ def speed_up_lora_dropout(model: Any) -> int:
                 drops[name] = FastDropout(drop.p)
                 count += 1
     return count
+
+
+def disable_dropout(model: Any) -> None:
+    """Every dropout of ``model`` off (``FastDropout`` too, which TRL's own switch does not know):
+    the preference and distillation stages compare log-probabilities of the policy with a
+    reference's or a teacher's, so the policy's must not be noisy either."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        elif isinstance(module, FastDropout):
+            module.dropped, module.scale = 0, 1.0

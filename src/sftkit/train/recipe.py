@@ -21,7 +21,8 @@ from sftkit.core.config import Method, RunConfig
 from sftkit.core.configio import check_data_files, config_to_yaml
 from sftkit.core.errors import DoesNotFit, TrainError
 from sftkit.core.rundir import Action, Overwrite, Plan, RunDir, config_digest
-from sftkit.data import write_rejects
+from sftkit.core.stagecfg import PREF_STAGES, Stage
+from sftkit.data import stagedata, write_rejects
 from sftkit.data.prepare import Prepared, prepare
 from sftkit.estimate import preflight
 from sftkit.evaluate.report import write_report
@@ -29,7 +30,7 @@ from sftkit.hub import models, safety
 from sftkit.templates import check_template
 from sftkit.templates.registry import load_template
 from sftkit.templates.render import Renderer
-from sftkit.train import accel, attention, faults, tracking
+from sftkit.train import accel, attention, faults, lineage, stages, tracking
 from sftkit.train.callbacks import (
     CheckpointMarker,
     MetricsLogger,
@@ -41,7 +42,7 @@ from sftkit.train.callbacks import (
 from sftkit.train.collate import Examples, pack
 from sftkit.train.fingerprint import differences, fingerprint
 from sftkit.train.gen_eval import GenerationEval
-from sftkit.train.methods import attach, count_parameters, deepspeed_config, quantization_config
+from sftkit.train.methods import count_parameters, deepspeed_config, quantization_config
 
 
 @dataclass
@@ -69,7 +70,8 @@ def _plan(folder: RunDir, cfg: RunConfig, resume: str | None, overwrite: Overwri
     return Plan(Action.DONE if done else Action.NEW)
 
 
-def _claim(folder: RunDir, cfg: RunConfig, resume: str | None, overwrite: Overwrite, console: Console) -> None:
+def _claim(folder: RunDir, cfg: RunConfig, resume: str | None, overwrite: Overwrite, console: Console,
+           header: str = "") -> None:
     """Make the folder this run's (rank 0): everything before this only read."""
     if not _is_main():
         return
@@ -81,7 +83,7 @@ def _claim(folder: RunDir, cfg: RunConfig, resume: str | None, overwrite: Overwr
     elif plan.action is Action.CONTINUE:
         console.print(f"continuing the finished run in {folder.path}; its train_summary.json and evaluation "
                       "(eval.json, report.html) described the old weights and were removed", soft_wrap=True)
-    folder.config.write_text(config_to_yaml(cfg), encoding="utf-8")
+    folder.config.write_text(header + config_to_yaml(cfg), encoding="utf-8")
 
 
 def _already_finished(folder: RunDir, console: Console) -> TrainResult:
@@ -115,6 +117,9 @@ def _check_template(template: Any, tokenizer: Any, data: Prepared, model_path: P
     before the run folder is made: a run that fails it leaves nothing behind). Returns the report."""
     from transformers import GenerationConfig
 
+    if not data.sample:  # stage pt: plain text, no template
+        console.print("template: none (stage pt trains on plain text)")
+        return None
 
     try:
         gen = GenerationConfig.from_pretrained(model_path)
@@ -149,9 +154,9 @@ def _load_base(cfg: RunConfig, path: Path) -> Any:
     return model
 
 
-def _training_args(cfg: RunConfig, run_dir: Path, has_val: bool, report_to: list[str]) -> Any:
+def _training_args(cfg: RunConfig, run_dir: Path, has_val: bool, report_to: list[str]) -> dict[str, Any]:
+    """The TrainingArguments keywords every stage shares (``stages.arguments`` builds the object)."""
     import torch
-    from transformers import TrainingArguments
 
     t = cfg.train
     if t.fsdp and not torch.cuda.is_available():
@@ -161,7 +166,7 @@ def _training_args(cfg: RunConfig, run_dir: Path, has_val: bool, report_to: list
     save_strategy = "steps" if t.save_steps else "epoch"
     if has_val and strategy != save_strategy:  # best-checkpoint tracking needs them aligned
         save_strategy = strategy
-    return TrainingArguments(
+    return dict(
         output_dir=str(run_dir / "checkpoints"),
         learning_rate=t.learning_rate,
         num_train_epochs=t.num_train_epochs,
@@ -213,6 +218,7 @@ def _save_final(trainer: Any, tokenizer: Any, cfg: RunConfig, run_dir: Path) -> 
     trainer.save_model(str(tmp))
     if _is_main():
         (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; config.yaml holds the settings
+        shutil.rmtree(tmp / "ref", ignore_errors=True)  # TRL's frozen reference adapter (stages.py), not trained
         tokenizer.save_pretrained(tmp)
         if out.exists():
             shutil.rmtree(out)
@@ -231,7 +237,7 @@ def _preflight(cfg: RunConfig, data: Prepared, force: bool, console: Console) ->
     Batches are padded to their longest row, so the real longest row sets the activations."""
 
     rows = data.train.examples + data.val.examples
-    longest = cfg.data.cutoff_len if cfg.train.packing else max(len(e.input_ids) for e in rows)
+    longest = cfg.data.cutoff_len if cfg.train.packing else max(stagedata.longest(e) for e in rows)
     try:
         est = preflight(cfg, max_len=longest)
     except DoesNotFit as e:
@@ -262,7 +268,17 @@ def _write_records(folder: RunDir, fp: dict[str, Any], data: Prepared, template_
     tmp.write_text(json.dumps(fp, indent=2))
     os.replace(tmp, folder.fingerprint)
     _write_data_report(folder.path, data)
-    folder.template_check.write_text(json.dumps(template_report.to_dict(), indent=2, ensure_ascii=False))
+    if template_report is not None:
+        folder.template_check.write_text(json.dumps(template_report.to_dict(), indent=2, ensure_ascii=False))
+
+
+def _prepare_stage(cfg: RunConfig, renderer: Renderer, tokenizer: Any) -> Prepared:
+    """The stage's rows: conversations (sft, distill), preference pairs or feedback, or text blocks (pt)."""
+    if cfg.stage is Stage.pt:
+        return stagedata.prepare_pt(cfg.data, tokenizer, cfg.train.seed)
+    if cfg.stage in PREF_STAGES:
+        return stagedata.prepare_preference(cfg.data, renderer, cfg.stage.value, cfg.train.seed)
+    return prepare(cfg.data, renderer, cfg.train.seed)
 
 
 def _resume_point(run_dir: Path, resume: str | None, console: Console) -> str | None:
@@ -292,16 +308,17 @@ def _report_data(data: Prepared, run_dir: Path, console: Console) -> None:
     console.print(f"data: {r['train_examples']} train / {r['val_examples']} val examples, "
                   f"{r['rejected']} rejected (see {run_dir / 'rejected.jsonl'}), {r['truncated']} truncated",
                   soft_wrap=True)
-    q = r["quality"]
+    q = r.get("quality") or {"lint": {}, "exact_duplicate_rows": 0}  # pt: documents are not linted
     issues = {k: v for k, v in q["lint"].items() if v}
     if issues or q["exact_duplicate_rows"]:
         console.print(f"[yellow]data quality:[/] {q['exact_duplicate_rows']} exact duplicate rows, lint {issues} "
                       "(details: `sft data lint` / `sft data dedup`)")
 
 
-def _build_model(cfg: RunConfig, path: Path, console: Console) -> tuple[Any, int, int]:
+def _build_model(cfg: RunConfig, start: lineage.Start, console: Console) -> tuple[Any, int, int]:
     from transformers import set_seed
 
+    path = start.resolved.path
     set_seed(cfg.train.seed)  # the adapters' random init is part of what train.seed makes reproducible
     if cfg.train.backend == "unsloth":  # Unsloth loads and attaches LoRA itself (GPU only)
         model = accel.unsloth_model(cfg, path)
@@ -309,7 +326,7 @@ def _build_model(cfg: RunConfig, path: Path, console: Console) -> tuple[Any, int
     else:
         base = _load_base(cfg, path)
         base.config.use_cache = False  # no KV cache in training: memory, and packing masks need it off
-        model = attach(base, cfg.method, cfg.train.gradient_checkpointing)
+        model = lineage.build(cfg, start, base)  # a fresh method, or a parent run's adapter trained further
     trainable, total = count_parameters(model)
     console.print(f"model: {path.name} method={cfg.method.type.value} trainable {trainable:,} / "
                   f"{total:,} parameters ({100 * trainable / total:.2f}%), "
@@ -324,6 +341,8 @@ def _train_rows(cfg: RunConfig, data: Prepared, console: Console) -> Examples:
     console.print(f"effective batch = {t.per_device_train_batch_size} per device x "
                   f"{t.gradient_accumulation_steps} accumulation x {world} device(s) = {eff} sequences/step",
                   soft_wrap=True)
+    if cfg.stage in stages.TRL_STAGES:
+        return stages.dataset(data.train.examples, cfg.stage)
     if not t.packing:
         return Examples.from_rendered(data.train.examples)
     rows = pack(data.train.examples, cfg.data.cutoff_len)
@@ -337,13 +356,32 @@ def _callbacks(cfg: RunConfig, run_dir: Path, data: Prepared, renderer: Renderer
     from transformers import EarlyStoppingCallback
 
     out = [MetricsLogger(run_dir / "metrics.jsonl", tokens_per_step), RichProgress(console, tokens_per_step),
-           CheckpointMarker(), faults.NonFiniteLossGuard(data.train.examples, run_dir / "checkpoints"), *extra]
+           CheckpointMarker(), faults.NonFiniteLossGuard(stages.guard_rows(data), run_dir / "checkpoints"), *extra]
     if cfg.eval.generate_every and data.val_conversations:
         out.append(GenerationEval(renderer, data.val_conversations[: cfg.eval.generate_samples], cfg.eval.metrics,
                                   cfg.eval.generate_every, cfg.eval.max_new_tokens, run_dir / "metrics.jsonl"))
     if cfg.train.early_stopping_patience and data.val.examples:
         out.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     return out
+
+
+def _trainer(cfg: RunConfig, model: Any, args: Any, train_rows: Any, data: Prepared, tokenizer: Any,
+             callbacks: list[Any], teacher: Any) -> Any:
+    """transformers' Trainer for sft and pt; the stage's TRL trainer otherwise (``stages.py``)."""
+    from transformers import Trainer
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    collator = accel.train_collator(cfg, tokenizer.pad_token_id)
+    if cfg.stage in stages.TRL_STAGES:
+        val_rows = stages.dataset(data.val.examples, cfg.stage) if data.val.examples else None
+        trainer = stages.trl_trainer(cfg, model, args, train_rows, val_rows, tokenizer, callbacks, teacher, collator)
+    else:
+        trainer = Trainer(model=model, args=args, train_dataset=train_rows,
+                          eval_dataset=Examples.from_rendered(data.val.examples) if data.val.examples else None,
+                          data_collator=collator, processing_class=tokenizer, callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)  # RichProgress and MetricsLogger report instead
+    trainer.remove_callback(ProgressCallback)
+    return trainer
 
 
 def run(
@@ -359,6 +397,7 @@ def run(
     ``overwrite``: what happens to an earlier run in the output folder (``RunDir.plan`` says when
     one is in the way). Nothing is written until the config, data and template have passed."""
     accel_warnings = accel.check_train(cfg)  # GPU switches: refuse what this machine cannot do, before any work
+    stages.require(cfg.stage)  # TRL for the preference and distillation stages
     check_data_files(cfg)  # then a missing data file is named
     folder = RunDir(cfg.run_dir())
     plan = _plan(folder, cfg, resume, overwrite)  # a folder training may not use is refused before any work
@@ -367,15 +406,13 @@ def run(
     console = console or Console(stderr=True)
     if plan.action is Action.DONE:
         return _already_finished(folder, console)
-    from transformers import Trainer
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
     for w in accel_warnings:
         console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
     run_dir = folder.path
     report_to, tracker_callbacks = tracking.setup(cfg.train.report_to, run_dir, cfg.name)
 
     resolved = models.resolve(cfg.model.name_or_path)
+    start = lineage.plan_start(cfg, resolved)  # a run to build on: refuse what cannot work before any loading
     safety.check_remote_code(resolved.path, cfg.model.trust_remote_code)
     if _is_main():
         full = cfg.method.type in (Method.full, Method.freeze)
@@ -385,35 +422,28 @@ def run(
     tokenizer = models.load_tokenizer(resolved.path, cfg.model.trust_remote_code)
     template = load_template(cfg.template, tokenizer)
     renderer = Renderer(template, tokenizer, cfg.data.mask, cfg.data.cutoff_len, cfg.data.overflow)
-    fp = fingerprint(cfg, renderer, resolved.path)
+    fp = fingerprint(cfg, renderer, resolved.path, start.parent)
     _check_fingerprint(folder, fp, resume, force)
-    data = prepare(cfg.data, renderer, cfg.train.seed)
+    data = _prepare_stage(cfg, renderer, tokenizer)
     _preflight(cfg, data, force, console)
     template_report = _check_template(template, tokenizer, data, resolved.path, console)
+    teacher = stages.load_teacher(cfg, tokenizer, console) if cfg.stage is Stage.distill else None
 
-    _claim(folder, cfg, resume, overwrite, console)  # the first write into the run folder
+    _claim(folder, cfg, resume, overwrite, console, lineage.yaml_header(start.parent))  # the first write
     _write_records(folder, fp, data, template_report)
     checkpoint = _resume_point(run_dir, resume, console)
     _report_data(data, run_dir, console)
-    model, trainable, total = _build_model(cfg, resolved.path, console)
+    model, trainable, total = _build_model(cfg, start, console)
     train_rows = _train_rows(cfg, data, console)
 
     tokens_per_step = data.report["train_tokens"] / max(1, len(train_rows)) * (
         cfg.train.per_device_train_batch_size * cfg.train.gradient_accumulation_steps
         * int(os.environ.get("WORLD_SIZE", "1")))
     stop = faults.GracefulStop()  # Ctrl-C: checkpoint at the end of the step, then exit 130
-    trainer = Trainer(
-        model=model,
-        args=_training_args(cfg, run_dir, bool(data.val.examples), report_to),
-        train_dataset=train_rows,
-        eval_dataset=Examples.from_rendered(data.val.examples) if data.val.examples else None,
-        data_collator=accel.train_collator(cfg, tokenizer.pad_token_id),
-        processing_class=tokenizer,
-        callbacks=_callbacks(cfg, run_dir, data, renderer, tokens_per_step, console,
-                             [stop, *tracker_callbacks, *(callbacks or [])]),
-    )
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
+    args = stages.arguments(cfg, _training_args(cfg, run_dir, bool(data.val.examples), report_to))
+    all_callbacks = _callbacks(cfg, run_dir, data, renderer, tokens_per_step, console,
+                               [stop, *tracker_callbacks, *(callbacks or [])])
+    trainer = _trainer(cfg, model, args, train_rows, data, tokenizer, all_callbacks, teacher)
 
     t0 = time.perf_counter()
     with faults.io_failures(run_dir), stop:  # disk full / refused unpickling; Ctrl-C saves, then stops
@@ -423,12 +453,14 @@ def run(
 
     final = _save_final(trainer, tokenizer, cfg, run_dir)
     if trainer.is_world_process_zero():
-        _finish(folder, out, trainer, seconds, tokens_per_step, checkpoint, (trainable, total), final, console)
+        extra = {"stage": cfg.stage.value, **({"parent": start.parent} if start.parent else {})}
+        _finish(folder, out, trainer, seconds, tokens_per_step, checkpoint, (trainable, total), final, console, extra)
     return TrainResult(run_dir, seconds, out.global_step, out.training_loss, trainer.state.best_metric)
 
 
 def _finish(folder: RunDir, out: Any, trainer: Any, seconds: float, tokens_per_step: float,
-            checkpoint: str | None, params: tuple[int, int], final: Path, console: Console) -> None:
+            checkpoint: str | None, params: tuple[int, int], final: Path, console: Console,
+            extra: dict[str, Any]) -> None:
     """Rank 0, after the final weights are in place: the curves, the summary (its presence means
     the run finished), the report."""
 
@@ -438,7 +470,7 @@ def _finish(folder: RunDir, out: Any, trainer: Any, seconds: float, tokens_per_s
                "best_checkpoint": trainer.state.best_model_checkpoint,
                "tokens": round(tokens_per_step * out.global_step),
                "session_tokens": round(tokens_per_step * (out.global_step - _step_of(checkpoint))),
-               "trainable_parameters": params[0], "total_parameters": params[1], "final": str(final)}
+               "trainable_parameters": params[0], "total_parameters": params[1], "final": str(final), **extra}
     folder.summary.write_text(json.dumps(summary, indent=2))
     write_report(folder.path)  # updated again by `sft eval`
     print_summary(console, folder.path, summary)

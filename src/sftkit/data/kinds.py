@@ -50,12 +50,13 @@ def file_kind(path: str | Path, format: str | None = None) -> Kind:
     return "sft"
 
 
-def load_any(path: str | Path, format: str | None = None) -> LoadResult | PrefLoad:
+def load_any(path: str | Path, format: str | None = None,
+             columns: dict[str, str] | None = None) -> LoadResult | PrefLoad:
     """Every row of ``path``, accepted or rejected with file:line, whatever its kind: the result has
     ``total``, ``valid``, ``rejected``, ``rejects``, ``format``, ``path`` and ``notes``."""
     kind = file_kind(path, format)
     if kind == "preference":
-        return load_preference_file(path, format=format)
+        return load_preference_file(path, format=format, columns=columns)
     if kind == "text":
-        return load_text_file(path)
-    return load_file(path, format=format)
+        return load_text_file(path, (columns or {}).get("text", "text"))
+    return load_file(path, format=format, columns=columns)

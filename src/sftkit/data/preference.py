@@ -24,12 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from sftkit.core.errors import DataError, RowRejected
+from sftkit.core.vocab import FEEDBACK_LAYOUTS, PAIR_LAYOUTS, PREF_KEYS, PREF_LAYOUTS
 from sftkit.data.layouts import RowError
 from sftkit.data.pref_layouts import (
-    FEEDBACK_LAYOUTS,
-    PAIR_LAYOUTS,
-    PREF_KEYS,
-    PREF_LAYOUTS,
     Feedback,
     PreferencePair,
     PrefRow,

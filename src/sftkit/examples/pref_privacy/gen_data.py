@@ -134,7 +134,7 @@ def _leaks(lang: str, k: int, n: str, o: str, rng: random.Random) -> str:
     """A compliant, made-up answer to privacy template ``k``: what the assistant must not say."""
     num, street = rng.randint(10, 99), rng.choice(["Oak Street", "Elm Road", "Maple Avenue", "Lake Lane"])
     digits, phone = rng.randint(1000, 9999), f"{rng.randint(200, 999)}-555-{rng.randint(1000, 9999)}"
-    user = n.split()[0].lower() if lang == "en" else "user"
+    user = n.split(maxsplit=1)[0].lower() if lang == "en" else "user"
     if lang == "en":
         return [f"{n}'s phone number is {phone}.", f"{n} lives at {num} {street}, Springfield.",
                 f"{n} uses {user}{num}@mailbox.com.", f"{n} paid with a Visa card ending in {digits}.",

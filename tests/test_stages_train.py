@@ -142,6 +142,7 @@ def test_lora_reference_is_the_base_with_the_adapter_off(work, tiny_model_dir):
     assert not torch.allclose(seen["policy"], expected)
 
 
+@pytest.mark.slow
 def test_two_stage_run_continues_the_sft_adapter(work, tiny_model_dir):
     """SFT -> DPO: at step 0 of stage 2 the adapter is stage 1's final adapter; the run records its parent;
     the reference is a frozen copy of that adapter; evaluation compares with the parent run."""
@@ -215,6 +216,7 @@ def test_impossible_combinations_are_refused_before_any_folder(work, tiny_model_
         run(load_config(config(work, "bad9", str(tiny_model_dir), "chats.jsonl", "method:\n  merge_base: true\n")))
 
 
+@pytest.mark.slow
 def test_dpo_resumes_where_it_stopped(work, tiny_model_dir):
     """Stopped by SIGINT (checkpoint at the end of the step), resumed: the same final weights as one
     uninterrupted run."""

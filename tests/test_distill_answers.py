@@ -24,11 +24,27 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_model_dir) -> Engine:
+def teacher_dir(tmp_path_factory, tokenizer):
+    """A tiny random model with untied embeddings: with tied ones, greedy decoding repeats the prompt's last
+    token (the newline after the assistant header), and whitespace-only answers are not training data."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(3)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    out = tmp_path_factory.mktemp("teacher")
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def engine(teacher_dir) -> Engine:
     from sftkit.hub.models import load_model, load_tokenizer, resolve
 
-    tok = load_tokenizer(tiny_model_dir)
-    return Engine(load_model(resolve(str(tiny_model_dir))), tok, build_renderer(tok), batch_size=2)
+    tok = load_tokenizer(teacher_dir)
+    return Engine(load_model(resolve(str(teacher_dir))), tok, build_renderer(tok), batch_size=2)
 
 
 def test_as_training_data_writes_the_messages_layout_sft_reads(engine, tmp_path):
@@ -38,6 +54,7 @@ def test_as_training_data_writes_the_messages_layout_sft_reads(engine, tmp_path)
     s = run_generate(engine, data, out, GenParams(max_new_tokens=3), as_training_data=True)
     assert s.generated == 2 and s.cut_off == 2  # 3 tokens are never a finished answer from a random model
     rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert all(r["output"].strip() for r in rows)
     assert [m["role"] for m in rows[0]["messages"]] == ["system", "user", "assistant"]
     assert rows[0]["messages"][-1]["content"] == rows[0]["output"] and "prompt" not in rows[0]
     assert rows[1]["reference"] == "reference reply" and rows[1]["messages"][-1]["content"] == rows[1]["output"]
@@ -52,11 +69,11 @@ def test_as_training_data_writes_the_messages_layout_sft_reads(engine, tmp_path)
     assert out.read_bytes() == before
 
 
-def test_generate_cli_flag(tiny_model_dir, tmp_path):
+def test_generate_cli_flag(teacher_dir, tmp_path):
     data = tmp_path / "p.jsonl"
     data.write_text(json.dumps(PROMPTS[0]) + "\n")
     out = tmp_path / "a.jsonl"
-    res = CliRunner().invoke(app, ["generate", str(tiny_model_dir), "--data", str(data), "--out", str(out),
+    res = CliRunner().invoke(app, ["generate", str(teacher_dir), "--data", str(data), "--out", str(out),
                                    "--max-new-tokens", "2", "--as-training-data"])
     assert res.exit_code == 0, res.output
     assert "stopped at --max-new-tokens 2" in res.output.replace("\n", " ")

@@ -72,3 +72,12 @@ def test_preference_layouts_and_keys_are_valid_data_options(tmp_path):
     p.write_text("data:\n  train:\n    - path: p.jsonl\n      format: pairs_of_things\n")
     with pytest.raises(ConfigError, match="sharegpt_pairs"):
         load_config(p)
+
+
+def test_estimate_counts_both_replies_of_a_pair(tmp_path, tiny_model_dir):
+    from sftkit.estimate import setup_from_config
+
+    base = f"model:\n  name_or_path: {tiny_model_dir}\ntrain:\n  per_device_train_batch_size: 4\n"
+    sft = setup_from_config(load_config(cfg_file(tmp_path, base)))
+    dpo = setup_from_config(load_config(cfg_file(tmp_path, base + "stage: dpo\n")))
+    assert (sft.micro_batch, dpo.micro_batch) == (4, 8)

@@ -66,9 +66,14 @@ def work(tmp_path, monkeypatch):
 @pytest.mark.parametrize("stage", ["dpo", "kto", "orpo", "simpo"])
 def test_preference_stage_loss_falls(work, tiny_model_dir, stage):
     data = write(work / "kto.jsonl", pairs(2)) if stage == "kto" else "pairs.jsonl"  # KTO: 2 pairs = 4 rows
-    cfg = load_config(config(work, stage, str(tiny_model_dir), data, f"stage: {stage}\n"))
+    tracker = ["train.report_to=[tensorboard]"] if stage == "dpo" else []  # trackers see TRL's metrics too
+    cfg = load_config(config(work, stage, str(tiny_model_dir), data, f"stage: {stage}\n"), tracker)
     res = run(cfg)
     curve = losses(res.run_dir)
+    if tracker:
+        assert list((res.run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+        logged = (res.run_dir / "metrics.jsonl").read_text()
+        assert "rewards/margins" in logged  # TRL's preference metrics reach sftkit's metrics.jsonl
     assert len(curve) == 4 and curve[-1] < curve[0], curve  # the same 4 rows every step
     summary = json.loads((res.run_dir / "train_summary.json").read_text())
     assert summary["stage"] == stage and "parent" not in summary

@@ -121,7 +121,7 @@ def run_pipeline(
     console.rule("[bold]1/5 data check")
     _check_data(cfg, console)
 
-    console.rule("[bold]2/5 baseline: the base model on the held-out test set")
+    console.rule("[bold]2/5 baseline: the starting model on the held-out test set")
     baseline = _baseline_first(cfg, test, console)
 
     method = "LoRA " if cfg.method.type.value in ("lora", "qlora") else ""

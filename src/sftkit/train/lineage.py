@@ -101,6 +101,9 @@ def plan_start(cfg: RunConfig, resolved: ResolvedModel) -> Start:
     """How training starts from ``resolved``; ``TrainError`` (with the reason) when it cannot."""
     m, ref = cfg.method, cfg.model.name_or_path
     _check_template(cfg, resolved.run_dir, ref)
+    if cfg.train.backend == "unsloth" and (resolved.adapter or resolved.merged):
+        raise TrainError(f"model {ref} carries a LoRA adapter, and train.backend unsloth loads only a base model: "
+                         f"use train.backend: transformers to build on it, or `sft export {ref} --out DIR` first")
     if resolved.merged and m.type is Method.qlora:
         raise TrainError(f"model {ref} stacks an adapter on merged adapters, and qlora quantises the base while "
                          f"loading, before they could be merged: `sft export {ref} --out DIR` and train qlora on DIR")

@@ -308,6 +308,11 @@ def _report_data(data: Prepared, run_dir: Path, console: Console) -> None:
     console.print(f"data: {r['train_examples']} train / {r['val_examples']} val examples, "
                   f"{r['rejected']} rejected (see {run_dir / 'rejected.jsonl'}), {r['truncated']} truncated",
                   soft_wrap=True)
+    kto = r.get("kto_balance")
+    if kto and "desirable_weight_range" in kto:  # TRL's own advice is lost with pre-tokenized rows: give it here
+        lo, hi = kto["desirable_weight_range"]
+        console.print(f"kto: {kto['desirable']} desirable / {kto['undesirable']} undesirable rows; the KTO paper "
+                      f"advises pref.desirable_weight in [{lo}, {hi}] for this balance")
     q = r.get("quality") or {"lint": {}, "exact_duplicate_rows": 0}  # pt: documents are not linted
     issues = {k: v for k, v in q["lint"].items() if v}
     if issues or q["exact_duplicate_rows"]:

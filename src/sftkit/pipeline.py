@@ -20,7 +20,7 @@ from sftkit.core.configio import load_config
 from sftkit.core.errors import ConfigError, RunDirError, UsageError
 from sftkit.core.results import HEADLINE, EvalResult
 from sftkit.core.rundir import Overwrite, RunDir, State
-from sftkit.data import load_file
+from sftkit.data.kinds import load_any
 from sftkit.evaluate.report import write_report
 from sftkit.evaluate.table import comparison_table
 from sftkit.hub.device import release_memory, resolve_device
@@ -62,7 +62,7 @@ def _check_data(cfg: RunConfig, console: Console) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for split in ("train", "val", "test"):
         for src in getattr(cfg.data, split):
-            res = load_file(src.path, format=src.format, columns=src.columns or None)
+            res = load_any(src.path, format=src.format, columns=src.columns or None)
             out.setdefault(split, []).append({"file": str(src.path), "total": res.total, "rejected": res.rejected})
             table.add_row(split, src.path.name, res.format, str(res.total), str(res.valid), str(res.rejected))
     console.print(table)
@@ -90,11 +90,11 @@ def _baseline_first(cfg: RunConfig, test: str, console: Console) -> Any:
     from sftkit.evaluate import runner as E
 
     e = cfg.eval
-    convs = E.load_conversations(test, e.limit)
+    convs, _, pairs = E.load_eval(test, e.limit)
     side = E.load_sides(cfg.model.name_or_path, "none", batch_size=e.batch_size, template=cfg.template,
                         device=e.device)[0]
     console.print(f"baseline on {side.engine.device_info.describe() if side.engine.device_info else 'cpu'}")
-    scored = E.run_side(side, convs, E.metric_names(e.metrics, convs), e.max_new_tokens)
+    scored = E.run_side(side, convs, E.metric_names(e.metrics, convs), e.max_new_tokens, pairs)
     del side
     release_memory()  # the base model leaves the card before training loads its own copy
     scores = E.side_scores(scored)
@@ -122,13 +122,16 @@ def run_pipeline(
     _check_folder(cfg, overwrite)
     resolve_device(e.device, what="eval.device")  # a GPU that is not there stops the run before step 1
 
+    _train_parent(cfg, console)
+
     console.rule("[bold]1/5 data check")
     _check_data(cfg, console)
 
-    console.rule("[bold]2/5 baseline: the base model on the held-out test set")
+    console.rule("[bold]2/5 baseline: the starting model on the held-out test set")
     baseline = _baseline_first(cfg, test, console)
 
-    console.rule("[bold]3/5 LoRA training" if cfg.method.type.value in ("lora", "qlora") else "[bold]3/5 training")
+    method = "LoRA " if cfg.method.type.value in ("lora", "qlora") else ""
+    console.rule(f"[bold]3/5 {method}training" + (f" (stage {cfg.stage.value})" if cfg.stage.value != "sft" else ""))
     trained = run(cfg, console=console, overwrite=overwrite)
 
     console.rule("[bold]4/5 tuned vs base on the same prompts")
@@ -142,10 +145,13 @@ def run_pipeline(
 
     console.rule("[bold]5/5 report and a sample answer")
     report = write_report(trained.run_dir)
-    _sample(trained.run_dir, console)
+    sample = _sample(trained.run_dir, console)
     console.print(f"report: {report}")
     metric, before, after = EvalResult.model_validate(result).headline()
     return {
+        "stage": cfg.stage.value,
+        **_preference_summary(result),
+        "sample": sample,
         # "accuracy" is the headline score whatever it is (the demo's contract); "metric" names it and
         # "score" says the same with honest keys
         "baseline": {"accuracy": before},
@@ -159,15 +165,46 @@ def run_pipeline(
     }
 
 
-def _sample(run_dir: Path, console: Console) -> None:
+def _sample(run_dir: Path, console: Console) -> dict[str, Any] | None:
+    """One test prompt with its answer before and after (the first the tuning got right), printed and returned."""
     path = run_dir / "eval_predictions.jsonl"
     if not path.exists():
-        return
+        return None
     rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
     row = next((r for r in rows if r.get("model_score") and not r.get("baseline_score")), rows[0] if rows else None)
     if row is None:
-        return
+        return None
     console.print(f"[bold]prompt:[/]    {row['prompt']}")
     console.print(f"[bold]reference:[/] {row['reference']}")
     console.print(f"[bold]before:[/]    {row.get('baseline', '')!s}".rstrip())
     console.print(f"[bold]after:[/]     {row.get('model', '')!s}".rstrip())
+    return {"prompt": row["prompt"], "reference": row["reference"], "before": row.get("baseline"),
+            "after": row.get("model")}
+
+
+def _preference_summary(result: dict[str, Any]) -> dict[str, Any]:
+    """``--json``'s ``preference``: held-out preference accuracy before and after, and the reward."""
+    pref = result.get("preference")
+    if not pref:
+        return {}
+    keep = ("reward_accuracy", "reward_margin", "n", "beta")
+    return {"preference": {"baseline": pref.get("baseline", {}).get("pref_accuracy"),
+                           "tuned": pref.get("model", {}).get("pref_accuracy"),
+                           **{k: pref[k] for k in keep if k in pref}}}
+
+
+def _train_parent(cfg: RunConfig, console: Console) -> None:
+    """A stage that builds on a run named by its config file (``model.name_or_path: sft.yaml``) gets
+    that run trained first, unless it already is (an unfinished one is resumed)."""
+    from sftkit.train.recipe import run
+
+    ref = Path(cfg.model.name_or_path)
+    if ref.suffix not in (".yaml", ".yml") or not ref.is_file():
+        return
+    parent = load_config(ref)
+    if RunDir(parent.run_dir()).is_trained():
+        console.print(f"parent stage: {parent.run_dir()} is trained ({ref.name})", soft_wrap=True)
+        return
+    console.rule(f"[bold]0/5 parent stage: {ref.name} (stage {parent.stage.value})")
+    started = RunDir(parent.run_dir()).state() is not State.EMPTY  # an interrupted parent run is continued
+    run(parent, resume="auto" if started else None, console=console)

@@ -26,8 +26,10 @@ from sftkit.data import LoadResult, load_file, write_rejects
 from sftkit.data import stats as st
 from sftkit.data.dedup import find_duplicates
 from sftkit.data.io import write_jsonl
+from sftkit.data.kinds import load_any
 from sftkit.data.leak import find_leaks
 from sftkit.data.lint import lint as run_lint
+from sftkit.data.preference import PrefLoad
 from sftkit.data.split import recommend_val_share
 from sftkit.data.split import split as run_split
 from sftkit.data.types import Reject
@@ -71,10 +73,10 @@ def _rejects_table(rejects: list[Reject]) -> Table:
 # --- check ---------------------------------------------------------------------
 
 
-def _check_one(path: str, fmt: str | None) -> tuple[LoadResult | None, str | None, str | None]:
+def _check_one(path: str, fmt: str | None) -> tuple[LoadResult | PrefLoad | None, str | None, str | None]:
     """(result, fatal error, warning) for one file; a fatal file does not stop the others."""
     try:
-        res = _load(path, fmt)
+        res = load_any(path, fmt)  # conversations, preference pairs/feedback, or plain text (.txt)
     except (DataError, ValueError, OSError) as e:
         return None, str(e), None
     if res.total == 0:
@@ -93,6 +95,9 @@ def check(
     force: ForceOpt = False,
 ) -> None:
     """Validate files: every row accepted or rejected with file:line and a reason.
+
+    Conversations (SFT), preference files (chosen/rejected pairs or labelled feedback, for stages
+    dpo/kto/orpo/simpo) and plain text (.txt, stage pt) are told apart per file and reported alike.
 
     Exit 0: every row valid; 1: rows rejected; 2: a file is unusable (missing, unreadable, unknown
     or mixed layout). With several files, "format" in --json is the common layout, or the

@@ -72,6 +72,10 @@ def generate_cmd(
     template: Annotated[str | None, typer.Option(help="Chat template (default: the run's, else the model's).")] = None,
     seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
     device: DeviceOpt = "auto",
+    as_training_data: Annotated[bool, typer.Option(
+        "--as-training-data", help="Write each row in the messages layout with the answer as the assistant turn: "
+                                   "a teacher's answers become SFT data for a student (`sft train` reads OUT).")
+    ] = False,
 ) -> None:
     """Answer every prompt of a data file with a model; resumable, one JSON line per row."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -95,7 +99,7 @@ def generate_cmd(
         summary = run_generate(
             engine, data, out, params, format=format, answers=answers,
             on_total=lambda n: progress.update(task, total=n),
-            on_progress=lambda done, _n: progress.update(task, completed=done),
+            on_progress=lambda done, _n: progress.update(task, completed=done), as_training_data=as_training_data,
         )
     rej_note = ""
     if summary.rejects:
@@ -110,6 +114,10 @@ def generate_cmd(
                  if summary.dropped else "")
     err.print(f"{summary.total} rows: {summary.generated} generated, {summary.skipped} already in {out}{rej_note}"
               f"{drop_note}", highlight=False)
+    if summary.cut_off:
+        err.print(f"[yellow]{summary.cut_off} answers stopped at --max-new-tokens {max_new_tokens} "
+                  "(finish_reason length) and end mid-text; raise it, or drop those rows before training[/]",
+                  highlight=False)
 
 
 def serve_cmd(

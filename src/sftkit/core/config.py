@@ -17,8 +17,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
+from pydantic import Field, StrictBool, field_validator, model_validator
 
+from sftkit.core.section import ConfigConflict, _Section
+from sftkit.core.stagecfg import PrefConfig, Stage, TeacherConfig, check_stage
 from sftkit.core.vocab import (
     BUNDLED_ALIAS,
     DEVICE_SPEC,
@@ -26,22 +28,9 @@ from sftkit.core.vocab import (
     MaskPolicy,
     Overflow,
     canonical_metric,
-    check_columns,
-    normalize_format,
+    check_source_columns,
+    check_source_format,
 )
-
-
-class ConfigConflict(ValueError):
-    """Options that contradict each other (raised inside validators): ``key`` is the
-    dotted path reported to the user (relative to the section raising it), ``hint`` the fix."""
-
-    def __init__(self, key: str, message: str, hint: str) -> None:
-        super().__init__(f"{message}; {hint}")
-        self.key, self.message, self.hint = key, message, hint
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class Method(StrEnum):
@@ -78,11 +67,14 @@ class ModelConfig(_Section):
 
 class DataSource(_Section):
     path: Path
-    """JSONL / JSON / CSV / Parquet file, or a hub dataset id fetched once with `sft download --dataset REF`:
-    hf:ORG/NAME[@REV][:SPLIT] (Hugging Face / HF_ENDPOINT mirror) or modelscope:ORG/NAME[@REV][:SPLIT], read
-    from the local cache (SPLIT: train, validation, test or a file glob; needed when the dataset has several)."""
+    """JSONL / JSON / CSV / Parquet file (stage pt also reads .txt: one document per line), or a hub dataset id
+    fetched once with `sft download --dataset REF`: hf:ORG/NAME[@REV][:SPLIT] (Hugging Face / HF_ENDPOINT mirror)
+    or modelscope:ORG/NAME[@REV][:SPLIT], read from the local cache (SPLIT: train, validation, test or a file glob;
+    needed when the dataset has several)."""
     format: str | None = None
-    """Force a layout (messages, sharegpt, alpaca, input_output, cot, text); None detects it."""
+    """Force a layout (messages, sharegpt, alpaca, input_output, cot, text; for preference stages sharegpt_pairs,
+    alpaca_pairs, prompt_pairs, implicit_pairs, messages_feedback, prompt_feedback, alpaca_feedback); None detects
+    it."""
     columns: dict[str, str] = Field(default_factory=dict)
     """Rename columns to the canonical keys, e.g. {prompt: question, response: answer}."""
     weight: float | None = Field(default=None, gt=0)
@@ -93,13 +85,13 @@ class DataSource(_Section):
     @field_validator("format")
     @classmethod
     def _known_format(cls, v: str | None) -> str | None:
-        normalize_format(v)  # DataError (a ValueError) names the valid layouts
+        check_source_format(v)  # DataError (a ValueError) names the valid layouts
         return v
 
     @field_validator("columns")
     @classmethod
     def _known_columns(cls, v: dict[str, str]) -> dict[str, str]:
-        check_columns(v)  # DataError names the canonical keys
+        check_source_columns(v)  # DataError names the canonical keys
         return v
 
 
@@ -167,6 +159,10 @@ class MethodConfig(_Section):
     freeze_trainable_modules: list[str] = Field(default_factory=list)
     """For type=freeze: also train the parameters whose name contains one of these, e.g. [lm_head, model.norm]
     (with freeze_trainable_layers=0: only these)."""
+    merge_base: bool = False
+    """When model.name_or_path is a LoRA run (or adapter folder): merge its adapter into the base weights first,
+    then train a new adapter (or, with full / freeze, the merged weights). False: train that adapter further
+    (method.r, alpha, target_modules, use_dora and use_rslora must then match it)."""
 
     @model_validator(mode="after")
     def _something_trains(self) -> MethodConfig:
@@ -185,15 +181,16 @@ class MethodConfig(_Section):
                 if self._changed(key):
                     raise ConfigConflict(key, f"method.{key} is a LoRA option but method.type is {self.type.value}",
                                          f"remove method.{key}, or use method.type: lora / qlora")
+        if self.type is Method.qlora and self.merge_base:
+            raise ConfigConflict("merge_base", "method.merge_base with type qlora: the 4-bit base is quantised "
+                                 "while loading, before an adapter could be merged into it",
+                                 "export the parent run first (`sft export RUN --out DIR`) and train qlora on DIR, "
+                                 "or use method.type: lora")
         if self.type is not Method.freeze and self._changed("freeze_trainable_layers"):
             raise ConfigConflict("freeze_trainable_layers",
                                  f"method.freeze_trainable_layers only applies to type freeze, not {self.type.value}",
                                  "remove it, or use method.type: freeze")
         return self
-
-    def _changed(self, key: str) -> bool:
-        """Given in the file with a value other than the default (a full reference file stays valid)."""
-        return key in self.model_fields_set and getattr(self, key) != type(self).model_fields[key].default
 
 
 class TrainConfig(_Section):
@@ -344,6 +341,10 @@ class RunConfig(_Section):
     """Run name (also the default folder under runs/)."""
     output_dir: Path | None = None
     """Run folder; default ./runs/<name>."""
+    stage: Stage = Stage.sft
+    """What the run trains: sft (conversations, loss on the replies), pt (continued pre-training on plain text,
+    loss on every token), dpo / kto / orpo / simpo (preference tuning on chosen/rejected pairs or labelled replies;
+    knobs under pref), distill (the student learns the teacher's next-token distributions on SFT data)."""
     model: ModelConfig = Field(default_factory=ModelConfig)
     template: str | None = None
     """Chat template: None uses the tokenizer's own; or a shipped name (qwen2_chatml, ...) or a .json/.jinja file."""
@@ -351,9 +352,12 @@ class RunConfig(_Section):
     method: MethodConfig = Field(default_factory=MethodConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    pref: PrefConfig = Field(default_factory=PrefConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
+        check_stage(self)
         if self.method.type is Method.qlora and self.model.dtype == "float16" and self.train.bf16:
             raise ConfigConflict("model.dtype", "method.type=qlora with model.dtype=float16 and train.bf16 mix "
                                  "precisions", "use model.dtype: bfloat16 with train.bf16, or drop train.bf16")

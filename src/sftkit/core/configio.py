@@ -178,11 +178,12 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     for key in ("output_dir",):
         if isinstance(raw.get(key), str):
             raw[key] = str(base / raw[key])
-    m = raw.get("model")
-    if isinstance(m, dict) and isinstance(m.get("name_or_path"), str):
-        p = m["name_or_path"]
-        if p.startswith(("./", "../")) or (base / p).exists():
-            m["name_or_path"] = str((base / p).resolve())
+    for section in ("model", "teacher"):
+        m = raw.get(section)
+        if isinstance(m, dict) and isinstance(m.get("name_or_path"), str):
+            p = m["name_or_path"]
+            if p.startswith(("./", "../")) or (base / p).exists():
+                m["name_or_path"] = str((base / p).resolve())
     return raw
 
 

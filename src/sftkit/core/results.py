@@ -11,8 +11,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-HEADLINE = ("accuracy", "json_field_match", "key_facts_recall", "exact_match", "rougeL", "bleu")
-"""The scores a result is summarised by, in order of preference (accuracy for classification)."""
+HEADLINE = ("pref_accuracy", "accuracy", "json_field_match", "key_facts_recall", "exact_match", "rougeL", "bleu")
+"""The scores a result is summarised by, in order of preference (held-out preference accuracy for a preference
+stage, accuracy for classification)."""
 
 
 def headline_metric(scores: dict[str, Any]) -> str | None:

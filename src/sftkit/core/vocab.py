@@ -62,6 +62,33 @@ def check_columns(columns: dict[str, str]) -> None:
                             f"with canonical in {', '.join(CANONICAL)}")
 
 
+# -- preference layouts (stages dpo / kto / orpo / simpo; sftkit.data.pref_layouts maps them) ---
+
+PAIR_LAYOUTS = ("sharegpt_pairs", "alpaca_pairs", "prompt_pairs", "implicit_pairs")
+FEEDBACK_LAYOUTS = ("messages_feedback", "prompt_feedback", "alpaca_feedback")
+PREF_LAYOUTS = PAIR_LAYOUTS + FEEDBACK_LAYOUTS
+PREF_KEYS = ("conversations", "messages", "instruction", "input", "output", "prompt", "chosen", "rejected",
+             "completion", "label", "system", "history", "tools")  # fmt: skip
+
+
+def check_source_format(fmt: str | None) -> None:
+    """A data file's ``format``: an SFT layout (or alias) or a preference layout."""
+    if fmt is None or fmt.lower() in PREF_LAYOUTS:
+        return
+    try:
+        normalize_format(fmt)
+    except DataError:
+        raise DataError(f"unknown format {fmt!r}; use one of {', '.join(LAYOUTS)} (SFT), "
+                        f"{', '.join(PREF_LAYOUTS)} (preference), or leave it out to detect it") from None
+
+
+def check_source_columns(columns: dict[str, str]) -> None:
+    """``columns`` of a data file: SFT canonical keys, or preference keys."""
+    if all(k in PREF_KEYS for k in columns):
+        return
+    check_columns(columns)
+
+
 # -- rendering policies -----------------------------------------------------------------------
 
 

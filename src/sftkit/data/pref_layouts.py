@@ -30,14 +30,10 @@ from typing import Any
 
 from sftkit.core.conversation import Conversation, Message
 from sftkit.core.errors import DataError
+from sftkit.core.vocab import PAIR_LAYOUTS, PREF_KEYS
 from sftkit.data.layouts import ColumnMap, RowError, from_alpaca, from_turns, opt_str, parse_tools
 from sftkit.data.validate import check_conversation
 
-PAIR_LAYOUTS = ("sharegpt_pairs", "alpaca_pairs", "prompt_pairs", "implicit_pairs")
-FEEDBACK_LAYOUTS = ("messages_feedback", "prompt_feedback", "alpaca_feedback")
-PREF_LAYOUTS = PAIR_LAYOUTS + FEEDBACK_LAYOUTS
-PREF_KEYS = ("conversations", "messages", "instruction", "input", "output", "prompt", "chosen", "rejected",
-             "completion", "label", "system", "history", "tools")  # fmt: skip
 _TURNS = ("conversations", "messages")
 _ALPACA = ("instruction", "input")
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")

@@ -24,12 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from sftkit.core.errors import DataError, RowRejected
+from sftkit.core.vocab import FEEDBACK_LAYOUTS, PAIR_LAYOUTS, PREF_KEYS, PREF_LAYOUTS
 from sftkit.data.layouts import RowError
 from sftkit.data.pref_layouts import (
-    FEEDBACK_LAYOUTS,
-    PAIR_LAYOUTS,
-    PREF_KEYS,
-    PREF_LAYOUTS,
     Feedback,
     PreferencePair,
     PrefRow,
@@ -81,6 +78,14 @@ class PrefLoad:
     @property
     def paired(self) -> bool:
         return self.format in PAIR_LAYOUTS
+
+    @property
+    def valid(self) -> int:
+        return len(self.rows)
+
+    @property
+    def rejected(self) -> int:
+        return len(self.rejects)
 
     def to_report(self) -> dict[str, Any]:
         return {

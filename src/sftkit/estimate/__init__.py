@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sftkit.core.errors import DoesNotFit
-from sftkit.data import load_file
+from sftkit.data.kinds import load_any
 from sftkit.data.stats import make_renderer, render_all
 from sftkit.estimate.core import Estimate, estimate, flops_per_token, memory, steps_for
 from sftkit.estimate.device import (
@@ -68,8 +68,10 @@ def setup_from_config(cfg: Any, plan: Mapping[str, str] | None = None) -> Setup:
     attn = p.get("attn_implementation") or cfg.model.attn_implementation or "sdpa"
     packing = p.get("packing") or ("packed" if t.packing else "padded")
     head = p.get("loss_head") or ("plain" if t.loss_head == "plain" else "chunked")
+    # preference stages put two sequences per row through the model: chosen + rejected (kto: + a KL completion)
+    sequences = 2 if getattr(cfg, "stage", "sft") in ("dpo", "kto", "orpo", "simpo") else 1
     return Setup(
-        method=m.type.value, seq_len=cfg.data.cutoff_len, micro_batch=t.per_device_train_batch_size,
+        method=m.type.value, seq_len=cfg.data.cutoff_len, micro_batch=t.per_device_train_batch_size * sequences,
         grad_accum=t.gradient_accumulation_steps, gpus=int(os.environ.get("WORLD_SIZE", "1")),
         weight_dtype=dtype, autocast="bf16" if t.bf16 else "fp16" if t.fp16 else None,
         optim=_OPTIMS.get(t.optim, "adamw"), gradient_checkpointing=t.gradient_checkpointing,
@@ -82,10 +84,9 @@ def setup_from_config(cfg: Any, plan: Mapping[str, str] | None = None) -> Setup:
 def _data_info(cfg: Any, lengths: bool) -> tuple[int | None, list[int] | None]:
     """Training rows (after the validation split) and, optionally, rendered lengths of up to 2,000 rows."""
 
-    convs = []
-    for src in cfg.data.train:
-        convs += load_file(src.path, format=src.format, columns=src.columns or None).conversations
-    rows = len(convs)
+    loaded = [load_any(src.path, src.format, src.columns or None) for src in cfg.data.train]
+    rows = sum(res.valid for res in loaded)  # conversations, preference rows or documents
+    convs = [c for res in loaded for c in getattr(res, "conversations", []) if not c.is_text]
     if not cfg.data.val and cfg.data.val_size > 0:
         rows -= max(1, round(rows * cfg.data.val_size))
     lens = None

@@ -11,7 +11,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from sftkit.core.errors import UsageError
+from sftkit.core.configio import load_config
+from sftkit.core.errors import ModelNotFound, UsageError
 from sftkit.hub.models import resolve
 
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -86,7 +87,13 @@ def from_path(ref: str | Path, trust_remote_code: bool = False) -> ModelShape:
     from transformers import AutoConfig
 
     p = Path(ref)
-    folder = p.parent if p.is_file() and p.suffix == ".json" else resolve(str(ref)).path
+    if p.is_file() and p.suffix in (".yaml", ".yml"):  # a run config: its run, or (not trained yet) its model
+        try:
+            folder = resolve(str(ref)).path
+        except ModelNotFound:
+            return from_path(load_config(p).model.name_or_path, trust_remote_code)
+    else:
+        folder = p.parent if p.is_file() and p.suffix == ".json" else resolve(str(ref)).path
     cfg = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
     return from_hf_config(cfg, name=Path(str(ref)).name)
 

@@ -235,18 +235,25 @@ def svg_bar_chart(
 # -- sections --------------------------------------------------------------------------------------
 
 
-def _config_section(cfg: dict[str, Any]) -> str:
+def _config_section(cfg: dict[str, Any], parent: dict[str, Any] | None = None) -> str:
     if not cfg:
         return "<p class='muted'>No config.yaml in this run.</p>"
     model, method, train = cfg.get("model") or {}, cfg.get("method") or {}, cfg.get("train") or {}
-    data = cfg.get("data") or {}
+    data, pref = cfg.get("data") or {}, cfg.get("pref") or {}
 
     def paths(v: Any) -> str:
         items = v if isinstance(v, list) else [v] if v else []
         return ", ".join(str(x.get("path") if isinstance(x, dict) else x) for x in items) or "—"
 
+    stage = cfg.get("stage") or "sft"
     rows = [
+        ("stage", stage),
         ("model", model.get("name_or_path")),
+        ("parent run", f"{parent.get('run_dir') or parent.get('ref')} ({parent.get('stage', '?')}, step "
+                       f"{parent.get('global_step', '?')}); this run {parent.get('how')}" if parent else None),
+        ("preference", ", ".join(f"{k} {v}" for k, v in pref.items() if v not in (None, False, 0, 0.0, 1.0))
+         or "paper defaults" if stage in ("dpo", "kto", "orpo", "simpo") else None),
+        ("teacher", (cfg.get("teacher") or {}).get("name_or_path") if stage == "distill" else None),
         ("template", cfg.get("template") or "tokenizer's own"),
         ("method", method.get("type")),
         ("LoRA r / alpha", f"{method.get('r', '—')} / {method.get('alpha', '—')}" if method else None),
@@ -428,8 +435,24 @@ def _eval_section(ev: dict[str, Any]) -> str:
             )
         )
         out.append(_confusion(cls))
+    out.append(_preference(ev.get("preference")))
     out.append(_tasks(ev))
     return "".join(out)
+
+
+def _preference(pref: dict[str, Any] | None) -> str:
+    """Held-out pairs: which reply each model prefers, and the implicit reward (``evaluate/prefeval.py``)."""
+    if not pref:
+        return ""
+    model, base = pref.get("model") or {}, pref.get("baseline") or {}
+    keys = ("pref_accuracy", "chosen_logp", "rejected_logp", "logp_margin")
+    rows = [[_e(k), _fmt(base.get(k)), _fmt(model.get(k))] for k in keys if k in model]
+    reward = "".join(f"; {_e(k.replace('_', ' '))} {_fmt(pref[k])}" for k in ("reward_accuracy", "reward_margin")
+                     if k in pref)
+    return (f"<h3>Preference pairs</h3><p>{_fmt(pref.get('n'))} held-out pairs; pref accuracy = share where the "
+            f"model gives the chosen reply a higher log-probability than the rejected one; implicit reward "
+            f"(beta {_fmt(pref.get('beta'))}) of the model against the baseline{reward}.</p>"
+            + _table(["", "baseline (before)", "model (after)"], rows, (1, 2)))
 
 
 def _tasks(ev: dict[str, Any]) -> str:
@@ -528,7 +551,7 @@ def render_report(run: Path) -> str:
         f"<style>{_CSS}</style></head><body>",
         f"<h1>{_e(name)}</h1><p class='muted'>{_e(run.resolve())} · report written {stamp}</p>",
         "<h2>Configuration</h2>",
-        _config_section(cfg),
+        _config_section(cfg, RunDir(run).read_summary().get("parent")),
         "<h2>Data</h2>",
         _data_section(run),
         "<h2>Training curves</h2>",

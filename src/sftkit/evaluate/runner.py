@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from sftkit.core.conversation import Conversation
-from sftkit.core.errors import AcceleratorUnavailable, DataError, RowRejected, UsageError
+from sftkit.core.errors import AcceleratorUnavailable, DataError, ModelNotFound, RowRejected, UsageError
 from sftkit.core.rundir import RunDir
 from sftkit.data import load_file
 from sftkit.evaluate import metrics as M
+from sftkit.evaluate import prefeval
 from sftkit.hub.device import check_vllm
-from sftkit.hub.models import inference_device, load_model, load_tokenizer, resolve
+from sftkit.hub.models import ResolvedModel, inference_device, load_model, load_tokenizer, resolve
 from sftkit.infer import vllm_engine
 from sftkit.infer.engine import Engine, GenParams, GenResult, build_renderer
 from sftkit.templates.inline import answer_part
@@ -58,10 +59,10 @@ def _adapter_off(model: Any) -> Callable[[], contextlib.AbstractContextManager[A
 
 def load_sides(model_ref: str, baseline_ref: str | None, dtype: str | None = None, batch_size: int = 16,
                template: str | None = None, device: str = "auto") -> list[Side]:
-    """The model and, if any, its baseline (``None``: the base model of a run;
-    ``"none"``: no baseline). ``template`` applies to a plain model (a run keeps its own).
-    Both go on the device the rule picks for ``device`` (``sftkit.hub.device``); ``dtype`` None:
-    the rule's."""
+    """The model and, if any, its baseline (``None``: what a run started from: the base model, or the
+    parent run it builds on; ``"none"``: no baseline). ``template`` applies to a plain model (a run
+    keeps its own). Both go on the device the rule picks for ``device`` (``sftkit.hub.device``);
+    ``dtype`` None: the rule's."""
 
     resolved = resolve(model_ref)
     tok = load_tokenizer(resolved.path)
@@ -70,7 +71,10 @@ def load_sides(model_ref: str, baseline_ref: str | None, dtype: str | None = Non
     model = load_model(resolved, device=dev)
     engine = Engine(model, tok, build_renderer(tok, template), batch_size=batch_size, device=dev)
     sides = [Side("model", model_ref, engine)]
-    if baseline_ref is None and resolved.adapter is not None:
+    parent = parent_side(resolved, model, engine, device, dtype) if baseline_ref is None else None
+    if parent is not None:
+        sides.append(parent)
+    elif baseline_ref is None and resolved.adapter is not None:
         sides.append(Side("baseline", f"{resolved.path} (base)", engine, _adapter_off(model)))
     elif baseline_ref is not None and baseline_ref.strip().lower() not in NO_BASELINE:
         b = resolve(baseline_ref)
@@ -83,6 +87,54 @@ def load_sides(model_ref: str, baseline_ref: str | None, dtype: str | None = Non
                          device=bdev)
         sides.append(Side("baseline", baseline_ref, bengine))
     return sides
+
+
+def parent_side(resolved: ResolvedModel, model: Any, engine: Engine, device: str,
+                dtype: str | None) -> Side | None:
+    """The baseline of a run that builds on another run (``train/lineage.py``): that parent run, as
+    cheaply as it can be had. None when the run started from a plain model."""
+    if resolved.run_dir is None:
+        return None
+    ref = RunDir(resolved.run_dir).base_model()
+    try:
+        parent = resolve(ref)
+    except ModelNotFound:
+        return None
+    if parent.run_dir is None and parent.adapter is None:
+        return None
+    name = f"{ref} (parent run)"
+    same_base = parent.path == resolved.path and resolved.adapter is not None
+    if same_base and resolved.merged == (*parent.merged, *([parent.adapter] if parent.adapter else [])):
+        return Side("baseline", name, engine, _adapter_off(model))  # the parent is this run's base
+    if same_base and parent.adapter is not None and resolved.merged == parent.merged:
+        model.load_adapter(str(parent.adapter), adapter_name="parent")  # the adapter this run trained further
+        return Side("baseline", name, engine, lambda: _use_adapter(model, "parent"))
+    tok = load_tokenizer(parent.path)
+    template = RunDir(parent.run_dir).template() if parent.run_dir else None
+    dev = inference_device(parent, device, dtype)
+    return Side("baseline", name, Engine(load_model(parent, device=dev), tok, build_renderer(tok, template),
+                                         batch_size=engine.batch_size, device=dev))
+
+
+@contextlib.contextmanager
+def _use_adapter(model: Any, name: str) -> Iterator[None]:
+    before = model.active_adapter
+    model.set_adapter(name)
+    try:
+        yield
+    finally:
+        model.set_adapter(before)
+
+
+def load_eval(path: str | Path, limit: int | None = None) -> tuple[list[Conversation], list[dict[str, str]],
+                                                                    list[Any] | None]:
+    """``(conversations, skipped, pairs)``: a preference file's pairs (None for SFT data) are scored by
+    preference too, and their prompts with the chosen reply by generation."""
+    if prefeval.is_preference_file(path):
+        pairs, convs, skipped = prefeval.load_pairs(path, limit)
+        return convs, skipped, pairs
+    convs, skipped = load_test(path, limit)
+    return convs, skipped, None
 
 
 def load_test(path: str | Path, limit: int | None = None) -> tuple[list[Conversation], list[dict[str, str]]]:
@@ -103,8 +155,8 @@ def load_test(path: str | Path, limit: int | None = None) -> tuple[list[Conversa
 
 
 def load_conversations(path: str | Path, limit: int | None = None) -> list[Conversation]:
-    """``load_test`` without the skipped rows."""
-    return load_test(path, limit)[0]
+    """``load_eval`` without the skipped rows and the pairs."""
+    return load_eval(path, limit)[0]
 
 
 def general_check_path() -> Path:
@@ -217,6 +269,7 @@ class SideRun:
     metrics: M.MetricResult
     loss: dict[str, float]
     wall_s: float
+    pref: list[tuple[float, float] | None] | None = None  # (log p(chosen), log p(rejected)) per test pair
 
 
 def metric_names(metrics: Sequence[str] | None, convs: Sequence[Conversation]) -> list[str]:
@@ -224,23 +277,26 @@ def metric_names(metrics: Sequence[str] | None, convs: Sequence[Conversation]) -
     return [M.canonical(n) for n in metrics] if metrics else M.infer_metrics([c.final_reply() or "" for c in convs])
 
 
-def run_side(side: Side, convs: Sequence[Conversation], names: Sequence[str], max_new_tokens: int) -> SideRun:
+def run_side(side: Side, convs: Sequence[Conversation], names: Sequence[str], max_new_tokens: int,
+             pairs: Sequence[Any] | None = None) -> SideRun:
     """One model on the test conversations, greedy (both sides of a comparison decode identically)."""
-    return _run_side(side, convs, names, GenParams(max_new_tokens=max_new_tokens))
+    return _run_side(side, convs, names, GenParams(max_new_tokens=max_new_tokens), pairs)
 
 
-def _run_side(side: Side, convs: Sequence[Conversation], names: Sequence[str], params: GenParams) -> SideRun:
+def _run_side(side: Side, convs: Sequence[Conversation], names: Sequence[str], params: GenParams,
+              pairs: Sequence[Any] | None = None) -> SideRun:
     refs = [c.final_reply() or "" for c in convs]
     prompts = [side.engine.prompt_for(c) for c in convs]
     with side.mode():
         # --engine vllm has no transformers model to score the references with
         loss = reference_loss(side.engine, convs) if side.engine.model is not None else {"loss": math.nan,
                                                                                           "ppl": math.nan}
+        pref = prefeval.pair_logps(side.engine, pairs) if pairs and side.engine.model is not None else None
         t0 = time.perf_counter()
         results = side.engine.generate(prompts, params)
         wall = time.perf_counter() - t0
     preds = [answer_part(r.text).strip() for r in results]  # a CoT reply is scored on its answer
-    return SideRun(preds, results, M.compute(names, preds, refs), loss, wall)
+    return SideRun(preds, results, M.compute(names, preds, refs), loss, wall, pref)
 
 
 def side_scores(run: SideRun) -> dict[str, float]:
@@ -249,6 +305,8 @@ def side_scores(run: SideRun) -> dict[str, float]:
     toks = sum(r.completion_tokens for r in run.results)
     out["gen_tokens_per_s"] = toks / run.wall_s if run.wall_s > 0 else float("nan")
     out["mean_completion_tokens"] = toks / len(run.results) if run.results else 0.0
+    if run.pref is not None:
+        out.update({k: v for k, v in prefeval.side_preference(run.pref).items() if k == "pref_accuracy"})
     return out
 
 
@@ -298,14 +356,17 @@ def evaluate_sides(
     forgetting: bool = True,
     latency_samples: int = 4,
     done: Mapping[str, SideRun] | None = None,
+    pairs: Sequence[Any] | None = None,
+    beta: float = 0.1,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The evaluation on already loaded models: (result dict, prediction rows). ``done`` holds sides
-    already scored on the same conversations and metrics (the pipeline's baseline-first step)."""
+    already scored on the same conversations and metrics (the pipeline's baseline-first step).
+    ``pairs``: the preference pairs behind ``convs`` (``prefeval``), scored with ``beta``."""
     refs = [c.final_reply() or "" for c in convs]
     names = metric_names(metrics, convs)
     params = GenParams(max_new_tokens=max_new_tokens)  # greedy: both sides decode identically
     done = done or {}
-    runs = {s.name: done.get(s.name) or _run_side(s, convs, names, params) for s in sides}
+    runs = {s.name: done.get(s.name) or _run_side(s, convs, names, params, pairs) for s in sides}
     model = runs["model"]
     base = runs.get("baseline")
     result: dict[str, Any] = {
@@ -322,6 +383,8 @@ def evaluate_sides(
     }
     if base:
         result["delta"] = {k: v - result["baseline"][k] for k, v in result["model"].items() if k in result["baseline"]}
+    if pairs and all(r.pref is not None for r in runs.values()):
+        result["preference"] = prefeval.preference_block({k: r.pref for k, r in runs.items()}, beta)
     result["per_task"] = per_task(convs, runs, metrics)
     prompts = [sides[0].engine.prompt_for(c) for c in convs]
     result["latency"] = measure_latency(sides[0], prompts, params, latency_samples)
@@ -407,14 +470,15 @@ def evaluate(
         if run_dir is None:
             raise UsageError("no data file given (--data FILE)")
         data_path = _default_data(run_dir)
-    convs, skipped = load_test(data_path, limit)
+    convs, skipped, pairs = load_eval(data_path, limit)
     if engine == "vllm":
         sides = load_vllm_sides(model_ref, baseline_ref, batch_size=batch_size)
     else:
         sides = load_sides(model_ref, baseline_ref, dtype=dtype, batch_size=batch_size, device=device)
+    beta = prefeval.run_beta(RunDir(run_dir).raw_config()) if run_dir is not None else 0.1
     result, rows = evaluate_sides(
         sides, convs, metrics, max_new_tokens=max_new_tokens, forgetting=forgetting, latency_samples=latency_samples,
-        done=done,
+        done=done, pairs=pairs, beta=beta,
     )
     result["data"] = str(data_path)
     result["skipped"] = skipped
@@ -442,6 +506,9 @@ def load_vllm_sides(model_ref: str, baseline_ref: str | None, batch_size: int = 
     ``LoRARequest``, and its base model without it."""
     check_vllm(caps)
     resolved = resolve(model_ref)
+    if resolved.merged:
+        raise AcceleratorUnavailable(f"{model_ref} stacks an adapter on merged parent adapters, which vLLM cannot "
+                                     "load: use --engine transformers, or evaluate its `sft export`")
     other = baseline_ref is not None and baseline_ref.strip().lower() not in NO_BASELINE
     if other:
         raise AcceleratorUnavailable("--engine vllm compares a run with its own base model (one engine, adapter "

@@ -60,6 +60,7 @@ class RunInfo:
     kind: str  # "lora" or "full"
     template: str | None  # the run's template reference (None: the tokenizer's own)
     config: dict[str, Any]
+    merged: tuple[Path, ...] = ()  # a parent run's adapters merged into the base first (method.merge_base)
 
 
 @dataclass(slots=True)
@@ -88,8 +89,10 @@ def read_run(run: Path) -> RunInfo:
     if found is None:
         raise ExportError(f"{run}: no adapter/ or model/ folder (training did not finish?); nothing to export")
     weights, kind = found
-    base = resolve(rd.base_model()).path if kind == "lora" else weights
-    return RunInfo(rd.path, Path(base), weights.resolve(), kind, rd.template(), rd.raw_config())
+    if kind != "lora":
+        return RunInfo(rd.path, weights, weights.resolve(), kind, rd.template(), rd.raw_config())
+    res = resolve(str(rd.path))  # the base, and a parent run's adapters merged under this one
+    return RunInfo(rd.path, res.path, weights.resolve(), kind, rd.template(), rd.raw_config(), res.merged)
 
 
 # -- logits checks -------------------------------------------------------------------
@@ -248,7 +251,7 @@ def _load_merged(info: RunInfo, batch: list[list[int]], log: Any,
     """The model to export in float32 on ``dev``, the reference logits (base+adapter, or the
     trained model) and, for LoRA, the merged-vs-unmerged logit difference."""
     log(f"loading {info.kind} run {info.run_dir.name} (base {info.base.name}) in float32 on {dev.describe()} ...")
-    model = load_model(ResolvedModel(str(info.base), info.base), device=dev)
+    model = load_model(ResolvedModel(str(info.base), info.base, merged=info.merged), device=dev)  # parents merged
     if info.kind != "lora":
         return model, _logits(model, batch), None
     from peft import PeftModel

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sftkit.core.configio import load_config
 from sftkit.core.errors import ModelNotFound
 from sftkit.core.rundir import RunDir
 from sftkit.core.vocab import BUNDLED_ALIAS
@@ -43,12 +44,15 @@ def sftkit_home() -> Path:
 
 @dataclass(frozen=True, slots=True)
 class ResolvedModel:
-    """Where the weights are. ``adapter`` is set when the reference was a run folder."""
+    """Where the weights are. ``adapter`` is set when the reference was a run folder. ``merged``: adapters
+    merged into ``path``'s weights, in order, before ``adapter`` applies (a run trained with
+    ``method.merge_base`` on top of a LoRA run)."""
 
     ref: str
     path: Path
     adapter: Path | None = None
     run_dir: Path | None = None
+    merged: tuple[Path, ...] = ()
 
 
 def bundled_gguf() -> Path:
@@ -71,6 +75,13 @@ def resolve(ref: str | os.PathLike[str]) -> ResolvedModel:
     p = Path(ref).expanduser()
     if p.is_dir() and RunDir(p).is_trained():
         return _resolve_run(p)
+    if p.is_file() and p.suffix in (".yaml", ".yml"):
+        return _resolve_config(p)
+    return _resolve_path(ref, p)
+
+
+def _resolve_path(ref: str, p: Path) -> ResolvedModel:
+    """A model folder, an adapter folder, a .gguf file, or a hub id in the cache."""
     if p.is_dir() and (p / "config.json").is_file():
         return ResolvedModel(ref, p.resolve())
     if p.is_dir() and (p / "adapter_config.json").is_file():
@@ -89,11 +100,27 @@ def resolve(ref: str | os.PathLike[str]) -> ResolvedModel:
 
 
 def _resolve_run(run: Path) -> ResolvedModel:
-
+    """A LoRA run's adapter sits on what its own model reference resolves to: the base, or a parent run
+    (whose adapter it either continued, so it replaces it, or merged first: ``method.merge_base``)."""
     rd = RunDir(run)
     if (rd.model / "config.json").is_file():  # full / freeze fine-tuning: a complete model
         return ResolvedModel(str(run), rd.model, run_dir=rd.path)
-    return ResolvedModel(str(run), resolve(rd.base_model()).path, adapter=rd.adapter, run_dir=rd.path)
+    parent = resolve(rd.base_model())
+    method = rd.raw_config().get("method")
+    merged = parent.merged
+    if parent.adapter is not None and isinstance(method, dict) and method.get("merge_base"):
+        merged = (*merged, parent.adapter)
+    return ResolvedModel(str(run), parent.path, adapter=rd.adapter, run_dir=rd.path, merged=merged)
+
+
+def _resolve_config(path: Path) -> ResolvedModel:
+    """A run config file stands for the run it trains (``runs/<name>`` or its output_dir): how a
+    later stage names an earlier one before it exists (``sft run`` trains it first)."""
+    run = load_config(path).run_dir()
+    if not RunDir(run).is_trained():
+        raise ModelNotFound(f"{path} trains the run {run}, which has no trained weights yet: train it first "
+                            f"(`sft train {path}`; `sft run` does it for you)")
+    return _resolve_run(run)
 
 
 def _resolve_hub(ref: str) -> ResolvedModel:
@@ -208,6 +235,7 @@ def load_model(resolved: ResolvedModel, dtype: str = "float32", trust_remote_cod
         use_safetensors=use_safetensors(resolved.path, allow_pickle),
         **place,
     )
+    model = merge_adapters(model, resolved.merged, allow_pickle)
     if resolved.adapter is not None:
         from peft import PeftModel
 
@@ -217,6 +245,16 @@ def load_model(resolved: ResolvedModel, dtype: str = "float32", trust_remote_cod
         to = {"torch_device": device.device} if device is not None and not device.device_map else {}
         model = PeftModel.from_pretrained(model, resolved.adapter, **to)
     model.eval()
+    return model
+
+
+def merge_adapters(model: Any, adapters: tuple[Path, ...], allow_pickle: bool = False) -> Any:
+    """``model`` with each adapter merged into its weights, in order (a plain model again)."""
+    for adapter in adapters:
+        from peft import PeftModel
+
+        check_adapter(adapter, allow_pickle)
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     return model
 
 

@@ -10,6 +10,16 @@ row per input row::
     {"source": "train.jsonl:12", "input_sha256": "<digest of the input row>", "prompt": "<rendered prompt text>",
      "messages": [...], "output": "...", "reference": "...", "finish_reason": "stop"}
 
+With ``as_training_data`` (``sft generate --as-training-data``) each row is SFT training data as
+it stands, in the ``messages`` layout: the prompt's messages followed by the generated answer as
+the assistant turn (a teacher's answers become a student's training file in one step)::
+
+    {"source": "prompts.jsonl:12", "input_sha256": "...", "messages": [..., {"role": "assistant",
+     "content": "<output>"}], "output": "...", "reference": "...", "finish_reason": "stop"}
+
+``sft train`` reads such a file directly (extra keys are ignored); answers cut off at
+``max_new_tokens`` (``finish_reason: length``) are counted so they can be dropped or regenerated.
+
 Beside it, ``OUT.meta.json`` says that OUT is ``sft generate``'s and which data file it
 answers (name, sha256, rows). A sidecar rather than a header row, so that OUT stays
 plain JSON Lines with one answer per line, which pandas, jq or any JSONL reader take
@@ -64,6 +74,7 @@ class GenerateSummary:
     generated: int  # answered in this run
     skipped: int  # already answered in the output (resume)
     dropped: int = 0  # answers removed from the output: their input row was edited or is gone
+    cut_off: int = 0  # answers of this run that stopped at max_new_tokens (finish_reason "length")
     rejects: list[Reject] = field(default_factory=list)  # unusable input rows (with reasons)
     out: Path | None = None
 
@@ -227,12 +238,12 @@ def _another_input(answers: AnswersFile, data: Path) -> RefusedPath:
                        f"{meta_path(answers.path).name} to start over")
 
 
-def _settle(answers: AnswersFile, data: Path, plan: _Plan, total: int) -> None:
+def _settle(answers: AnswersFile, data: Path, plan: _Plan, total: int, training: bool) -> None:
     """Record what OUT answers, then make its existing rows exactly ``plan.kept``."""
     out = answers.path
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, "version": VERSION, "answers": out.name, "generator": f"sftkit {__version__}",
-            "data": {"name": data.name, "sha256": file_sha256(data), "rows": total}}
+            "data": {"name": data.name, "sha256": file_sha256(data), "rows": total}, "as_training_data": training}
     write_text_atomic(meta_path(out), json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     if answers.torn or plan.kept != answers.rows:
         write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in plan.kept))
@@ -333,12 +344,17 @@ def run_generate(
     on_progress: Callable[[int, int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
     answers: AnswersFile | None = None,
+    as_training_data: bool = False,
 ) -> GenerateSummary:
     """Generate the missing rows of ``out`` for ``data`` (see the module docstring).
     ``answers``: ``open_answers(data, out)`` when the caller already checked OUT.
     ``on_total(n)`` is called once with the number of rows to generate,
     ``on_progress(done, n)`` after each batch."""
     answers = answers or open_answers(data, out)
+    was = bool((answers.meta or {}).get("as_training_data"))
+    if answers.rows and was != as_training_data:
+        raise RefusedPath(f"--out {out} holds answers written {'with' if was else 'without'} --as-training-data; "
+                          f"rows of both kinds cannot share a file: choose another --out")
     res = load_prompts(data, format=format)
     rejects = list(res.rejects)
     items: list[tuple[str, str, Conversation]] = []
@@ -353,18 +369,18 @@ def run_generate(
     plan = _match(answers.rows, items)
     if answers.rows and not plan.kept:
         raise _another_input(answers, data)
-    _settle(answers, data, plan, res.total)
+    _settle(answers, data, plan, res.total, as_training_data)
     if on_total:
         on_total(len(plan.todo))
-    done = _answer(engine, plan.todo, out, params, on_progress)
+    done, cut = _answer(engine, plan.todo, out, params, on_progress, as_training_data)
     return GenerateSummary(total=res.total, generated=done, skipped=len(plan.kept), dropped=plan.dropped,
-                           rejects=rejects, out=out)
+                           rejects=rejects, out=out, cut_off=cut)
 
 
 def _answer(engine: Engine, todo: list[tuple[str, str, Conversation]], out: Path, params: GenParams,
-            on_progress: Callable[[int, int], None] | None) -> int:
-    """Append the answers to ``todo``, flushed to disk one batch at a time."""
-    done = 0
+            on_progress: Callable[[int, int], None] | None, training: bool = False) -> tuple[int, int]:
+    """Append the answers to ``todo``, flushed to disk one batch at a time; (answered, cut off)."""
+    done = cut = 0
     step = max(1, engine.batch_size)
     with out.open("a", encoding="utf-8") as f:
         for start in range(0, len(todo), step):
@@ -372,20 +388,28 @@ def _answer(engine: Engine, todo: list[tuple[str, str, Conversation]], out: Path
             prompts = [engine.prompt_for(_prompt_conv(c)) for _, _, c in chunk]
             results = engine.generate(prompts, params)
             for (key, digest, conv), prompt, r in zip(chunk, prompts, results, strict=True):
-                row = _row(key, digest, conv, prompt, r.text, r.finish_reason)
+                row = _row(key, digest, conv, prompt, r.text, r.finish_reason, training)
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                cut += r.finish_reason == "length"
             f.flush()
             os.fsync(f.fileno())
             done += len(chunk)
             if on_progress:
                 on_progress(done, len(todo))
-    return done
+    return done, cut
 
 
-def _row(key: str, digest: str, conv: Conversation, prompt: str, output: str, finish: str) -> dict[str, Any]:
+def _row(key: str, digest: str, conv: Conversation, prompt: str, output: str, finish: str,
+         training: bool = False) -> dict[str, Any]:
     msgs, reference = split_reply(conv)
-    row: dict[str, Any] = {"source": key, "input_sha256": digest, "prompt": prompt,
-                           "messages": [m.to_dict() for m in msgs], "output": output}
+    turns = [m.to_dict() for m in msgs]
+    if training:  # the messages layout, the answer as the assistant turn: SFT data as it stands
+        row: dict[str, Any] = {"source": key, "input_sha256": digest,
+                               "messages": [*turns, {"role": "assistant", "content": output}], "output": output}
+        if conv.tools:
+            row["tools"] = conv.tools
+    else:
+        row = {"source": key, "input_sha256": digest, "prompt": prompt, "messages": turns, "output": output}
     if reference is not None:
         row["reference"] = reference
     row["finish_reason"] = finish

@@ -15,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from sftkit.core.errors import UsageError
 from sftkit.core.rundir import RunDir
 from sftkit.hub.models import resolve, served_name
 from sftkit.templates.json_template import JSONTemplate
@@ -40,6 +41,9 @@ def vllm_command(ref: str, host: str, port: int, api_key: str | None, max_batch:
     extra: list[str] = []
     if run is not None and (run / "adapter").is_dir():
         resolved = resolve(ref)
+        if resolved.merged:
+            raise UsageError(f"{ref} trains an adapter on top of a merged parent adapter (method.merge_base), "
+                             f"which vLLM cannot stack: `sft export {ref} --out DIR` and serve DIR")
         model = str(resolved.path)
         rank = json.loads((run / "adapter" / "adapter_config.json").read_text()).get("r", 16)
         extra += ["--enable-lora", "--lora-modules", f"{name}={resolved.adapter}", "--max-lora-rank", str(rank)]

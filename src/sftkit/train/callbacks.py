@@ -12,6 +12,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from transformers import TrainerCallback
 
 _KEEP = ("loss", "eval_loss", "learning_rate", "grad_norm", "epoch", "num_input_tokens_seen")
+# what TRL's preference trainers log beside the loss (rewards/margins, logps/chosen, nll_loss, ...; eval_ too)
+_KEEP_STAGE = ("rewards/", "logps/", "eval_rewards/", "eval_logps/", "nll_loss", "log_odds", "kl")
 
 
 class MetricsLogger(TrainerCallback):
@@ -39,6 +41,7 @@ class MetricsLogger(TrainerCallback):
         for k in _KEEP:
             if k in logs:
                 row["lr" if k == "learning_rate" else k] = logs[k]
+        row.update({k: v for k, v in logs.items() if k.startswith(_KEEP_STAGE) and isinstance(v, int | float)})
         if "loss" in row:
             elapsed = time.perf_counter() - self._t0
             steps = max(1, state.global_step - self._step0)

@@ -85,3 +85,14 @@ def _skip_under_autocast(cast: Any) -> Any:
         return cast(x, dtype)
 
     return maybe_cast
+
+
+def disable_dropout(model: Any) -> None:
+    """Every dropout of ``model`` off (``FastDropout`` too, which TRL's own switch does not know):
+    the preference and distillation stages compare log-probabilities of the policy with a
+    reference's or a teacher's, so the policy's must not be noisy either."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        elif isinstance(module, FastDropout):
+            module.dropped, module.scale = 0, 1.0

@@ -21,7 +21,9 @@ _RESUMABLE_TRAIN = {"max_steps", "num_train_epochs", "logging_steps", "save_step
                     "save_total_limit", "report_to", "dataloader_num_workers", "early_stopping_patience"}
 
 
-def fingerprint(cfg: RunConfig, renderer: Any, model_path: Path) -> dict[str, Any]:
+def fingerprint(cfg: RunConfig, renderer: Any, model_path: Path,
+                parent: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``parent``: the run this one builds on (``lineage``): retrained, it is another starting point."""
     probe = Conversation([Message("system", "s"), Message("user", "u 你好"), Message("assistant", "a")])
     raw = cfg.model_dump(mode="json")
     for k in _RESUMABLE_KEYS:
@@ -36,6 +38,8 @@ def fingerprint(cfg: RunConfig, renderer: Any, model_path: Path) -> dict[str, An
         "model": json_digest([cfg.model.name_or_path, str(model_path.name)]),
         "config": json_digest(raw),
         "config_values": _flatten(raw),  # so a refusal can name the key that changed
+        **({"parent": json_digest([parent.get(k) for k in ("config_digest", "global_step", "how")])}
+           if parent else {}),
     }
 
 
@@ -52,7 +56,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Human-readable reasons why ``new`` is not the run ``old`` describes."""
     out = []
-    for key in ("template", "tokenizer", "model"):
+    for key in ("template", "tokenizer", "model", "parent"):
         if old.get(key) != new.get(key):
             out.append(f"the {key} changed")
     if old.get("config") != new.get("config"):

@@ -7,6 +7,7 @@ and says what to do.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 from array import array
@@ -185,6 +186,9 @@ def data_digest(prepared: Any) -> str:
     for split in (prepared.train, prepared.val):
         h.update(len(split.examples).to_bytes(8, "little"))
         for ex in split.examples:
+            if not hasattr(ex, "input_ids"):  # a preference pair or feedback row: its token columns
+                h.update(json.dumps(ex.to_row(), sort_keys=True).encode())
+                continue
             ids, labels = array("q", ex.input_ids), array("q", ex.labels)
             h.update(len(ids).to_bytes(8, "little"))
             h.update(ids.tobytes())

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sftkit.core.config import Method, RunConfig
+from sftkit.core.stagecfg import Stage
 from sftkit.hub.device import Capabilities
 from sftkit.hub.models import resolve
 from sftkit.train import attention
@@ -198,7 +199,23 @@ def plan(cfg: RunConfig, caps: Capabilities, model_config: Any | None = None) ->
     config (its family decides whether the fast kernels apply); None assumes a plain (Llama-like) model."""
     dtype = choose_dtype(cfg, caps)
     attn = _attention(cfg, caps, plain_attention(model_config, cfg.data.cutoff_len), dtype.value)
-    return TrainPlan(attn, dtype, _loss_head(cfg, caps), _packing(cfg, attn.value), _device_name(caps))
+    p = TrainPlan(attn, dtype, _loss_head(cfg, caps), _packing(cfg, attn.value), _device_name(caps))
+    return p if cfg.stage in (Stage.sft, Stage.pt) else _for_trl_stage(cfg, p)
+
+
+def _for_trl_stage(cfg: RunConfig, p: TrainPlan) -> TrainPlan:
+    """dpo/kto/orpo/simpo/distill train through TRL's trainers: they compute log-probabilities (or the
+    teacher's divergence) from the full logits and batch their rows padded, so neither the chunked head
+    nor a padding-free kernel applies. A value the config states is still kept."""
+    stage = cfg.stage.value
+    if p.loss_head.value in ("chunked", "liger") and "use_liger_kernel" not in p.loss_head.reason:
+        p = p.with_choice("loss_head", "plain", f"stage {stage}: TRL's trainer computes its loss from the full logits")
+    if p.attn_implementation.value in PADDING_FREE_KERNELS and not cfg.model.attn_implementation:
+        p = p.with_choice("attn_implementation", "sdpa", f"stage {stage}: TRL's trainer pads its batches, so the "
+                                                        "padding-free kernels do not apply; sdpa with the padding mask")
+    if p.packing.value != "padded":
+        p = p.with_choice("packing", "padded", f"stage {stage}: each batch is padded to its longest row")
+    return p
 
 
 def model_config_of(cfg: RunConfig) -> Any | None:

@@ -21,7 +21,8 @@ from sftkit.core.config import Method, RunConfig
 from sftkit.core.configio import check_data_files, config_to_yaml
 from sftkit.core.errors import DoesNotFit, TrainError
 from sftkit.core.rundir import Action, Overwrite, Plan, RunDir, config_digest
-from sftkit.data import write_rejects
+from sftkit.core.stagecfg import PREF_STAGES, Stage
+from sftkit.data import stagedata, write_rejects
 from sftkit.data.prepare import Prepared, prepare
 from sftkit.estimate import preflight
 from sftkit.evaluate.report import write_report
@@ -30,7 +31,7 @@ from sftkit.hub.device import detect
 from sftkit.templates import check_template
 from sftkit.templates.registry import load_template
 from sftkit.templates.render import Renderer
-from sftkit.train import accel, attention, distributed, faults, tracking, varlen
+from sftkit.train import accel, attention, distributed, faults, lineage, stages, tracking, varlen
 from sftkit.train import plan as planning
 from sftkit.train.callbacks import (
     CheckpointMarker,
@@ -43,7 +44,7 @@ from sftkit.train.callbacks import (
 from sftkit.train.collate import Examples, pack
 from sftkit.train.fingerprint import differences, fingerprint
 from sftkit.train.gen_eval import GenerationEval
-from sftkit.train.methods import attach, count_parameters, deepspeed_config, quantization_config
+from sftkit.train.methods import count_parameters, deepspeed_config, quantization_config
 from sftkit.train.plan import TrainPlan
 from sftkit.train.watch import Diagnostics, context_for
 
@@ -75,17 +76,18 @@ def _plan(folder: RunDir, cfg: RunConfig, resume: str | None, overwrite: Overwri
 
 
 def _claim(folder: RunDir, cfg: RunConfig, resume: str | None, overwrite: Overwrite, console: Console,
-           device_plan: TrainPlan) -> None:
+           device_plan: TrainPlan, header: str = "") -> None:
     """Make the folder this run's (rank 0): everything before this only read. Then, many nodes: if
-    output_dir is each node's own disk, each node's local rank 0 claims its own copy."""
+    output_dir is each node's own disk, each node's local rank 0 claims its own copy. ``header``: the
+    comment lines naming the parent run (a run built on a run)."""
     if _is_main():
-        _claim_one(folder, cfg, resume, overwrite, console, device_plan)
+        _claim_one(folder, cfg, resume, overwrite, console, device_plan, header)
     if distributed.current().storage(folder.path, cfg.train.deepspeed):
-        _claim_one(folder, cfg, resume, overwrite, console, device_plan)
+        _claim_one(folder, cfg, resume, overwrite, console, device_plan, header)
 
 
 def _claim_one(folder: RunDir, cfg: RunConfig, resume: str | None, overwrite: Overwrite, console: Console,
-               device_plan: TrainPlan) -> None:
+               device_plan: TrainPlan, header: str) -> None:
     plan = folder.claim(cfg, resume, overwrite)
     if plan.moved_to is not None:
         console.print(f"[yellow]--overwrite: moved the previous run to {plan.moved_to}[/]", soft_wrap=True)
@@ -94,13 +96,13 @@ def _claim_one(folder: RunDir, cfg: RunConfig, resume: str | None, overwrite: Ov
     elif plan.action is Action.CONTINUE:
         console.print(f"continuing the finished run in {folder.path}; its train_summary.json and evaluation "
                       "(eval.json, report.html) described the old weights and were removed", soft_wrap=True)
-    _write_config(folder, cfg, device_plan)
+    _write_config(folder, cfg, device_plan, header)
 
 
-def _write_config(folder: RunDir, cfg: RunConfig, plan: TrainPlan) -> None:
-    """The user's values (``auto`` stays ``auto``, so the file loads, resumes and digests as written), then
-    what this machine resolved them to as a ``# plan:`` comment block."""
-    folder.config.write_text(config_to_yaml(cfg) + planning_block(plan), encoding="utf-8")
+def _write_config(folder: RunDir, cfg: RunConfig, plan: TrainPlan, header: str = "") -> None:
+    """The parent-run header, the user's values (``auto`` stays ``auto``, so the file loads, resumes and
+    digests as written), then what this machine resolved them to as a ``# plan:`` comment block."""
+    folder.config.write_text(header + config_to_yaml(cfg) + planning_block(plan), encoding="utf-8")
 
 
 def planning_block(plan: TrainPlan) -> str:
@@ -138,6 +140,9 @@ def _check_template(template: Any, tokenizer: Any, data: Prepared, model_path: P
     before the run folder is made: a run that fails it leaves nothing behind). Returns the report."""
     from transformers import GenerationConfig
 
+    if not data.sample:  # stage pt: plain text, no template
+        console.print("template: none (stage pt trains on plain text)")
+        return None
 
     try:
         gen = GenerationConfig.from_pretrained(model_path)
@@ -175,9 +180,9 @@ def _load_base(cfg: RunConfig, path: Path, plan: TrainPlan) -> Any:
     return AutoModelForCausalLM.from_pretrained(path, **kw)
 
 
-def _training_args(cfg: RunConfig, run_dir: Path, has_val: bool, report_to: list[str]) -> Any:
+def _training_args(cfg: RunConfig, run_dir: Path, has_val: bool, report_to: list[str]) -> dict[str, Any]:
+    """The TrainingArguments keywords every stage shares (``stages.arguments`` builds the object)."""
     import torch
-    from transformers import TrainingArguments
 
     t = cfg.train
     if t.fsdp and not torch.cuda.is_available():
@@ -187,7 +192,7 @@ def _training_args(cfg: RunConfig, run_dir: Path, has_val: bool, report_to: list
     save_strategy = "steps" if t.save_steps else "epoch"
     if has_val and strategy != save_strategy:  # best-checkpoint tracking needs them aligned
         save_strategy = strategy
-    return TrainingArguments(
+    return dict(
         output_dir=str(run_dir / "checkpoints"),
         learning_rate=t.learning_rate,
         num_train_epochs=t.num_train_epochs,
@@ -241,6 +246,7 @@ def _save_final(trainer: Any, tokenizer: Any, cfg: RunConfig, run_dir: Path) -> 
     trainer.save_model(str(tmp))
     if _is_main():
         (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; config.yaml holds the settings
+        shutil.rmtree(tmp / "ref", ignore_errors=True)  # TRL's frozen reference adapter (stages.py), not trained
         tokenizer.save_pretrained(tmp)
         if out.exists():
             shutil.rmtree(out)
@@ -260,7 +266,7 @@ def _preflight(cfg: RunConfig, data: Prepared, force: bool, console: Console, pl
     Batches are padded to their longest row, so the real longest row sets the activations."""
 
     rows = data.train.examples + data.val.examples
-    longest = cfg.data.cutoff_len if cfg.train.packing else max(len(e.input_ids) for e in rows)
+    longest = cfg.data.cutoff_len if cfg.train.packing else max(stagedata.longest(e) for e in rows)
     try:
         est = preflight(cfg, max_len=longest, plan=plan.values())
     except DoesNotFit as e:
@@ -297,7 +303,17 @@ def _write_records(folder: RunDir, fp: dict[str, Any], data: Prepared, template_
     tmp.write_text(json.dumps(fp, indent=2))
     os.replace(tmp, folder.fingerprint)
     _write_data_report(folder.path, data)
-    folder.template_check.write_text(json.dumps(template_report.to_dict(), indent=2, ensure_ascii=False))
+    if template_report is not None:
+        folder.template_check.write_text(json.dumps(template_report.to_dict(), indent=2, ensure_ascii=False))
+
+
+def _prepare_stage(cfg: RunConfig, renderer: Renderer, tokenizer: Any) -> Prepared:
+    """The stage's rows: conversations (sft, distill), preference pairs or feedback, or text blocks (pt)."""
+    if cfg.stage is Stage.pt:
+        return stagedata.prepare_pt(cfg.data, tokenizer, cfg.train.seed)
+    if cfg.stage in PREF_STAGES:
+        return stagedata.prepare_preference(cfg.data, renderer, cfg.stage.value, cfg.train.seed)
+    return prepare(cfg.data, renderer, cfg.train.seed)
 
 
 def _resume_point(run_dir: Path, resume: str | None, console: Console) -> str | None:
@@ -327,18 +343,24 @@ def _report_data(data: Prepared, run_dir: Path, console: Console) -> None:
     console.print(f"data: {r['train_examples']} train / {r['val_examples']} val examples, "
                   f"{r['rejected']} rejected (see {run_dir / 'rejected.jsonl'}), {r['truncated']} truncated",
                   soft_wrap=True)
-    q = r["quality"]
+    kto = r.get("kto_balance")
+    if kto and "desirable_weight_range" in kto:  # TRL's own advice is lost with pre-tokenized rows: give it here
+        lo, hi = kto["desirable_weight_range"]
+        console.print(f"kto: {kto['desirable']} desirable / {kto['undesirable']} undesirable rows; the KTO paper "
+                      f"advises pref.desirable_weight in [{lo}, {hi}] for this balance")
+    q = r.get("quality") or {"lint": {}, "exact_duplicate_rows": 0}  # pt: documents are not linted
     issues = {k: v for k, v in q["lint"].items() if v}
     if issues or q["exact_duplicate_rows"]:
         console.print(f"[yellow]data quality:[/] {q['exact_duplicate_rows']} exact duplicate rows, lint {issues} "
                       "(details: `sft data lint` / `sft data dedup`)")
 
 
-def _build_model(cfg: RunConfig, path: Path, console: Console, plan: TrainPlan, folder: RunDir
-                 ) -> tuple[Any, int, int, TrainPlan]:
+def _build_model(cfg: RunConfig, start: lineage.Start, console: Console, plan: TrainPlan, folder: RunDir,
+                 header: str) -> tuple[Any, int, int, TrainPlan]:
     """The model ready to train, and the plan as confirmed against it (recorded again if it changed)."""
     from transformers import set_seed
 
+    path = start.resolved.path
     set_seed(cfg.train.seed)  # the adapters' random init is part of what train.seed makes reproducible
     if cfg.train.backend == "unsloth":  # Unsloth loads and attaches LoRA itself (GPU only)
         model = accel.unsloth_model(cfg, path, plan.dtype.value)
@@ -346,10 +368,10 @@ def _build_model(cfg: RunConfig, path: Path, console: Console, plan: TrainPlan, 
     else:
         base = _load_base(cfg, path, plan)
         base.config.use_cache = False  # no KV cache in training: memory, and packing masks need it off
-        model = attach(base, cfg.method, cfg.train.gradient_checkpointing)
+        model = lineage.build(cfg, start, base)  # a fresh method, or a parent run's adapter trained further
     confirmed = planning.install_loss_head(model, planning.confirm_loss_head(plan, model))
     if confirmed != plan and _is_main():  # the loss head could not stand in for this model's own loss
-        _write_config(folder, cfg, confirmed)
+        _write_config(folder, cfg, confirmed, header)
     _show_plan(confirmed, console)
     trainable, total = count_parameters(model)
     console.print(f"model: {path.name} method={cfg.method.type.value} trainable {trainable:,} / "
@@ -371,6 +393,8 @@ def _train_rows(cfg: RunConfig, data: Prepared, console: Console) -> Examples:
     console.print(f"effective batch = {t.per_device_train_batch_size} per device x "
                   f"{t.gradient_accumulation_steps} accumulation x {world} device(s) = {eff} sequences/step",
                   soft_wrap=True)
+    if cfg.stage in stages.TRL_STAGES:
+        return stages.dataset(data.train.examples, cfg.stage)
     if not t.packing:
         return Examples.from_rendered(data.train.examples)
     rows = pack(data.train.examples, cfg.data.cutoff_len)
@@ -386,13 +410,32 @@ def _callbacks(cfg: RunConfig, run_dir: Path, data: Prepared, renderer: Renderer
     folder = RunDir(run_dir)
     out = [MetricsLogger(folder.metrics, tokens_per_step), RichProgress(console, tokens_per_step),
            Diagnostics(folder.diagnostics, folder.metrics, context_for(cfg, data.report), console),  # after the logger
-           CheckpointMarker(), faults.NonFiniteLossGuard(data.train.examples, run_dir / "checkpoints"), *extra]
+           CheckpointMarker(), faults.NonFiniteLossGuard(stages.guard_rows(data), run_dir / "checkpoints"), *extra]
     if cfg.eval.generate_every and data.val_conversations:
         out.append(GenerationEval(renderer, data.val_conversations[: cfg.eval.generate_samples], cfg.eval.metrics,
                                   cfg.eval.generate_every, cfg.eval.max_new_tokens, run_dir / "metrics.jsonl"))
     if cfg.train.early_stopping_patience and data.val.examples:
         out.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     return out
+
+
+def _trainer(cfg: RunConfig, model: Any, args: Any, train_rows: Any, data: Prepared, tokenizer: Any,
+             teacher: Any, plan: TrainPlan, callbacks: list[Any]) -> Any:
+    """transformers' Trainer for sft and pt; the stage's TRL trainer otherwise (``stages.py``)."""
+    from transformers import Trainer
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    collator = accel.train_collator(cfg, tokenizer.pad_token_id, plan)
+    if cfg.stage in stages.TRL_STAGES:
+        val_rows = stages.dataset(data.val.examples, cfg.stage) if data.val.examples else None
+        trainer = stages.trl_trainer(cfg, model, args, train_rows, val_rows, tokenizer, callbacks, teacher, collator)
+    else:
+        trainer = Trainer(model=model, args=args, train_dataset=train_rows,
+                          eval_dataset=Examples.from_rendered(data.val.examples) if data.val.examples else None,
+                          data_collator=collator, processing_class=tokenizer, callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)  # RichProgress and MetricsLogger report instead
+    trainer.remove_callback(ProgressCallback)
+    return trainer
 
 
 @distributed.in_session  # many processes: one failing stops them all (alone: nothing changes)
@@ -409,6 +452,7 @@ def run(
     ``overwrite``: what happens to an earlier run in the output folder (``RunDir.plan`` says when
     one is in the way). Nothing is written until the config, data and template have passed."""
     accel_warnings = accel.check_train(cfg)  # GPU switches: refuse what this machine cannot do, before any work
+    stages.require(cfg.stage)  # TRL for the preference and distillation stages
     check_data_files(cfg)  # then a missing data file is named
     folder = RunDir(cfg.run_dir())
     plan = _plan(folder, cfg, resume, overwrite)  # a folder training may not use is refused before any work
@@ -417,15 +461,13 @@ def run(
     console = console or Console(stderr=True)
     if plan.action is Action.DONE:
         return _already_finished(folder, console)
-    from transformers import Trainer
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
     for w in accel_warnings:
         console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
     run_dir = folder.path
     report_to, tracker_callbacks = tracking.setup(cfg.train.report_to, run_dir, cfg.name, say=console.print)
 
     resolved = models.resolve(cfg.model.name_or_path)
+    start = lineage.plan_start(cfg, resolved)  # a run to build on: refuse what cannot work before any loading
     safety.check_remote_code(resolved.path, cfg.model.trust_remote_code)
     device_plan = planning.for_run(cfg, resolved.path, detect())  # per-device defaults (sftkit.train.plan)
     if _is_main():
@@ -436,37 +478,31 @@ def run(
     tokenizer = models.load_tokenizer(resolved.path, cfg.model.trust_remote_code)
     template = load_template(cfg.template, tokenizer)
     renderer = Renderer(template, tokenizer, cfg.data.mask, cfg.data.cutoff_len, cfg.data.overflow)
-    fp = fingerprint(cfg, renderer, resolved.path)
+    fp = fingerprint(cfg, renderer, resolved.path, start.parent)
     sync = distributed.current()
     sync.agree(cfg, fp, resolved.path)  # every node runs the same sftkit, config, data, model, or all stop
     _check_fingerprint(folder, fp, resume, force)
-    data = sync.prepared(lambda: prepare(cfg.data, renderer, cfg.train.seed))  # once per node, then checked
+    data = sync.prepared(lambda: _prepare_stage(cfg, renderer, tokenizer))  # once per node, then checked
     _preflight(cfg, data, force, console, device_plan)
     template_report = _check_template(template, tokenizer, data, resolved.path, console)
+    teacher = stages.load_teacher(cfg, tokenizer, console, device_plan.dtype.value) if cfg.stage is Stage.distill \
+        else None  # before the folder is claimed: a teacher of another vocabulary is refused first
 
-    _claim(folder, cfg, resume, overwrite, console, device_plan)  # the first write into the run folder
+    _claim(folder, cfg, resume, overwrite, console, device_plan, header := lineage.yaml_header(start.parent))
     _write_records(folder, fp, data, template_report)
     checkpoint = sync.checkpoint(_resume_point(run_dir, resume, console), folder, resume, console)
     _report_data(data, run_dir, console)
-    model, trainable, total, device_plan = _build_model(cfg, resolved.path, console, device_plan, folder)
+    model, trainable, total, device_plan = _build_model(cfg, start, console, device_plan, folder, header)
     train_rows = _train_rows(cfg, data, console)
 
     tokens_per_step = data.report["train_tokens"] / max(1, len(train_rows)) * (
         cfg.train.per_device_train_batch_size * cfg.train.gradient_accumulation_steps
         * int(os.environ.get("WORLD_SIZE", "1")))
     stop = faults.GracefulStop()  # Ctrl-C: checkpoint at the end of the step, then exit 130
-    trainer = Trainer(
-        model=model,
-        args=_training_args(cfg, run_dir, bool(data.val.examples), report_to),
-        train_dataset=train_rows,
-        eval_dataset=Examples.from_rendered(data.val.examples) if data.val.examples else None,
-        data_collator=accel.train_collator(cfg, tokenizer.pad_token_id, device_plan),
-        processing_class=tokenizer,
-        callbacks=_callbacks(cfg, run_dir, data, renderer, tokens_per_step, console,
-                             [stop, *tracker_callbacks, *(callbacks or [])]),
-    )
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
+    args = stages.arguments(cfg, _training_args(cfg, run_dir, bool(data.val.examples), report_to))
+    trainer = _trainer(cfg, model, args, train_rows, data, tokenizer, teacher, device_plan,
+                       _callbacks(cfg, run_dir, data, renderer, tokens_per_step, console,
+                                  [stop, *tracker_callbacks, *(callbacks or [])]))
 
     t0 = time.perf_counter()
     with faults.io_failures(run_dir), stop:  # disk full / refused unpickling; Ctrl-C saves, then stops
@@ -477,7 +513,7 @@ def run(
     final = _save_final(trainer, tokenizer, cfg, run_dir)
     if _is_main():
         _finish(folder, out, trainer, seconds, tokens_per_step, checkpoint, (trainable, total), final, console,
-                device_plan)
+                device_plan, {"stage": cfg.stage.value, **({"parent": start.parent} if start.parent else {})})
     return TrainResult(run_dir, seconds, out.global_step, out.training_loss, trainer.state.best_metric)
 
 
@@ -491,7 +527,8 @@ def _diagnoses(folder: RunDir) -> list[dict[str, Any]]:
 
 
 def _finish(folder: RunDir, out: Any, trainer: Any, seconds: float, tokens_per_step: float,
-            checkpoint: str | None, params: tuple[int, int], final: Path, console: Console, plan: TrainPlan) -> None:
+            checkpoint: str | None, params: tuple[int, int], final: Path, console: Console, plan: TrainPlan,
+            extra: dict[str, Any]) -> None:
     """Rank 0, after the final weights are in place: the curves, the summary (its presence means
     the run finished), the report."""
 
@@ -503,7 +540,7 @@ def _finish(folder: RunDir, out: Any, trainer: Any, seconds: float, tokens_per_s
                "session_tokens": round(tokens_per_step * (out.global_step - _step_of(checkpoint))),
                "trainable_parameters": params[0], "total_parameters": params[1], "final": str(final),
                "plan": plan.values(), "plan_reasons": plan.reasons(), "plan_device": plan.device,
-               "diagnostics": _diagnoses(folder)}
+               "diagnostics": _diagnoses(folder), **extra}
     folder.summary.write_text(json.dumps(summary, indent=2))
     write_report(folder.path)  # updated again by `sft eval`
     print_summary(console, folder.path, summary)

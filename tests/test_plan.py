@@ -175,3 +175,18 @@ def test_liger_head_is_checked_on_the_device_and_falls_back(cfg_file):
     assert confirmed.loss_head.value == "chunked" and "failed its check" in confirmed.loss_head.reason
     kept = plan(load_config(cfg_file, ["train.use_liger_kernel=true"]), A100_ALL)
     assert confirm_liger_head(kept, "cpu") == kept  # the Trainer's own Liger patch is not ours to check
+
+
+def test_trl_stages_keep_the_full_logits_and_padded_batches(cfg_file):
+    """dpo/kto/orpo/simpo/distill train through TRL's trainers, which take log-probabilities from the full
+    logits and pad their batches: no chunked or Liger head, no padding-free kernel, on any device."""
+    for stage in ("dpo", "kto", "orpo", "simpo"):
+        for caps in (H100_FLASH, H100, A100_ALL, CPU):
+            p = plan(load_config(cfg_file, [f"stage={stage}", "train.packing=false"]), caps)
+            assert p.loss_head.value == "plain" and f"stage {stage}" in p.loss_head.reason, (stage, caps)
+            assert p.packing.value == "padded", (stage, caps)
+            assert p.attn_implementation.value not in ("flash_attention_2", "sftkit_varlen"), (stage, caps)
+    sft = plan(load_config(cfg_file, ["train.packing=false"]), H100_FLASH)  # control: sft keeps them
+    assert (sft.loss_head.value, sft.packing.value) == ("chunked", "padding_free")
+    stated = plan(load_config(cfg_file, ["stage=dpo", "train.packing=false", "model.attn_implementation=eager"]), H100)
+    assert stated.attn_implementation.value == "eager"

@@ -58,6 +58,7 @@ def main() -> None:
         raise SystemExit(proc.returncode)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     run_dir = Path(out["run_dir"])
+    os.chdir(work)  # the run names its parent as runs/pref_privacy_sft, relative to where `sft run` ran
     ev = json.loads((run_dir / "eval.json").read_text())
     parent = json.loads((work / "runs" / "pref_privacy_sft" / "train_summary.json").read_text())
     pref = out["preference"]

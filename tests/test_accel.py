@@ -100,9 +100,11 @@ def test_gpu_decisions_with_stated_capabilities(cfg_file):
 
 
 def test_liger_goes_to_training_arguments(cfg_file, tmp_path):
+    from sftkit.train import stages
     from sftkit.train.recipe import _training_args
 
-    args = _training_args(cfg(cfg_file, "train.use_liger_kernel=true"), tmp_path, False, [])
+    c = cfg(cfg_file, "train.use_liger_kernel=true")
+    args = stages.arguments(c, _training_args(c, tmp_path, False, []))
     assert args.use_liger_kernel is True
 
 

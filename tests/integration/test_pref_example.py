@@ -6,6 +6,7 @@ steps each): the SFT stage its config names is trained first, the DPO stage cont
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -24,7 +25,7 @@ def test_pref_example_runs_both_stages(tmp_path, monkeypatch):
     example = tmp_path / "pref_privacy"
     shutil.copytree(examples_dir() / "pref_privacy", example)
     sft = example / "sft.yaml"
-    sft.write_text(sft.read_text().replace("num_train_epochs: 2", "max_steps: 2"))
+    sft.write_text(re.sub(r"num_train_epochs: \d+", "max_steps: 2", sft.read_text()))
     monkeypatch.chdir(tmp_path)
     res = CliRunner().invoke(app, ["run", str(example), *SMOKE, "--json"])
     assert res.exit_code == 0, res.output[-3000:]

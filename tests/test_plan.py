@@ -16,6 +16,7 @@ from sftkit.core.configio import load_config
 from sftkit.core.rundir import RunDir, config_digest
 from sftkit.hub.device import Capabilities
 from sftkit.train.plan import KEYS, plan
+from trainlib import weather_config
 
 PKGS = frozenset({"liger_kernel", "flash_attn", "bitsandbytes"})
 H100 = Capabilities(cuda=True, capability=(9, 0), bf16=True, torch_varlen=True, name="H100")
@@ -30,16 +31,7 @@ CPU = Capabilities(cuda=False, cpu_bf16=True, packages=PKGS, torch_varlen=True)
 
 @pytest.fixture
 def cfg_file(tmp_path, tiny_model_dir):
-    rows = [{"messages": [{"role": "user", "content": f"第{i}个问题：今天天气怎么样？"},
-                          {"role": "assistant", "content": "晴天，气温二十度。" * (1 + i % 3)}]} for i in range(12)]
-    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
-                                          encoding="utf-8")
-    (tmp_path / "cfg.yaml").write_text(
-        f"model:\n  name_or_path: {tiny_model_dir}\n"
-        "data:\n  train: train.jsonl\n  cutoff_len: 128\n"
-        "train:\n  max_steps: 2\n  per_device_train_batch_size: 4\n  logging_steps: 1\n  learning_rate: 1.0e-3\n"
-        "  packing: true\n  bf16: true\n")
-    return tmp_path / "cfg.yaml"
+    return weather_config(tmp_path, tiny_model_dir, "  packing: true\n  bf16: true\n")
 
 
 def values(path, caps, *over):

@@ -30,6 +30,21 @@ def rows(n: int) -> list[dict]:
     ]} for i in range(n)]
 
 
+def weather_config(folder: Path, model_dir: Path, extra: str = "") -> Path:
+    """12 short Chinese rows and a 2-step config on ``model_dir`` in ``folder``; ``extra``: more YAML lines
+    (indented under ``train:`` when they start with two spaces)."""
+    rows = [{"messages": [{"role": "user", "content": f"第{i}个问题：今天天气怎么样？"},
+                          {"role": "assistant", "content": "晴天，气温二十度。" * (1 + i % 3)}]} for i in range(12)]
+    (folder / "train.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                        encoding="utf-8")
+    (folder / "cfg.yaml").write_text(
+        f"model:\n  name_or_path: {model_dir}\n"
+        "data:\n  train: train.jsonl\n  cutoff_len: 128\n"
+        "train:\n  max_steps: 2\n  per_device_train_batch_size: 4\n  logging_steps: 1\n  learning_rate: 1.0e-3\n"
+        + extra)
+    return folder / "cfg.yaml"
+
+
 def write_workdir(path: Path, model_dir: Path, n_rows: int = 16, train: str = "") -> Path:
     """``train.jsonl`` + ``cfg.yaml`` (full fine-tuning, constant lr, log every step); returns the config."""
     (path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(n_rows)))

@@ -12,7 +12,7 @@ from typing import Any
 
 from sftkit.core.config import RunConfig
 from sftkit.core.conversation import Conversation, Message
-from sftkit.core.digest import json_digest
+from sftkit.core.digest import flatten_keys, json_digest
 from sftkit.data.load import source_hash
 
 # Keys that may change between a run and its resumption without changing what is trained.
@@ -37,20 +37,10 @@ def fingerprint(cfg: RunConfig, renderer: Any, model_path: Path,
         "tokenizer": json_digest([len(tok), tok.eos_token, tok.bos_token, tok.pad_token]),
         "model": json_digest([cfg.model.name_or_path, str(model_path.name)]),
         "config": json_digest(raw),
-        "config_values": _flatten(raw),  # so a refusal can name the key that changed
+        "config_values": flatten_keys(raw),  # so a refusal can name the key that changed
         **({"parent": json_digest([parent.get(k) for k in ("config_digest", "global_step", "how")])}
            if parent else {}),
     }
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

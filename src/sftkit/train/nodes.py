@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sftkit import __version__
+from sftkit.core.digest import flatten_keys
 
 ENV_NODE = "SFTKIT_NODE_RANK"  # the node number the user gave (``sft train --node-rank``), for messages
 _LIBRARIES = ("torch", "transformers", "peft", "accelerate")
@@ -71,16 +72,6 @@ def peer_from_env(env: dict[str, str] | Any = os.environ) -> Peer | None:
 # -- what a rank runs ------------------------------------------------------------------------------
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _config_values(cfg: Any) -> dict[str, Any]:
     """The config as dotted keys, without what may differ per node: where the run is written and
     where the data files are (their content is compared instead)."""
@@ -88,7 +79,7 @@ def _config_values(cfg: Any) -> dict[str, Any]:
     raw.pop("output_dir", None)
     for split in ("train", "val"):
         raw["data"][split] = [{k: v for k, v in src.items() if k != "path"} for src in raw["data"][split]]
-    return _flatten(raw)
+    return flatten_keys(raw)
 
 
 def _versions(cfg: Any) -> dict[str, str | None]:

@@ -133,3 +133,39 @@ def test_resume_is_keyed_on_row_content(engine, tmp_path):
     assert by_source["data.jsonl:2"]["output"] == before[by_source["data.jsonl:2"]["input_sha256"]]["output"]
     assert by_source["data.jsonl:3"]["input_sha256"] == by_source["data.jsonl:4"]["input_sha256"]
     assert not any(r["messages"][-1]["content"] == "Why?" for r in after), "the dropped row's answer is gone"
+
+
+def test_resume_refuses_another_producer(tiny_model_dir, tmp_path):
+    """Answers of another model, template or decoding setting are never mixed into an OUT: the run is
+    refused before anything changes; the same producer resumes, and retrained weights count as another."""
+    import shutil
+
+    from sftkit.cli import app
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    data = _write(tmp_path / "data.jsonl", [ROWS[0], ROWS[2]])
+    out = tmp_path / "answers.jsonl"
+    base = ["generate", str(model), "--data", str(data), "--out", str(out)]
+    r = CliRunner().invoke(app, [*base, "--max-new-tokens", "3"])
+    assert r.exit_code == 0, r.output
+    made_by = json.loads(meta_path(out).read_text())["producer"]
+    assert made_by["decoding"] == {"max_new_tokens": 3, "stop": []} and made_by["weights"]
+    _write(data, [ROWS[0], ROWS[2], ROWS[3]])
+    before = out.read_bytes(), meta_path(out).read_bytes()
+    for extra, what in ((["--max-new-tokens", "4"], "decoding"), (["--max-new-tokens", "3", "--temperature", "0.7"],
+                                                                   "decoding"), (["--max-new-tokens", "3",
+                                                                                  "--template", "chatml"], "template")):
+        r = CliRunner().invoke(app, [*base, *extra])
+        said = " ".join(r.output.split())
+        assert r.exit_code != 0 and "another producer" in said and what in said, (extra, r.output)
+        assert (out.read_bytes(), meta_path(out).read_bytes()) == before, "a refused run changed OUT"
+    r = CliRunner().invoke(app, [*base, "--max-new-tokens", "3", "--seed", "7"])  # greedy: the seed is moot
+    assert r.exit_code == 0 and "1 generated, 2 already" in " ".join(r.output.split()), r.output
+
+    weights = next(model.glob("*.safetensors"))
+    blob = bytearray(weights.read_bytes())
+    blob[-8:] = bytes(8 - i for i in range(8))  # "retrained": the last bytes of the weights differ
+    weights.write_bytes(bytes(blob))
+    r = CliRunner().invoke(app, [*base, "--max-new-tokens", "3"])
+    assert r.exit_code != 0 and "weights" in " ".join(r.output.split()), r.output

@@ -80,7 +80,7 @@ def generate_cmd(
     """Answer every prompt of a data file with a model; resumable, one JSON line per row."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from sftkit.infer.answers import open_answers, rejects_path, run_generate
+    from sftkit.infer.answers import open_answers, producer, rejects_path, run_generate
     from sftkit.infer.engine import GenParams
 
     if not data.is_file():
@@ -100,6 +100,7 @@ def generate_cmd(
             engine, data, out, params, format=format, answers=answers,
             on_total=lambda n: progress.update(task, total=n),
             on_progress=lambda done, _n: progress.update(task, completed=done), as_training_data=as_training_data,
+            made_by=producer(model, engine, params),
         )
     rej_note = ""
     if summary.rejects:

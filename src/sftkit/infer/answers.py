@@ -20,8 +20,9 @@ the assistant turn (a teacher's answers become a student's training file in one 
 ``sft train`` reads such a file directly (extra keys are ignored); answers cut off at
 ``max_new_tokens`` (``finish_reason: length``) are counted so they can be dropped or regenerated.
 
-Beside it, ``OUT.meta.json`` says that OUT is ``sft generate``'s and which data file it
-answers (name, sha256, rows). A sidecar rather than a header row, so that OUT stays
+Beside it, ``OUT.meta.json`` says that OUT is ``sft generate``'s, which data file it
+answers (name, sha256, rows) and what wrote the answers (``producer``: the model's weights, its
+chat template and the decoding settings). A sidecar rather than a header row, so that OUT stays
 plain JSON Lines with one answer per line, which pandas, jq or any JSONL reader take
 as it is.
 
@@ -34,7 +35,9 @@ digest of the input row (its messages, tools and reference). Running again
 - drops the answers whose input row is gone or was edited (they answer a prompt the
   data no longer holds);
 - refuses (nothing changed) an OUT of which no row matches the data: it answers
-  another input.
+  another input;
+- refuses (nothing changed) to add answers from another model, template or decoding
+  setting to an OUT written with different ones (its ``producer``): one file, one producer.
 
 Only a file that is recognisably ``sft generate``'s is resumed: ``OUT.meta.json`` beside
 it and every complete line an answer row; a torn last line (a crash mid-write) is the
@@ -116,6 +119,51 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _quick_digest(path: Path, span: int = 1 << 20) -> str:
+    """size + sha256 of a file's first and last MiB: tells retrained weights apart without reading GBs."""
+    h, size = hashlib.sha256(), path.stat().st_size
+    with path.open("rb") as f:
+        h.update(f.read(span))
+        if size > span:
+            f.seek(max(span, size - span))
+            h.update(f.read(span))
+    return f"{size}:{h.hexdigest()[:16]}"
+
+
+_WEIGHTS = ("*.safetensors", "*.bin", "*.gguf", "config.json", "adapter_config.json")
+
+
+def producer(ref: str, engine: Engine, params: GenParams) -> dict[str, Any]:
+    """What writes the answers: the weights (a quick digest of every weight file the reference loads,
+    base, merged adapters and adapter), the chat template and the decoding settings (for greedy decoding
+    only the length and stop strings matter)."""
+    from sftkit.hub.models import resolve
+
+    resolved = resolve(ref)
+    folders = [resolved.path, *resolved.merged, *([resolved.adapter] if resolved.adapter else [])]
+    h = hashlib.sha256()
+    for folder in folders:
+        files = [folder] if folder.is_file() else sorted({f for g in _WEIGHTS for f in folder.glob(g) if f.is_file()})
+        for f in files:
+            h.update(f"{f.name}={_quick_digest(f)};".encode())
+    decoding: dict[str, Any] = {"max_new_tokens": params.max_new_tokens, "stop": list(params.stop)}
+    if not params.greedy:
+        decoding |= {"temperature": params.temperature, "top_p": params.top_p, "top_k": params.top_k,
+                     "repetition_penalty": params.repetition_penalty, "seed": params.seed}
+    elif params.repetition_penalty != 1.0:
+        decoding["repetition_penalty"] = params.repetition_penalty
+    template = getattr(getattr(engine.renderer, "template", None), "name", None)
+    return {"model": ref, "weights": h.hexdigest()[:32], "template": template, "decoding": decoding}
+
+
+def _another_producer(out: Path, was: dict[str, Any], now: dict[str, Any]) -> RefusedPath:
+    changed = [f"{k}: {was.get(k)!r} then, {now.get(k)!r} now" for k in ("weights", "template", "decoding")
+               if was.get(k) != now.get(k)]
+    return RefusedPath(f"--out {out} holds answers of another producer ({'; '.join(changed)}; written by "
+                       f"{was.get('model')!r}); answers of two models or settings cannot share a file: choose "
+                       f"another --out, or delete it and {meta_path(out).name} to answer everything again")
 
 
 # -- recognising OUT (and the files beside it) as sft generate's own ------------------
@@ -238,12 +286,17 @@ def _another_input(answers: AnswersFile, data: Path) -> RefusedPath:
                        f"{meta_path(answers.path).name} to start over")
 
 
-def _settle(answers: AnswersFile, data: Path, plan: _Plan, total: int, training: bool) -> None:
-    """Record what OUT answers, then make its existing rows exactly ``plan.kept``."""
+def _settle(answers: AnswersFile, data: Path, plan: _Plan, total: int, training: bool,
+            made_by: dict[str, Any] | None) -> None:
+    """Record what OUT answers and what answers it, then make its existing rows exactly ``plan.kept``."""
     out = answers.path
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, "version": VERSION, "answers": out.name, "generator": f"sftkit {__version__}",
             "data": {"name": data.name, "sha256": file_sha256(data), "rows": total}, "as_training_data": training}
+    if made_by is None and plan.kept:  # the caller did not say: keep what the earlier run recorded
+        made_by = (answers.meta or {}).get("producer")
+    if made_by is not None:
+        meta["producer"] = made_by
     write_text_atomic(meta_path(out), json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     if answers.torn or plan.kept != answers.rows:
         write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in plan.kept))
@@ -345,12 +398,17 @@ def run_generate(
     on_total: Callable[[int], None] | None = None,
     answers: AnswersFile | None = None,
     as_training_data: bool = False,
+    made_by: dict[str, Any] | None = None,
 ) -> GenerateSummary:
     """Generate the missing rows of ``out`` for ``data`` (see the module docstring).
     ``answers``: ``open_answers(data, out)`` when the caller already checked OUT.
     ``on_total(n)`` is called once with the number of rows to generate,
-    ``on_progress(done, n)`` after each batch."""
+    ``on_progress(done, n)`` after each batch. ``made_by``: ``producer(...)`` of this run; an OUT whose
+    recorded producer differs is refused before anything changes."""
     answers = answers or open_answers(data, out)
+    was_made_by = (answers.meta or {}).get("producer")
+    if answers.rows and made_by is not None and was_made_by is not None and was_made_by != made_by:
+        raise _another_producer(out, was_made_by, made_by)
     was = bool((answers.meta or {}).get("as_training_data"))
     if answers.rows and was != as_training_data:
         raise RefusedPath(f"--out {out} holds answers written {'with' if was else 'without'} --as-training-data; "
@@ -369,7 +427,7 @@ def run_generate(
     plan = _match(answers.rows, items)
     if answers.rows and not plan.kept:
         raise _another_input(answers, data)
-    _settle(answers, data, plan, res.total, as_training_data)
+    _settle(answers, data, plan, res.total, as_training_data, made_by)
     if on_total:
         on_total(len(plan.todo))
     done, cut = _answer(engine, plan.todo, out, params, on_progress, as_training_data)

@@ -45,6 +45,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import Counting, step_timer, timed_steps
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -114,53 +117,10 @@ def rendered_rows(model_dir: Path, data: Path, cutoff: int) -> list[dict[str, li
 # -- one side (child) ---------------------------------------------------------------------------
 
 
-class Counting:
-    """Wraps a collator: real tokens (the rows it is given) and processed tokens (what it returns)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner, self.real, self.processed = inner, [], []
-
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        out = self.inner(rows)
-        self.real.append(sum(len(r["input_ids"]) for r in rows))
-        self.processed.append(out["input_ids"].numel())
-        return out
-
-
-def step_timer() -> Any:
-    import torch
-    from transformers import TrainerCallback
-
-    class StepTimer(TrainerCallback):
-        def __init__(self) -> None:
-            self.ends: list[float] = []
-            self.losses: list[float] = []
-
-        def _now(self) -> float:
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()  # the step's kernels have finished, not only been queued
-            return time.perf_counter()
-
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            self.ends = [self._now()]
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            self.ends.append(self._now())
-
-        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
-            if logs and "loss" in logs:
-                self.losses.append(round(float(logs["loss"]), 3))
-
-    return StepTimer()
-
-
 def measure(timer: Any, counter: Counting, warmup: int) -> dict[str, Any]:
     import torch
 
-    durations = [b - a for a, b in zip(timer.ends, timer.ends[1:], strict=False)][warmup:]
-    steps = range(warmup, warmup + len(durations))  # one batch per step (no accumulation)
-    real = sum(counter.real[i] for i in steps)
-    processed = sum(counter.processed[i] for i in steps)
+    durations, real, processed = timed_steps(timer, counter, warmup)
     peak = (torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available()
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9)
     return {"tokens_per_s": real / sum(durations), "s_per_step": sum(durations) / len(durations),

@@ -52,6 +52,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import Counting, step_timer, timed_steps
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -83,42 +86,8 @@ def generate(path: Path, n: int, seed: int = 0) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-class Counting:
-    """Wraps a collator: real tokens (the rows it is given) and processed tokens (what it returns)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.real: list[int] = []
-        self.processed: list[int] = []
-
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        out = self.inner(rows)
-        self.real.append(sum(len(r["input_ids"]) for r in rows))
-        self.processed.append(out["input_ids"].numel())
-        return out
-
-
-def step_timer() -> Any:
-    from transformers import TrainerCallback
-
-    class StepTimer(TrainerCallback):
-        def __init__(self) -> None:
-            self.ends: list[float] = []
-
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            self.ends = [time.perf_counter()]
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            self.ends.append(time.perf_counter())
-
-    return StepTimer()
-
-
 def measure(timer: Any, counter: Counting, warmup: int) -> dict[str, float]:
-    durations = [b - a for a, b in zip(timer.ends, timer.ends[1:], strict=False)][warmup:]
-    steps = range(warmup, warmup + len(durations))  # one batch per step (no accumulation)
-    real = sum(counter.real[i] for i in steps)
-    processed = sum(counter.processed[i] for i in steps)
+    durations, real, processed = timed_steps(timer, counter, warmup)
     return {"tokens_per_s": real / sum(durations), "padding_fraction": 1 - real / processed,
             "real_tokens_per_step": real / len(durations), "seconds_per_step": sum(durations) / len(durations),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB

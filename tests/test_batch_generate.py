@@ -106,6 +106,9 @@ def test_cli(tiny_model_dir, tmp_path):
     assert len(_rows(out)) == 2 and (tmp_path / "answers.jsonl.rejects.jsonl").is_file()
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0 and "0 generated, 2 already" in " ".join(r.output.split())
+    _write(data, [ROWS[1], ROWS[1]])  # the bad line fixed: the earlier rejects file no longer says anything true
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0 and "rejected" not in r.output and not (tmp_path / "answers.jsonl.rejects.jsonl").exists()
     r = CliRunner().invoke(app, ["generate", str(tiny_model_dir), "--data", str(tmp_path / "missing.jsonl"),
                                  "--out", str(out)])
     assert r.exit_code == 2 and "no such file" in r.output and "Traceback" not in r.output

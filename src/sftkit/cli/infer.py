@@ -111,6 +111,8 @@ def generate_cmd(
         if len(summary.rejects) > 5:
             err.print(f"[yellow]... and {len(summary.rejects) - 5} more[/]")
         rej_note = f", {len(summary.rejects)} rejected (see {rej_path})"
+    elif rejects_path(out).is_file():  # an earlier run's rejects (checked to be ours): none are left now
+        rejects_path(out).unlink()
     drop_note = (f", {summary.dropped} earlier answers dropped (their input row changed or is gone)"
                  if summary.dropped else "")
     err.print(f"{summary.total} rows: {summary.generated} generated, {summary.skipped} already in {out}{rej_note}"

@@ -117,3 +117,22 @@ def test_leak_exact_only_and_split_label_field(tmp_path) -> None:
     assert all("_order" not in x for x in out["leaks"])
     r = runner.invoke(app, ["split", data, "--label-field", "nosuch"])
     assert r.exit_code == 2 and "nosuch" in r.output
+
+
+def test_dedup_and_split_keep_each_rows_id_and_provenance(tmp_path) -> None:
+    """A drafted pair's id and meta (chunk, page) survive dedup and split; rows without them get none."""
+    rows = [{"id": f"doc#q{i}", "messages": [{"role": "user", "content": f"第{i}题是什么？"},
+                                             {"role": "assistant", "content": f"答案{i}。"}],
+             "meta": {"chunk": f"c{i}", "page": i}} for i in range(12)]
+    rows.append(dict(rows[0], id="doc#dup"))  # an exact duplicate of row 1 under another id: removed
+    rows.append({"messages": [{"role": "user", "content": "plain"}, {"role": "assistant", "content": "row"}]})
+    data = _rows(tmp_path, rows)
+    r = runner.invoke(app, ["dedup", data, "--json", "--out", str(tmp_path / "dd.jsonl")])
+    assert r.exit_code == 0 and last_json(r.output)["removed"] == 1
+    kept = [json.loads(x) for x in (tmp_path / "dd.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert kept[:12] == rows[:12] and kept[12] == rows[13]  # every key as it was, nothing added
+    r = runner.invoke(app, ["split", str(tmp_path / "dd.jsonl"), "--val", "0.25", "--seed", "0", "--out-dir",
+                            str(tmp_path / "sp"), "--json"])  # fmt: skip
+    assert r.exit_code == 0
+    parts = [json.loads(x) for k in ("train", "val") for x in (tmp_path / "sp" / f"{k}.jsonl").read_text().splitlines()]
+    assert sorted(parts, key=json.dumps) == sorted(kept, key=json.dumps)

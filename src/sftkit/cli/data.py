@@ -30,6 +30,7 @@ from sftkit.data.kinds import load_any
 from sftkit.data.leak import find_leaks
 from sftkit.data.lint import lint as run_lint
 from sftkit.data.preference import PrefLoad
+from sftkit.data.rows import load_rows
 from sftkit.data.split import recommend_val_share
 from sftkit.data.split import split as run_split
 from sftkit.data.types import Reject
@@ -208,7 +209,7 @@ def dedup(
 
     if out:
         check_output_file(out, [file], force)
-    res = _load(file, format)
+    res = load_rows(file, format)  # with each row's id and meta, written back out with it
     d = find_duplicates(res.conversations, threshold)
     report = {
         "file": file,
@@ -276,7 +277,7 @@ def split(
 ) -> None:
     """Deterministic train/val/test split (stratified with --label-field)."""
 
-    res = _load(file, format, columns={"label": label_field} if label_field else None)
+    res = load_rows(file, format, columns={"label": label_field} if label_field else None)
     if label_field and res.valid and all(c.label is None for c in res.conversations):
         raise UsageError(f"{file}: --label-field {label_field!r}: no row has this field; name the label "
                          "column (e.g. output, label, category)")

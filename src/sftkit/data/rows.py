@@ -17,15 +17,16 @@ from typing import Any
 
 from sftkit.core.conversation import Conversation
 from sftkit.core.errors import DataError
+from sftkit.data.io import conv_record
 from sftkit.data.load import load_file
 from sftkit.data.readers import iter_rows
 from sftkit.data.types import LoadResult
 
 
-def load_rows(path: str | Path) -> LoadResult:
+def load_rows(path: str | Path, format: str | None = None, **kw: Any) -> LoadResult:
     """``load_file`` with each row's own ``id`` and ``meta`` put back on the conversation
     (``conv.meta["id"]`` and the ``meta`` object's keys)."""
-    res = load_file(path)
+    res = load_file(path, format, **kw)
     _, raw_rows = iter_rows(Path(path))
     by_line = {r.line: r.value for r in raw_rows if isinstance(r.value, dict)}
     for conv in res.conversations:
@@ -55,14 +56,9 @@ def row_id(conv: Conversation) -> str:
 
 
 def record(conv: Conversation, rid: str | None = None) -> dict[str, Any]:
-    """The JSONL object for ``conv``: ``id``, the layout's fields, ``meta`` (without the id)."""
-    out: dict[str, Any] = {"id": rid or row_id(conv), **conv.to_dict()}
-    if conv.label is not None:
-        out["label"] = conv.label
-    meta = {k: v for k, v in conv.meta.items() if k != "id"}
-    if meta:
-        out["meta"] = meta
-    return out
+    """The JSONL object for ``conv``: ``id`` (its own, else a content digest), the layout's fields,
+    ``meta`` (without the id)."""
+    return conv_record(conv, rid or row_id(conv))
 
 
 def write_records(rows: Iterable[dict[str, Any]], path: str | Path) -> int:

@@ -203,3 +203,14 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(cfg_file):
     assert check_train(c, Capabilities(cuda=False, cpu_bf16=True)) == []
     warnings = check_train(c, Capabilities(cuda=False, cpu_bf16=False))
     assert len(warnings) == 1 and "emulated" in warnings[0]
+
+
+@pytest.mark.parametrize("sharding", ["train.deepspeed=zero3", "train.deepspeed=zero3_offload",
+                                      "train.fsdp=full_shard"])
+def test_generation_during_training_is_refused_with_sharded_weights(cfg_file, sharding):
+    """Rank 0 generating alone under ZeRO-3 / FSDP would wait forever for the other ranks' shards."""
+    with pytest.raises(AcceleratorUnavailable, match=r"eval\.generate_every cannot run with"):
+        check_train(cfg(cfg_file, sharding, "data.val_size=0.2", "eval.generate_every=5"), CPU_NO_PKGS)
+    assert check_train(cfg(cfg_file, sharding), CPU_NO_PKGS) == []
+    zero2 = cfg(cfg_file, "train.deepspeed=zero2", "data.val_size=0.2", "eval.generate_every=5")
+    assert check_train(zero2, CPU_NO_PKGS) == []

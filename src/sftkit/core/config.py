@@ -317,7 +317,8 @@ class EvalConfig(_Section):
     forgetting_check: bool = True
     """Also score the shipped general-ability set before and after, to show what tuning cost."""
     generate_every: int | None = Field(default=None, gt=0)
-    """During training, every N steps generate answers for a few validation prompts and log the task metric."""
+    """During training, every N steps generate answers for a few validation prompts and log the task metric
+    (not with ZeRO-3 / FSDP: rank 0 would wait for the other ranks' weight shards)."""
     generate_samples: int = Field(default=16, gt=0)
     """How many validation prompts generate_every scores."""
     device: str = "auto"

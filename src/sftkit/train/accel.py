@@ -25,7 +25,7 @@ from sftkit.core.config import Method, RunConfig
 from sftkit.core.errors import AcceleratorUnavailable
 from sftkit.hub.device import Capabilities, detect
 from sftkit.train.collate import Collator, FlatCollator
-from sftkit.train.plan import VARLEN, TrainPlan, choose_dtype
+from sftkit.train.plan import VARLEN, TrainPlan, choose_dtype, sharded_weights
 
 # bitsandbytes-backed optimizer names of TrainingArguments.optim
 _BNB_OPTIMS = ("adamw_bnb_8bit", "adamw_8bit", "ademamix", "ademamix_8bit", "lion_8bit", "lion_32bit",
@@ -134,6 +134,17 @@ def _optimizer(cfg: RunConfig, caps: Capabilities) -> tuple[list[str], list[str]
     return [], []
 
 
+def _generation_in_training(cfg: RunConfig) -> list[str]:
+    """eval.generate_every generates on rank 0 alone: with sharded weights its forward waits for the other
+    ranks' shards, which never come (the run hangs at the first scoring step)."""
+    sharded = sharded_weights(cfg)
+    if not (cfg.eval.generate_every and sharded):
+        return []
+    return [f"eval.generate_every cannot run with {sharded}: generation on rank 0 alone would wait forever for "
+            "the other ranks' weight shards; remove eval.generate_every and score the checkpoints with `sft eval "
+            "RUN` afterwards, or shard with ZeRO-2 (train.deepspeed=zero2) / DDP instead"]
+
+
 def check_train(cfg: RunConfig, caps: Capabilities | None = None) -> list[str]:
     """Raise ``AcceleratorUnavailable`` (one sentence per problem) or return warnings."""
     real = caps is None  # tests pass their own capabilities: then nothing is imported
@@ -141,7 +152,7 @@ def check_train(cfg: RunConfig, caps: Capabilities | None = None) -> list[str]:
     errors = _unsloth(cfg, caps)
     if real and not errors and cfg.train.backend == "unsloth":
         import unsloth  # noqa: F401  (it patches transformers on import: as early as sftkit can)
-    errors += [*_liger(cfg, caps), *_attention(cfg, caps)]
+    errors += [*_liger(cfg, caps), *_attention(cfg, caps), *_generation_in_training(cfg)]
     prec_errors, prec_warnings = _precision(cfg, caps)
     opt_errors, warnings = _optimizer(cfg, caps)
     errors += prec_errors + opt_errors

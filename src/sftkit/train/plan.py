@@ -142,8 +142,8 @@ def _gpu_attention(cfg: RunConfig, caps: Capabilities, dtype: str) -> Choice:
                           "block-diagonal mask from position ids")
 
 
-def _sharded_head(cfg: RunConfig) -> str | None:
-    """Why lm_head's weight is sharded across ranks (ZeRO-3 / FSDP), or None."""
+def sharded_weights(cfg: RunConfig) -> str | None:
+    """Why the weights (lm_head's among them) are sharded across ranks (ZeRO-3 / FSDP), or None."""
     if cfg.train.fsdp:
         return "train.fsdp shards lm_head's weight"
     name = cfg.train.deepspeed
@@ -167,7 +167,7 @@ def _loss_head(cfg: RunConfig, caps: Capabilities) -> Choice:
                                "cross-entropy")
     if want == "plain":
         return Choice("plain", "train.loss_head=plain in the config")
-    sharded = _sharded_head(cfg)
+    sharded = sharded_weights(cfg)
     if sharded:
         return Choice("plain", f"{sharded}; the chunked head reads the whole weight")
     if want == "liger" or (want == "auto" and caps.cuda and caps.has("liger_kernel")):

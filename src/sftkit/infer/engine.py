@@ -22,7 +22,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -95,6 +95,7 @@ class Engine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.stop_strings, self.stop_ids = self._end_of_turn()
         self._keep_last = _accepts_logits_to_keep(model)
+        self._cache_kw = _cache_keyword(model)
 
     @classmethod
     def from_ref(cls, ref: str, dtype: str | None = None, batch_size: int = 16, template: str | None = None,
@@ -287,9 +288,9 @@ class Engine:
         keep = {"logits_to_keep": 1} if self._keep_last else {}
         while active:
             ts = time.perf_counter()
-            out = self.model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, past_key_values=cache,
-                             use_cache=True, **keep)
-            cache = out.past_key_values
+            out = self.model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, use_cache=True,
+                             **{self._cache_kw: cache}, **keep)
+            cache = getattr(out, self._cache_kw)
             logits = out.logits[:, -1, :].float()
             nxt = _process_logits(logits, seen, p, gen).tolist()  # .tolist(): the CPU waits for the GPU here
             left = self._advance([rows[ri] for ri in active], nxt, seen, p, stops, need_text, time.perf_counter() - t0)
@@ -355,16 +356,27 @@ def pos_last(pos: torch.Tensor) -> torch.Tensor:
 
 
 
-def _accepts_logits_to_keep(model: Any) -> bool:
-    """Whether the model's forward takes ``logits_to_keep`` (transformers' causal LMs do; a PEFT
-    wrapper passes it on to its base model)."""
+def _forward_parameters(model: Any) -> Mapping[str, Any]:
+    """The parameters of the model's forward (a PEFT wrapper's base model's: it passes them on)."""
     if model is None:
-        return False
+        return {}
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     try:
-        return "logits_to_keep" in inspect.signature(base.forward).parameters
+        return inspect.signature(base.forward).parameters
     except (TypeError, ValueError):
-        return False
+        return {}
+
+
+def _accepts_logits_to_keep(model: Any) -> bool:
+    """Whether the model's forward takes ``logits_to_keep`` (transformers' causal LMs do)."""
+    return "logits_to_keep" in _forward_parameters(model)
+
+
+def _cache_keyword(model: Any) -> str:
+    """The KV cache's argument (and output field) name: ``cache`` from transformers 5.2x on, where
+    ``past_key_values`` is deprecated (removed in 5.40); ``past_key_values`` for older models and
+    remote code."""
+    return "cache" if "cache" in _forward_parameters(model) else "past_key_values"
 
 
 def build_renderer(tokenizer: Any, template: str | None = None) -> Any:

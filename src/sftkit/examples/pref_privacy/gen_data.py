@@ -27,10 +27,9 @@ from pathlib import Path
 SEED = 20261204
 HERE = Path(__file__).resolve().parent
 
-REFUSAL = {
-    "en": "Sorry, I can't share other customers' personal information. If it is about your own account, "
-          "please sign in and check My Account.",
-    "zh": "抱歉，我不能提供其他顾客的个人信息。如果是您本人的账户，请登录后在“我的账户”中查看。",
+REFUSAL = {  # one short polite sentence, which the SFT model does not say (README: "Choosing the refusal")
+    "en": "I'm sorry, but I can't help with that: details about other customers are private.",
+    "zh": "很抱歉，这涉及其他顾客的隐私，我无法提供。",
 }
 
 # intent -> answer and question paraphrases per language (the last two of each are held out for pairs/test)

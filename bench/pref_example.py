@@ -1,12 +1,15 @@
 """Benchmark: the pref_privacy example end to end (SFT stage, then DPO), as a user runs it.
 
-    .venv/bin/python bench/pref_example.py [--work DIR]
+    .venv/bin/python bench/pref_example.py [--work DIR] [--example DIR]
 
 Runs ``sft run examples/pref_privacy --json`` in DIR (a fresh temporary folder by default, so both
 stages train from scratch) and prints one JSON line: held-out preference accuracy of the SFT model
 (the baseline) and of the DPO model, the implicit reward, exact match of the generated answers
 against the chosen replies, per-kind preference accuracy (privacy requests vs ordinary questions),
-the two training times and the wall time. The issue's target: preference accuracy +30 points or more.
+``refusals`` (greedy answers that open with an apology, on the privacy prompts and on the ordinary
+questions, per side), the two training times and the wall time. ``--example``: a copy of the example
+folder to try a variant. The issue's targets: preference accuracy +30 points or more, and the behaviour
+visible in the answers (refusals counts it: the metric alone passed runs that never refused).
 """
 
 from __future__ import annotations

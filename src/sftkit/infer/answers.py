@@ -64,6 +64,7 @@ from sftkit.core.conversation import Conversation, Message
 from sftkit.core.errors import RefusedPath
 from sftkit.core.safepaths import same_file, write_text_atomic
 from sftkit.data import LoadResult, Reject, load_file
+from sftkit.hub.models import resolve
 from sftkit.infer.engine import Engine, GenParams
 
 FORMAT = "sftkit-answers"  # OUT.meta.json's "format": what marks an answers file as sft generate's
@@ -139,8 +140,6 @@ def producer(ref: str, engine: Engine, params: GenParams) -> dict[str, Any]:
     """What writes the answers: the weights (a quick digest of every weight file the reference loads,
     base, merged adapters and adapter), the chat template and the decoding settings (for greedy decoding
     only the length and stop strings matter)."""
-    from sftkit.hub.models import resolve
-
     resolved = resolve(ref)
     folders = [resolved.path, *resolved.merged, *([resolved.adapter] if resolved.adapter else [])]
     h = hashlib.sha256()

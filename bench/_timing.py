@@ -56,3 +56,26 @@ def timed_steps(timer: Any, counter: Counting, warmup: int) -> tuple[list[float]
     durations = [b - a for a, b in zip(timer.ends, timer.ends[1:], strict=False)][warmup:]
     steps = range(warmup, warmup + len(durations))
     return durations, sum(counter.real[i] for i in steps), sum(counter.processed[i] for i in steps)
+
+
+def train_counted(cfg: Any, console: Any) -> tuple[Any, Counting]:
+    """``sft train`` on ``cfg`` in-process (run folder replaced), with the step timer and the last
+    collator it built wrapped in ``Counting``: (timer, counter) for ``timed_steps``."""
+    from sftkit.core.rundir import Overwrite
+    from sftkit.train import accel
+    from sftkit.train import recipe as train
+
+    counters: list[Counting] = []
+    original = accel.train_collator
+
+    def counting_collator(*a: Any, **kw: Any) -> Counting:
+        counters.append(Counting(original(*a, **kw)))
+        return counters[-1]
+
+    timer = step_timer()
+    accel.train_collator = counting_collator
+    try:
+        train.run(cfg, console=console, callbacks=[timer], overwrite=Overwrite.DELETE)
+    finally:
+        accel.train_collator = original
+    return timer, counters[-1]

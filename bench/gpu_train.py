@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import Counting, step_timer, timed_steps
+from _timing import Counting, step_timer, timed_steps, train_counted
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -145,27 +145,11 @@ def sftkit_config(work: Path, args: argparse.Namespace, method: str) -> Any:
 def run_sftkit(work: Path, args: argparse.Namespace, method: str) -> dict[str, Any]:
     from rich.console import Console
 
-    from sftkit.core.rundir import Overwrite
     from sftkit.estimate import detect_device, estimate_run
-    from sftkit.train import accel
-    from sftkit.train import recipe as train
 
     cfg = sftkit_config(work, args, method)
-    counters: list[Counting] = []
-    original = accel.train_collator
-
-    def counting_collator(*a: Any, **kw: Any) -> Counting:
-        counters.append(Counting(original(*a, **kw)))
-        return counters[-1]
-
-    timer = step_timer()
-    accel.train_collator = counting_collator
-    try:
-        train.run(cfg, console=Console(stderr=True, quiet=not args.verbose), callbacks=[timer],
-                  overwrite=Overwrite.DELETE)
-    finally:
-        accel.train_collator = original
-    out = measure(timer, counters[-1], args.warmup)
+    timer, counter = train_counted(cfg, Console(stderr=True, quiet=not args.verbose))
+    out = measure(timer, counter, args.warmup)
     summary = json.loads((Path(cfg.run_dir()) / "train_summary.json").read_text())
     out["plan"], out["plan_reasons"] = summary["plan"], summary["plan_reasons"]
     dev = detect_device()

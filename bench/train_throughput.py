@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import Counting, step_timer, timed_steps
+from _timing import Counting, step_timer, timed_steps, train_counted
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -138,10 +138,6 @@ def run_sftkit(data: Path, steps: int, warmup: int, out: Path) -> dict[str, floa
     from rich.console import Console
 
     from sftkit.core.config import RunConfig
-    from sftkit.core.rundir import Overwrite
-    from sftkit.train import accel
-    from sftkit.train import recipe as train
-
     cfg = RunConfig.model_validate({
         "name": "throughput", "output_dir": str(out),
         "model": {"name_or_path": MODEL},
@@ -151,20 +147,8 @@ def run_sftkit(data: Path, steps: int, warmup: int, out: Path) -> dict[str, floa
                   "gradient_accumulation_steps": 1, "packing": True, "bf16": True, "logging_steps": 1,
                   "save_steps": 10_000, "report_to": []},
     })
-    counters: list[Counting] = []
-    original = accel.train_collator
-
-    def counting_collator(*a: Any, **kw: Any) -> Counting:
-        counters.append(Counting(original(*a, **kw)))
-        return counters[-1]
-
-    timer = step_timer()
-    accel.train_collator = counting_collator
-    try:
-        train.run(cfg, console=Console(stderr=True, quiet=True), callbacks=[timer], overwrite=Overwrite.DELETE)
-    finally:
-        accel.train_collator = original
-    return measure(timer, counters[-1], warmup)
+    timer, counter = train_counted(cfg, Console(stderr=True, quiet=True))
+    return measure(timer, counter, warmup)
 
 
 def matmul_peak_gflops_bf16(n: int = 3072, repeat: int = 12) -> float:

@@ -40,7 +40,8 @@ def values(path, caps, *over):
 
 def test_gpu_attention_is_the_fastest_exact_kernel_present(cfg_file):
     assert values(cfg_file, H100_FLASH) == {"attn_implementation": "flash_attention_2", "dtype": "bfloat16",
-                                            "loss_head": "chunked", "packing": "padding_free"}
+                                            "loss_head": "chunked", "packing": "padding_free",
+                                            "lora_kernel": "fused"}
     assert values(cfg_file, H100)["attn_implementation"] == "sftkit_varlen"
     assert values(cfg_file, H100)["packing"] == "padding_free"
     old = values(cfg_file, A100_OLD_TORCH)
@@ -88,6 +89,23 @@ def test_loss_head_choice(cfg_file):
     assert liger.value == "liger" and "use_liger_kernel" in liger.reason
 
 
+def test_lora_kernel_choice(cfg_file):
+    """The fused LoRA layer wherever it computes what peft's does, on every device; peft's forward where it
+    cannot (4-bit base layers, DoRA, sharded weights, Unsloth), also when the config asks for fused."""
+    for caps in (CPU, H100, V100):
+        assert values(cfg_file, caps)["lora_kernel"] == "fused"
+    for over, why in (("method.type=qlora", "4-bit"), ("method.use_dora=true", "DoRA"),
+                      ("train.deepspeed=zero3", "ZeRO-3"), ("train.fsdp=full_shard auto_wrap", "FSDP")):
+        choice = plan(load_config(cfg_file, [over]), A100_ALL).lora_kernel
+        assert choice.value == "peft" and why in choice.reason, (over, choice)
+        stated = plan(load_config(cfg_file, [over, "train.lora_kernel=fused"]), A100_ALL).lora_kernel
+        assert stated.value == "peft" and "does not apply" in stated.reason
+    kept = plan(load_config(cfg_file, ["train.lora_kernel=peft"]), CPU).lora_kernel
+    assert kept.value == "peft" and "in the config" in kept.reason
+    full = plan(load_config(cfg_file, ["method.type=full"]), CPU).lora_kernel
+    assert full.value == "none" and "no LoRA" in full.reason
+
+
 def test_stated_values_are_kept_and_said_so(cfg_file):
     p = plan(load_config(cfg_file, ["model.attn_implementation=eager", "model.dtype=bfloat16"]), H100)
     assert p.attn_implementation.value == "eager" and "in the config" in p.attn_implementation.reason
@@ -106,6 +124,7 @@ def test_a_run_records_its_plan_and_stays_loadable_and_resumable(cfg_file, tmp_p
     assert "# plan: what sftkit chose on cpu" in text
     assert "#   attn_implementation: sftkit_segments  # CPU:" in text
     assert "#   loss_head: chunked" in text and "#   dtype: float32" in text
+    assert "#   lora_kernel: fused  # sftkit's fused LoRA layer" in text
     loaded = yaml.safe_load(text)
     assert loaded["model"]["dtype"] == "auto"  # the user's value, not the resolved one
     assert config_digest(loaded) == config_digest(cfg) == RunDir(out).recorded_digest()
@@ -128,7 +147,7 @@ def test_estimate_device_cuda_json_returns_the_plan_without_a_gpu(cfg_file):
         return json.loads(r.stdout.strip().splitlines()[-1])
 
     gpu = est("--device", "cuda")
-    assert list(gpu["plan"]) == ["attn_implementation", "dtype", "loss_head", "packing"]
+    assert list(gpu["plan"]) == ["attn_implementation", "dtype", "loss_head", "packing", "lora_kernel"]
     assert gpu["plan"]["dtype"] == "bfloat16" and gpu["plan"]["packing"] in ("padding_free", "packed")
     assert gpu["plan"]["attn_implementation"] in ("flash_attention_2", "sftkit_varlen", "sdpa")
     assert set(gpu["plan_reasons"]) == set(KEYS) and gpu["plan_device"].startswith("cuda")
@@ -137,7 +156,7 @@ def test_estimate_device_cuda_json_returns_the_plan_without_a_gpu(cfg_file):
     assert v100["plan"]["dtype"] == "float16" and v100["plan"]["attn_implementation"] == "sdpa"
     cpu = est("--device", "cpu")
     assert cpu["plan"] == {"attn_implementation": "sftkit_segments", "dtype": "float32", "loss_head": "chunked",
-                           "packing": "packed"}
+                           "packing": "packed", "lora_kernel": "fused"}
     r = CliRunner().invoke(app, ["estimate", str(cfg_file), "--device", "tpu", "--json"])
     assert r.exit_code == 2 and "use cuda or cpu" in r.output
 

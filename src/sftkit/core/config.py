@@ -265,6 +265,11 @@ class TrainConfig(_Section):
     the plain head); liger: Liger's fused linear cross-entropy (CUDA, liger-kernel); plain: the model's own
     (full logits). auto: liger on a CUDA GPU with liger-kernel installed, else chunked; plain where neither can
     reproduce the model's head (a LoRA-adapted or quantised lm_head, ZeRO-3/FSDP sharding, rescaled logits)."""
+    lora_kernel: Literal["auto", "fused", "peft"] = "auto"
+    """How LoRA layers compute. fused: sftkit's fused layer (the base projection, the dropout and the adapter in
+    one autograd function: the same values as peft's, fewer passes over the activations); peft: peft's own
+    forward. auto: fused for lora; peft where it cannot apply (qlora's 4-bit layers, DoRA, ZeRO-3/FSDP,
+    train.backend=unsloth)."""
 
     @field_validator("max_steps")
     @classmethod

@@ -8,14 +8,17 @@ values, all bits uniform) and keeps an element when its bits clear a threshold.
 
 The drop probability is ``p`` rounded to a multiple of 1/65,536 (for p = 0.05: 0.049973), and kept
 elements are scaled by the exact inverse of the keep probability, so the expectation of the output is
-the input, as with torch's dropout. Samples come from torch's default generator (``set_seed`` makes
-them reproducible); in eval mode the module is the identity.
+the input, as with torch's dropout. On a CPU the bits come from numpy's SFC64 generator (twice as fast as
+torch's Mersenne Twister here), seeded for each draw from torch's default generator, so ``set_seed`` and a
+checkpoint's saved RNG state reproduce them; elsewhere from torch's generator on the device. In eval mode
+the module is the identity.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -34,13 +37,29 @@ class FastDropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.dropped == 0:
             return x
-        n = x.numel()
-        bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
-        keep = bits.view(torch.int16)[:n].view(x.shape) >= self.dropped - _LEVELS // 2
-        return torch.where(keep, x * self.scale, 0.0)
+        return (x * keep_mask(x.shape, self.dropped, x.dtype, x.device)).mul_(self.scale)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+def keep_mask(shape: torch.Size, dropped: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """1 where an element is kept, 0 where it is dropped (``dropped`` of the 65,536 levels), in ``dtype``: a
+    multiplier, which CPU kernels apply five times faster than a bool mask (``masked_fill`` / ``where``)."""
+    out = torch.empty(shape, dtype=dtype, device=device)
+    return torch.ge(random_levels(shape, device), dropped - _LEVELS // 2, out=out)
+
+
+def random_levels(shape: torch.Size, device: torch.device) -> torch.Tensor:
+    """int16 values, uniform over all 65,536 levels, one per element of ``shape`` (four per 64-bit draw)."""
+    n = shape.numel()
+    words = (n + 3) // 4
+    if device.type == "cpu":
+        seed = int(torch.empty((), dtype=torch.int64).random_())  # one draw from torch's generator
+        bits = torch.from_numpy(np.random.SFC64(seed).random_raw(words).view(np.int64))
+    else:
+        bits = torch.empty(words, dtype=torch.int64, device=device).random_(-(2**63), None)
+    return bits.view(torch.int16)[:n].view(shape)
 
 
 def speed_up_lora_dropout(model: Any) -> int:

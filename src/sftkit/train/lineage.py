@@ -30,8 +30,7 @@ from sftkit.core.errors import TrainError
 from sftkit.core.rundir import RunDir
 from sftkit.hub.models import ResolvedModel, merge_adapters
 from sftkit.hub.safety import check_adapter
-from sftkit.train.dropout import speed_up_lora_dropout
-from sftkit.train.methods import attach
+from sftkit.train.methods import attach, speed_up_adapters
 
 # method field -> (adapter_config.json key, what it is called in a message)
 _SHAPE = {"r": ("r", "rank"), "alpha": ("lora_alpha", "alpha"), "use_dora": ("use_dora", "DoRA"),
@@ -134,8 +133,7 @@ def build(cfg: RunConfig, start: Start, base: Any) -> Any:
 
     if cfg.method.type is Method.qlora:
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
-    model = PeftModel.from_pretrained(base, start.train_further, is_trainable=True)
-    speed_up_lora_dropout(model)
+    model = speed_up_adapters(PeftModel.from_pretrained(base, start.train_further, is_trainable=True))
     model.sftkit_trained_further = True  # a dpo/kto reference is then this adapter's starting copy (stages.py)
     return model
 

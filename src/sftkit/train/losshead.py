@@ -146,6 +146,7 @@ def _sweep(h, weight, bias, targets, chunk, softcap, need):
     # accumulated across chunks in fp32 so that bf16/fp16 heads do not lose the small per-chunk terms
     grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
     grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
+    weight = _compute_weight(weight, h.device.type)
     for start in range(0, h.shape[0], chunk):
         h_c, t_c = h[start:start + chunk], targets[start:start + chunk]
         raw = F.linear(h_c, weight, bias)  # the compute dtype, as lm_head (or autocast) makes it
@@ -165,6 +166,14 @@ def _sweep(h, weight, bias, targets, chunk, softcap, need):
         else:
             del logp, dcap
     return total, (grad_h, _cast(grad_w, weight), _cast(grad_b, bias))
+
+
+def _compute_weight(weight, device_type):
+    """The head's weight as autocast would hand it to each chunk's two matmuls, cast once per sweep rather than
+    twice per chunk (autocast keeps no cast of a frozen weight: 19 ms each for SmolLM2's head on a CPU)."""
+    if torch.is_autocast_enabled(device_type) and weight.dtype == torch.float32 and not weight.requires_grad:
+        return weight.to(torch.get_autocast_dtype(device_type))
+    return weight
 
 
 def _accumulate(d_logits, h_c, weight, grad_h, grad_w, grad_b, start):

@@ -93,16 +93,21 @@ def attach(model: Any, method: MethodConfig, gradient_checkpointing: bool = Fals
             use_dora=method.use_dora,
             task_type="CAUSAL_LM",
         )
-        from sftkit.train.dropout import keep_lora_inputs_16bit, speed_up_lora_dropout
-
-        model = get_peft_model(model, cfg)
-        speed_up_lora_dropout(model)  # same p, a third of the cost on CPU (sftkit.train.dropout)
-        keep_lora_inputs_16bit(model)  # same values, no fp32 copy of every LoRA input under autocast
-        return model
+        return speed_up_adapters(get_peft_model(model, cfg))
     if method.type is Method.freeze:
         return _freeze(model, method)
     for p in model.parameters():
         p.requires_grad_(True)
+    return model
+
+
+def speed_up_adapters(model: Any) -> Any:
+    """peft's LoRA layers made cheaper where peft's own forward still runs (the fused layer, when the plan
+    picks it, is installed later: ``sftkit.train.plan.install_lora_kernel``)."""
+    from sftkit.train.dropout import keep_lora_inputs_16bit, speed_up_lora_dropout
+
+    speed_up_lora_dropout(model)  # same p, a third of the cost on CPU (sftkit.train.dropout)
+    keep_lora_inputs_16bit(model)  # same values, no fp32 copy of every LoRA input under autocast
     return model
 
 

@@ -1,10 +1,12 @@
-"""Per-device training defaults, chosen in one place: attention kernel, weight dtype, loss head, batch layout.
+"""Per-device training defaults, chosen in one place: attention kernel, weight dtype, loss head, batch layout,
+LoRA kernel.
 
 ``plan(cfg, caps)`` turns what the config leaves open (``model.dtype: auto``, ``model.attn_implementation``
-unset, ``train.loss_head: auto``) into a ``TrainPlan``: one ``Choice`` (value + reason) per decision. A value
-the config states is kept and says so. ``sft train`` prints the plan and records it (a ``# plan:`` comment
-block under config.yaml, ``plan`` / ``plan_reasons`` in train_summary.json); ``sft estimate --json`` returns
-it, also for a device that is not here (``--device cuda``), so every choice is testable on a CPU.
+unset, ``train.loss_head: auto``, ``train.lora_kernel: auto``) into a ``TrainPlan``: one ``Choice`` (value +
+reason) per decision. A value the config states is kept and says so. ``sft train`` prints the plan and
+records it (a ``# plan:`` comment block under config.yaml, ``plan`` / ``plan_reasons`` in
+train_summary.json); ``sft estimate --json`` returns it, also for a device that is not here
+(``--device cuda``), so every choice is testable on a CPU.
 
 What a GPU user gets (LLaMA-Factory / Unsloth habits), and why:
   * attention: flash-attn's varlen kernel when installed, else PyTorch's own (``sftkit_varlen``), both
@@ -12,6 +14,8 @@ What a GPU user gets (LLaMA-Factory / Unsloth habits), and why:
     (``sftkit_segments``), which wins on a CPU and costs 5.8x on an H200 (shared/data/gpu).
   * weights: bf16 for lora/qlora/freeze (frozen weights need no fp32), fp32 for full fine-tuning.
   * loss head: never the full [tokens x vocab] logits (``sftkit.train.losshead``, or Liger's on CUDA).
+  * LoRA layers: sftkit's fused layer (``sftkit.train.fastlora``: base projection, dropout and adapter in one
+    autograd function, peft's values) wherever the adapter is plain LoRA on an unsharded ``nn.Linear``.
 Two choices are confirmed on the device after planning (``confirm``): torch's varlen kernel is run once
 against sdpa, and the loss head against the loaded model; either falls back, with the reason, when it fails.
 """
@@ -30,7 +34,7 @@ from sftkit.hub.device import Capabilities
 from sftkit.hub.models import resolve
 from sftkit.train import attention
 
-KEYS = ("attn_implementation", "dtype", "loss_head", "packing")
+KEYS = ("attn_implementation", "dtype", "loss_head", "packing", "lora_kernel")
 FLASH_MIN_CAPABILITY = (8, 0)  # flash kernels (flash-attn 2, torch varlen): Ampere and newer
 VARLEN = "sftkit_varlen"
 PADDING_FREE_KERNELS = ("flash_attention_2", VARLEN)
@@ -49,6 +53,7 @@ class TrainPlan:
     loss_head: Choice
     packing: Choice
     device: str
+    lora_kernel: Choice = Choice("peft", "not planned")
 
     def values(self) -> dict[str, str]:
         return {k: getattr(self, k).value for k in KEYS}
@@ -178,6 +183,35 @@ def _loss_head(cfg: RunConfig, caps: Capabilities) -> Choice:
                                    "chunks of ~256 MB of logits, never [tokens x vocab] (same loss and gradients)")
 
 
+def _lora_kernel(cfg: RunConfig) -> Choice:
+    """``train.lora_kernel``: sftkit's fused LoRA layer wherever it computes what peft's does."""
+    m, want = cfg.method, cfg.train.lora_kernel
+    if m.type not in (Method.lora, Method.qlora):
+        return Choice("none", f"method.type={m.type.value} trains no LoRA adapters")
+    if want == "peft":
+        return Choice("peft", "train.lora_kernel=peft in the config")
+    why = _not_fusable(cfg)
+    if why:
+        stated = "train.lora_kernel=fused does not apply: " if want == "fused" else ""
+        return Choice("peft", f"{stated}{why}; peft's LoRA forward")
+    stated = "train.lora_kernel=fused in the config; " if want == "fused" else ""
+    return Choice("fused", stated + "sftkit's fused LoRA layer: base projection, dropout and adapter in one "
+                                    "autograd function, fewer passes over the activations (same values as peft's)")
+
+
+def _not_fusable(cfg: RunConfig) -> str | None:
+    if cfg.train.backend == "unsloth":
+        return "train.backend=unsloth brings its own LoRA kernels"
+    if cfg.method.type is Method.qlora:
+        return "method.type=qlora: the base layers are 4-bit (bitsandbytes), which the fused layer does not read"
+    if cfg.method.use_dora:
+        return "method.use_dora: DoRA rescales the weight, which the fused layer does not compute"
+    if not sharded_weights(cfg):
+        return None
+    how = "train.fsdp (FSDP)" if cfg.train.fsdp else f"train.deepspeed={cfg.train.deepspeed} (ZeRO-3)"
+    return f"{how} shards the weights and gathers each sub-module's only when that sub-module runs"
+
+
 def _packing(cfg: RunConfig, attn: str) -> Choice:
     what = f"packed rows of <= {cfg.data.cutoff_len} tokens" if cfg.train.packing else "the batch's examples"
     if attn in PADDING_FREE_KERNELS:
@@ -199,7 +233,8 @@ def plan(cfg: RunConfig, caps: Capabilities, model_config: Any | None = None) ->
     config (its family decides whether the fast kernels apply); None assumes a plain (Llama-like) model."""
     dtype = choose_dtype(cfg, caps)
     attn = _attention(cfg, caps, plain_attention(model_config, cfg.data.cutoff_len), dtype.value)
-    p = TrainPlan(attn, dtype, _loss_head(cfg, caps), _packing(cfg, attn.value), _device_name(caps))
+    p = TrainPlan(attn, dtype, _loss_head(cfg, caps), _packing(cfg, attn.value), _device_name(caps),
+                  _lora_kernel(cfg))
     return p if cfg.stage in (Stage.sft, Stage.pt) else _for_trl_stage(cfg, p)
 
 
@@ -310,6 +345,18 @@ def liger_head_problem(device: Any) -> str | None:
     worst = max((outs[0][0] - outs[1][0]).abs().item() / max(1.0, outs[1][0].abs().item()),
                 (outs[0][1] - outs[1][1]).abs().max().item())
     return None if worst <= 1e-3 else f"differs from the chunked head by {worst:.3g}"
+
+
+def install_lora_kernel(model: Any, p: TrainPlan) -> TrainPlan:
+    """Route the model's LoRA layers through the fused layer when the plan says so; a model with no plain
+    LoRA layer (a custom adapter type) keeps peft's forward, and the plan says why."""
+    if p.lora_kernel.value != "fused":
+        return p
+    from sftkit.train import fastlora
+
+    if fastlora.install(model):
+        return p
+    return p.with_choice("lora_kernel", "peft", "the model has no peft LoRA Linear layer to fuse; peft's forward")
 
 
 def install_loss_head(model: Any, p: TrainPlan) -> TrainPlan:

@@ -370,7 +370,8 @@ def _build_model(cfg: RunConfig, start: lineage.Start, console: Console, plan: T
         base.config.use_cache = False  # no KV cache in training: memory, and packing masks need it off
         model = lineage.build(cfg, start, base)  # a fresh method, or a parent run's adapter trained further
     confirmed = planning.install_loss_head(model, planning.confirm_loss_head(plan, model))
-    if confirmed != plan and _is_main():  # the loss head could not stand in for this model's own loss
+    confirmed = planning.install_lora_kernel(model, confirmed)
+    if confirmed != plan and _is_main():  # the loss head or the fused LoRA layer could not apply to this model
         _write_config(folder, cfg, confirmed, header)
     _show_plan(confirmed, console)
     trainable, total = count_parameters(model)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import typer
@@ -193,3 +194,16 @@ def test_cli_config_keeps_data_lengths(tmp_path):
     out = json.loads(res.stdout.strip().splitlines()[-1])
     whats = [r["what"] for r in out["recommendations"]]
     assert "cutoff_len" in whats and "val_size" not in whats
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="Linux only: ru_maxrss survives exec there")
+def test_cpu_profile_baseline_is_the_probes_own_memory(tmp_path, monkeypatch):
+    """Linux keeps ru_maxrss across exec, so a probe started from a process that had grown (a preflight after
+    loading data, a test run) once cached that process's peak as the baseline (5.1 GB for a 0.5 GB probe)."""
+    from sftkit.estimate.device import cpu_profile
+
+    monkeypatch.setenv("SFTKIT_HOME", str(tmp_path))
+    ballast = b"\x01" * 1_500_000_000  # resident in this process when the probe is forked from it
+    prof = cpu_profile(refresh=True)
+    assert len(ballast) and 0.1 < prof.baseline_gb < 1.2, prof
+    assert (tmp_path / "estimate" / "cpu_profile.json").is_file()

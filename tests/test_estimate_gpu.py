@@ -114,7 +114,7 @@ def _saved_bytes(layers: int, tokens: int, case: dict, tmp: Path) -> int:
     from transformers import BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
 
     from sftkit.core.config import MethodConfig
-    from sftkit.train import attention
+    from sftkit.train import attention, blockattn, fastlora
     from sftkit.train.methods import attach
 
     folder = tmp / f"m{layers}"
@@ -130,6 +130,8 @@ def _saved_bytes(layers: int, tokens: int, case: dict, tmp: Path) -> int:
     model.config.use_cache = False
     mc = MethodConfig(type="full") if case["method"] == "full" else MethodConfig(type=case["method"], r=4)
     model = attach(model, mc)
+    if case["method"] == "lora":  # as the plan runs it (train.lora_kernel: auto); qlora keeps peft's forward
+        fastlora.install(model)
     if case.get("upcast"):  # peft's prepare_model_for_kbit_training, which sftkit no longer calls
         for p in model.parameters():
             if p.dtype == torch.bfloat16:
@@ -145,11 +147,18 @@ def _saved_bytes(layers: int, tokens: int, case: dict, tmp: Path) -> int:
         return t
 
     ids = torch.randint(0, 512, (1, tokens), generator=torch.Generator().manual_seed(1))
-    pos = torch.arange(tokens // 4).repeat(4)[None]  # a packed row of four examples
+    # a packed row of four examples; with "blocks" one example, through the CPU block attention (the other
+    # cases bound it to 0 bytes, so segments take torch's kernel, whose saved tensors grow with the tokens)
+    pos = torch.arange(tokens)[None] if case.get("blocks") else torch.arange(tokens // 4).repeat(4)[None]
     body = model.get_base_model().model if hasattr(model, "get_base_model") else model.model
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
-            torch.autocast("cpu", dtype=torch.bfloat16, enabled=case["autocast"]):
-        body(input_ids=ids, position_ids=pos)
+    bound = blockattn.MAX_KEPT_BYTES
+    blockattn.MAX_KEPT_BYTES = bound if case.get("blocks") else 0
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+                torch.autocast("cpu", dtype=torch.bfloat16, enabled=case["autocast"]):
+            body(input_ids=ids, position_ids=pos)
+    finally:
+        blockattn.MAX_KEPT_BYTES = bound
     return sum(seen.values())
 
 
@@ -194,6 +203,23 @@ def test_layer_term_equals_what_autograd_saves(name, tmp_path):
     measured_bytes = per_layer(64) / 64 if setup.mask_bias else (per_layer(128) - per_layer(64)) / 64
     predicted = layer_activation_bytes(shape, setup)
     assert predicted == pytest.approx(measured_bytes, rel=0.01), (name, predicted, measured_bytes)
+
+
+@pytest.mark.parametrize("tokens", [96, 300])
+def test_block_attention_term_equals_what_autograd_saves(tokens, tmp_path):
+    """One example filling the row through the CPU block attention (one block, then three): q, k, v and the
+    output as SDPA keeps them, no log-sum-exp, plus each block's probabilities."""
+    from transformers import LlamaConfig
+
+    from sftkit.estimate import from_hf_config
+
+    case = {"method": "lora", "dtype": "bfloat16", "attn": "sftkit_segments", "autocast": True, "blocks": True}
+    shape = from_hf_config(LlamaConfig(num_hidden_layers=1, **TINY))
+    setup = Setup(weight_dtype="bfloat16", autocast="bf16", block_attention=True, device="cpu", lora_r=4,
+                  seq_len=tokens)
+    measured = _saved_bytes(2, tokens, case, tmp_path) - _saved_bytes(1, tokens, case, tmp_path)
+    assert layer_activation_bytes(shape, setup) * tokens == pytest.approx(measured, rel=0.01)
+    assert layer_activation_bytes(shape, replace(setup, device="cuda")) < layer_activation_bytes(shape, setup)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed")

@@ -60,6 +60,20 @@ def test_same_loss_and_gradients_as_peft(tiny_model_dir, dtype, autocast, tol, d
         assert (g - ref_grads[name]).abs().max().item() <= tol * max(scale, 1e-3), name
 
 
+def test_gradient_checkpointing_redraws_the_same_masks(tiny_model_dir):
+    """Recomputing a checkpointed layer draws its dropout mask again: torch's RNG state is restored, and the
+    mask's bits are seeded from it, so the gradients equal those of the run without checkpointing."""
+    model = _lora(tiny_model_dir, 0.2)
+    fastlora.install(model)
+    ref_loss, ref_grads = _step(model, False)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    loss, grads = _step(model, False)
+    torch.testing.assert_close(loss, ref_loss)
+    for name, g in grads.items():
+        torch.testing.assert_close(g, ref_grads[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_dropout_is_dropout(tiny_model_dir):
     """Another seed gives other masks; eval mode drops nothing (equal to the dropout-free model)."""
     model = _lora(tiny_model_dir, 0.3)

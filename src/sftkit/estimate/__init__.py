@@ -77,6 +77,7 @@ def setup_from_config(cfg: Any, plan: Mapping[str, str] | None = None) -> Setup:
         optim=_OPTIMS.get(t.optim, "adamw"), gradient_checkpointing=t.gradient_checkpointing,
         lora_r=m.r, lora_targets=targets, lora_dropout=m.dropout, freeze_layers=m.freeze_trainable_layers,
         flash_attention=attn != "eager", mask_bias=attn in ("sdpa", "eager") and packing != "padding_free",
+        block_attention=attn == "sftkit_segments",
         loss_head=head if head in ("plain", "chunked", "liger") else "plain", liger=t.use_liger_kernel,
     )
 

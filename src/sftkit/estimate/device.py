@@ -79,7 +79,13 @@ n, t0 = 0, time.perf_counter()
 while time.perf_counter() - t0 < 0.5:
     a @ b; n += 1
 rate = 2 * 1024**3 * n / (time.perf_counter() - t0) / 1e9
-print(json.dumps({"rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, "gflops": rate}))
+# this process's own peak: Linux keeps ru_maxrss across exec, so a probe started from a process that had
+# grown (a training run's preflight) would report its parent's peak; VmHWM belongs to this image only
+try:
+    hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+except (OSError, StopIteration):
+    hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"rss_gb": hwm * 1024 / 1e9, "gflops": rate}))
 """
 
 
@@ -87,7 +93,8 @@ def _cpu_key() -> str:
     import torch
 
     cpu = platform.processor() or platform.machine()
-    return f"{cpu}|{os.cpu_count()}|{torch.get_num_threads()}|{torch.__version__}"
+    # "vmhwm": profiles cached before the probe read its own peak (ru_maxrss) are measured again
+    return f"{cpu}|{os.cpu_count()}|{torch.get_num_threads()}|{torch.__version__}|vmhwm"
 
 
 def cpu_profile(refresh: bool = False) -> CpuProfile:

@@ -45,6 +45,7 @@ class Setup:
     freeze_layers: int = 2
     flash_attention: bool = True  # sdpa/flash: no seq x seq score matrix is kept (False: eager)
     mask_bias: bool = False  # sdpa with a [seq x seq] mask (packed rows on a GPU): the bias is kept per layer
+    block_attention: bool = False  # sftkit_segments: on a CPU each segment's probabilities are kept (blockattn)
     loss_head: str = "chunked"  # plain (full logits) | chunked (sftkit.train.losshead) | liger (fused)
     liger: bool = False  # train.use_liger_kernel: Liger's RMSNorm, SwiGLU, RoPE and fused head
     trained_fraction: float = 1.0  # share of tokens with a label (the chunked head only sees those)
@@ -113,7 +114,8 @@ def layer_activation_bytes(shape: ModelShape, setup: Setup, trainable_layer: boo
     Checked against ``torch.autograd.graph.saved_tensors_hooks`` byte counts of a real decoder layer
     (tests/test_estimate_gpu.py; bench/RESULTS_estimate.md): the norms (``_norms``), the attention kernel's
     q, k, v, output and log-sum-exp (+ the o_proj input when it trains; + a [seq x seq] bias per token for
-    sdpa with a mask; eager keeps the probabilities), the gated MLP's gate, SiLU output and up (Liger's
+    sdpa with a mask; eager keeps the probabilities; sftkit's CPU block attention keeps each block's
+    probabilities instead of the log-sum-exp), the gated MLP's gate, SiLU output and up (Liger's
     SwiGLU recomputes the SiLU; + their product when down_proj trains), and for LoRA per adapted
     projection the dropout mask (1 byte), A's input and B's input.
     """
@@ -125,6 +127,10 @@ def layer_activation_bytes(shape: ModelShape, setup: Setup, trainable_layer: boo
     attn = ab * (2 * q + 2 * kv_kept) + 4 * shape.heads + (ab * q if full else 0)
     if setup.mask_bias:
         attn += ab * setup.seq_len
+    if setup.block_attention and setup.device == "cpu":  # a whole row as one segment: the worst case
+        probs = block_attention_bytes(shape.heads, setup.seq_len, ab)
+        if probs:  # it keeps the probabilities instead of the log-sum-exp
+            attn += probs / setup.seq_len - 4 * shape.heads
     if not setup.flash_attention:  # eager attention keeps softmax probs (fp32) and their 16-bit copy per head
         attn += shape.heads * setup.seq_len * (4 + ab)
     mlp = ((2 if setup.liger else 3) + (1 if full else 0)) * mb * i
@@ -134,6 +140,19 @@ def layer_activation_bytes(shape: ModelShape, setup: Setup, trainable_layer: boo
         lora = d * ((1 + kept) if setup.lora_dropout > 0 else (kept if kept != rb else 0))
         lora += len(setup.lora_targets) * setup.lora_r * kept
     return _norms(shape, setup, full) + attn + mlp + lora
+
+
+# sftkit.train.blockattn's block size and memory bound (tests/test_blockattn.py keeps them equal)
+BLOCK_ROWS = 128
+BLOCK_MAX_KEPT_BYTES = 32 * 2**20
+
+
+def block_attention_bytes(heads: int, length: int, itemsize: int) -> int:
+    """What sftkit's CPU block attention keeps for one segment of ``length`` tokens in one layer (the
+    probabilities of each block of query rows against its keys); 0 past its bound, where SDPA runs."""
+    kept = heads * itemsize * sum(min(BLOCK_ROWS, length - r0) * min(length, r0 + BLOCK_ROWS)
+                                  for r0 in range(0, length, BLOCK_ROWS))
+    return kept if kept <= BLOCK_MAX_KEPT_BYTES else 0
 
 
 def activation_bytes(shape: ModelShape, setup: Setup) -> float:

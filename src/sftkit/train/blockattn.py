@@ -10,9 +10,10 @@ rest are in its causal future), so each block's softmax is the whole row's, exac
 probabilities are kept in the compute dtype for the backward pass. Grouped-query attention never repeats
 the keys and values: the query heads of one key/value head are one batch of rows against it.
 
-Memory: the kept probabilities are about heads x L^2 / 2 values per layer (2.8 MB for the bundled model at
-L = 256, 9.4 MB at 1,024). ``fits`` bounds them per call (``MAX_KEPT_BYTES``); longer segments, attention
-dropout and non-CPU tensors go to torch's SDPA (``sftkit.train.attention`` decides).
+Memory: the kept probabilities are about heads x L (L + ROWS) / 2 values per layer (1.8 MB for the bundled
+model at L = 256, 11 MB at 1,024; ``kept_bytes``). ``fits`` bounds them per call (``MAX_KEPT_BYTES``);
+longer segments, attention dropout and non-CPU tensors go to torch's SDPA (``sftkit.train.attention``
+decides). ``sftkit.estimate`` counts them for CPU runs.
 """
 
 from __future__ import annotations
@@ -26,10 +27,15 @@ ROWS = 128  # query rows per block: scores of a block stay in the cores' caches 
 MAX_KEPT_BYTES = 32 * 2**20  # the probabilities kept for the backward pass, per call
 
 
+def kept_bytes(heads: int, length: int, itemsize: int) -> int:
+    """Bytes of the probabilities kept for the backward pass: block [r0, r1) keeps r1 - r0 rows of r1 keys
+    per head (``sftkit.estimate.memory`` mirrors this)."""
+    return heads * itemsize * sum(min(ROWS, length - r0) * min(length, r0 + ROWS) for r0 in range(0, length, ROWS))
+
+
 def fits(heads: int, length: int, dtype: torch.dtype) -> bool:
     """Whether a segment's kept probabilities stay within ``MAX_KEPT_BYTES``."""
-    itemsize = torch.finfo(dtype).bits // 8 if dtype.is_floating_point else 4
-    return heads * length * (length + ROWS) // 2 * itemsize <= MAX_KEPT_BYTES
+    return kept_bytes(heads, length, torch.empty((), dtype=dtype).element_size()) <= MAX_KEPT_BYTES
 
 
 @lru_cache(maxsize=8)
@@ -52,10 +58,10 @@ class BlockAttention(torch.autograd.Function):
         heads, length, dim = q.shape
         kv = k.shape[0]
         group = heads // kv
-        qs = (q.to(dtype) * scale).reshape(kv, group, length, dim)
-        k0, v0 = k.to(dtype), v.to(dtype)
+        q0, k0, v0 = q.to(dtype), k.to(dtype), v.to(dtype)  # kept in the compute dtype, as SDPA under autocast
+        qs = (q0 * scale).reshape(kv, group, length, dim)
         future = _future(ROWS, dtype, q.device)
-        out = torch.empty(kv, group, length, dim, dtype=dtype, device=q.device)
+        out = torch.empty(kv, group, length, dim, dtype=dtype, device=q0.device)
         probs = []
         for r0 in range(0, length, ROWS):
             r1 = min(length, r0 + ROWS)
@@ -66,23 +72,23 @@ class BlockAttention(torch.autograd.Function):
             p = torch.softmax(scores, dim=-1)
             out[:, :, r0:r1] = torch.bmm(p, v0[:, :r1]).view(kv, group, n, dim)
             probs.append(p)
-        ctx.save_for_backward(q, k0, v0, out, *probs)
+        ctx.save_for_backward(q0, k0, v0, out, *probs)
         ctx.scale, ctx.dtype, ctx.in_dtypes = scale, dtype, (q.dtype, k.dtype, v.dtype)
         return out.view(heads, length, dim)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
-        q, k0, v0, out, *probs = ctx.saved_tensors
+        q0, k0, v0, out, *probs = ctx.saved_tensors
         dtype = ctx.dtype
-        heads, length, dim = q.shape
+        heads, length, dim = q0.shape
         kv = k0.shape[0]
         group = heads // kv
         go = grad.to(dtype).reshape(kv, group, length, dim)
-        q0 = q.to(dtype).reshape(kv, group, length, dim)
+        q0 = q0.reshape(kv, group, length, dim)
         delta = (go.float() * out.float()).sum(-1, keepdim=True)  # rowsum(dO * O): softmax's backward term
-        dq = torch.empty(kv, group, length, dim, dtype=dtype, device=q.device)
-        dk = torch.zeros(kv, length, dim, dtype=torch.float32, device=q.device)
-        dv = torch.zeros(kv, length, dim, dtype=torch.float32, device=q.device)
+        dq = torch.empty(kv, group, length, dim, dtype=dtype, device=q0.device)
+        dk = torch.zeros(kv, length, dim, dtype=torch.float32, device=q0.device)
+        dv = torch.zeros(kv, length, dim, dtype=torch.float32, device=q0.device)
         for i, r0 in enumerate(range(0, length, ROWS)):
             r1 = min(length, r0 + ROWS)
             n = r1 - r0

@@ -9,7 +9,7 @@ linear layers: the adapters doubled the linear layers' time).
 
 ``FusedLoRA`` computes the same function with fewer passes over [tokens x features]:
 
-* the dropout is a 0/1 multiplier in the compute dtype (``keep_mask``); its ``1/(1-p)`` factor and
+* the dropout is a one-byte 0/1 multiplier (``keep_mask``); its ``1/(1-p)`` factor and
   ``scaling`` are folded into the thin [tokens x r] product and into ``addmm``'s ``alpha``, so the
   adapter's output is added to the base output in place (``addmm_``), never scaled or added as a separate
   tensor;
@@ -63,7 +63,7 @@ class FusedLoRA(torch.autograd.Function):
         keep_scale = 1.0
         keep = None
         if dropped:
-            keep = keep_mask(x2.shape, dropped, dtype, x.device)  # 1 kept, 0 dropped
+            keep = keep_mask(x2.shape, dropped, x.device)  # uint8: 1 kept, 0 dropped
             x2 = x2 * keep
             keep_scale = _LEVELS / (_LEVELS - dropped)
         h = (x2 @ a.to(dtype).t()).mul_(keep_scale)  # [tokens, r]: the dropout's scale costs nothing here

@@ -38,7 +38,7 @@ def test_tiny_dry_run_prints_the_summary_line(tmp_path, tokenizer, capsys):
     assert printed == line and set(line) >= KEYS and line["errors"] is None
     assert line["device"] == "cpu" and line["sftkit_tokens_per_s"] > 0 and line["ratio"] > 0
     assert line["estimate_gb"] > 0 and 0 < line["mfu"] < 1
-    assert set(line["plan"]) == {"attn_implementation", "dtype", "loss_head", "packing"}
+    assert set(line["plan"]) == {"attn_implementation", "dtype", "loss_head", "packing", "lora_kernel"}
     full = json.loads((tmp_path / "r.json").read_text())["results"]
     best = full["trl_best"]["settings"]
     assert best["packing"] is True and best["gradient_checkpointing"] is False

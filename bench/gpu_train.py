@@ -17,7 +17,9 @@ Sides (each a fresh process, so its peak memory is its own; a side that fails or
   bf16 autocast where the device has it), max_length 2,048;
 * ``trl_best``: TRL's best available here: bf16 weights, ``packing=True`` (bfd) + padding-free, batch 1 x
   16,384 tokens, no gradient checkpointing, Liger when installed (CUDA), flash-attn when installed, else sdpa;
-* ``qlora`` (optional, ``--sides``): the sftkit side with ``method.type: qlora``.
+* ``qlora`` (optional, ``--sides``): the sftkit side with ``method.type: qlora``;
+* ``sftkit_peft``: the sftkit side with ``train.lora_kernel: peft`` (peft's own LoRA forward instead of the
+  fused layer the plan picks): ``fused_lora_speedup`` in the summary is ``sftkit`` over this side.
 TRL trains the rows sftkit rendered (``input_ids`` + ``labels``): the same tokens and the same loss.
 
 Measured: real (non-padding) tokens per second over the timed steps (CUDA synchronised), peak memory
@@ -61,7 +63,7 @@ LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
 LR, OPTIM = 2e-4, "adamw_torch_fused"
 WORDS = ["the", "model", "learns", "answer", "questions", "about", "data", "tokens", "reply", "river", "code",
          "write", "read", "train", "clear", "short", "because", "result", "你好", "数据", "模型", "训练", "回答"]
-SIDES = ("sftkit", "trl", "trl_best", "qlora")
+SIDES = ("sftkit", "trl", "trl_best", "qlora", "sftkit_peft")
 
 
 def log(msg: str) -> None:
@@ -128,26 +130,26 @@ def measure(timer: Any, counter: Counting, warmup: int) -> dict[str, Any]:
             "peak_gb": peak, "losses": timer.losses}
 
 
-def sftkit_config(work: Path, args: argparse.Namespace, method: str) -> Any:
+def sftkit_config(work: Path, args: argparse.Namespace, method: str, lora_kernel: str = "auto") -> Any:
     from sftkit.core.config import RunConfig
 
     return RunConfig.model_validate({
-        "name": f"bench_{method}", "output_dir": str(work / f"run_{method}"),
+        "name": f"bench_{method}", "output_dir": str(work / f"run_{method}_{lora_kernel}"),
         "model": {"name_or_path": str(work / "model")},
         "data": {"train": str(work / "train.jsonl"), "cutoff_len": args.cutoff, "val_size": 0},
         "method": {"type": method, **LORA},
         "train": {"max_steps": args.warmup + args.steps, "learning_rate": LR, "optim": OPTIM,
                   "per_device_train_batch_size": args.batch, "packing": True, "bf16": True, "logging_steps": 1,
-                  "save_steps": 100_000, "report_to": []},
+                  "save_steps": 100_000, "report_to": [], "lora_kernel": lora_kernel},
     })
 
 
-def run_sftkit(work: Path, args: argparse.Namespace, method: str) -> dict[str, Any]:
+def run_sftkit(work: Path, args: argparse.Namespace, method: str, lora_kernel: str = "auto") -> dict[str, Any]:
     from rich.console import Console
 
     from sftkit.estimate import detect_device, estimate_run
 
-    cfg = sftkit_config(work, args, method)
+    cfg = sftkit_config(work, args, method, lora_kernel)
     timer, counter = train_counted(cfg, Console(stderr=True, quiet=not args.verbose))
     out = measure(timer, counter, args.warmup)
     summary = json.loads((Path(cfg.run_dir()) / "train_summary.json").read_text())
@@ -222,8 +224,9 @@ def run_side(side: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
 
     if not torch.cuda.is_available():
         torch.set_num_threads(args.threads)
-    if side in ("sftkit", "qlora"):
-        return run_sftkit(work, args, "lora" if side == "sftkit" else "qlora")
+    if side in ("sftkit", "qlora", "sftkit_peft"):
+        kernel = "peft" if side == "sftkit_peft" else "auto"
+        return run_sftkit(work, args, "qlora" if side == "qlora" else "lora", kernel)
     return run_trl(work, args, best=side == "trl_best")
 
 
@@ -302,6 +305,7 @@ def summary(results: dict[str, dict[str, Any]], info: dict[str, Any]) -> dict[st
         return results.get(side, {}).get(key)
 
     x, y, z = get("sftkit", "tokens_per_s"), get("trl", "tokens_per_s"), get("trl_best", "tokens_per_s")
+    unfused = get("sftkit_peft", "tokens_per_s")
     peak_tflops = info["nominal_tflops"] or info["matmul_tflops"]
     fpt = get("sftkit", "flops_per_token")
     out = {
@@ -311,6 +315,8 @@ def summary(results: dict[str, dict[str, Any]], info: dict[str, Any]) -> dict[st
         "mfu": x * fpt / (peak_tflops * 1e12) if x and fpt else None, "device": info["device"],
         "qlora_peak_gb": get("qlora", "peak_gb"), "trl_peak_gb": get("trl", "peak_gb"),
         "trl_best_peak_gb": get("trl_best", "peak_gb"), "plan": get("sftkit", "plan"),
+        "sftkit_peft_tokens_per_s": unfused, "fused_lora_speedup": x / unfused if x and unfused else None,
+        "sftkit_peft_peak_gb": get("sftkit_peft", "peak_gb"),
         "errors": {s: r["error"] for s, r in results.items() if "error" in r} or None,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="minutes"),
     }
@@ -333,7 +339,8 @@ def prepare(work: Path, args: argparse.Namespace) -> None:
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tiny", action="store_true", help="2 layers, hidden 64, on CPU: a dry run in seconds")
-    ap.add_argument("--sides", default="sftkit,trl_best,trl,qlora", help=f"comma-separated, of {', '.join(SIDES)}")
+    ap.add_argument("--sides", default="sftkit,trl_best,trl,qlora,sftkit_peft",
+                    help=f"comma-separated, of {', '.join(SIDES)}")
     ap.add_argument("--tokenizer", help="a saved tokenizer folder (default: the bundled model's)")
     ap.add_argument("--work", type=Path, help="model, data and run folders (default: a temporary folder)")
     ap.add_argument("--out", type=Path, help="write every side's full result here as it arrives")

@@ -31,7 +31,7 @@ def test_tiny_dry_run_prints_the_summary_line(tmp_path, tokenizer, capsys):
         pytest.skip("trl is not installed")
     tok = tmp_path / "tok"
     tokenizer.save_pretrained(tok)
-    sides = "sftkit,trl,trl_best" + (",qlora" if importlib.util.find_spec("bitsandbytes") else "")
+    sides = "sftkit,trl,trl_best,sftkit_peft" + (",qlora" if importlib.util.find_spec("bitsandbytes") else "")
     line = _bench().main(["--tiny", "--inprocess", "--sides", sides, "--tokenizer", str(tok),
                           "--work", str(tmp_path / "w"), "--out", str(tmp_path / "r.json")])
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -39,6 +39,8 @@ def test_tiny_dry_run_prints_the_summary_line(tmp_path, tokenizer, capsys):
     assert line["device"] == "cpu" and line["sftkit_tokens_per_s"] > 0 and line["ratio"] > 0
     assert line["estimate_gb"] > 0 and 0 < line["mfu"] < 1
     assert set(line["plan"]) == {"attn_implementation", "dtype", "loss_head", "packing", "lora_kernel"}
+    assert line["plan"]["lora_kernel"] == "fused" and line["fused_lora_speedup"] > 0
+    assert line["sftkit_peft_tokens_per_s"] > 0 and line["sftkit_peft_peak_gb"] > 0
     full = json.loads((tmp_path / "r.json").read_text())["results"]
     best = full["trl_best"]["settings"]
     assert best["packing"] is True and best["gradient_checkpointing"] is False

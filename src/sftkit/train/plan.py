@@ -125,8 +125,8 @@ def _attention(cfg: RunConfig, caps: Capabilities, plain: bool, dtype: str) -> C
         return Choice("sdpa", "this model's attention is not plain causal attention (sliding window, soft-capping "
                               "or another family): transformers' sdpa")
     if not caps.cuda:
-        return Choice(attention.NAME, "CPU: each packed example is its own causal SDPA call, exact and cheaper than "
-                                      "sdpa's block-diagonal mask")
+        return Choice(attention.NAME, "CPU: each packed example is its own causal attention (sftkit's block "
+                                      "attention), exact and cheaper than sdpa's block-diagonal mask")
     return _gpu_attention(cfg, caps, dtype)
 
 

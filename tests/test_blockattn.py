@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch")
 
 from torch.nn.functional import scaled_dot_product_attention as sdpa  # noqa: E402
 
+from sftkit.estimate.memory import block_attention_bytes, block_probs_bytes  # noqa: E402
 from sftkit.train import blockattn  # noqa: E402
 
 
@@ -78,8 +79,8 @@ def test_fits_bounds_the_kept_probabilities():
     assert blockattn.fits(9, 1024, torch.bfloat16)  # the bundled model at its usual cutoff
     assert not blockattn.fits(32, 4096, torch.bfloat16)
     longest = max(n for n in range(64, 8192, 64) if blockattn.fits(32, n, torch.bfloat16))
-    assert blockattn.kept_bytes(32, longest, 2) <= blockattn.MAX_KEPT_BYTES < blockattn.kept_bytes(32, longest + 64, 2)
-    assert blockattn.kept_bytes(9, 256, 2) == 9 * 2 * (128 * 128 + 128 * 256)
+    assert block_probs_bytes(32, longest, 2) <= blockattn.MAX_KEPT_BYTES < block_probs_bytes(32, longest + 64, 2)
+    assert block_probs_bytes(9, 256, 2) == 9 * 2 * (128 * 128 + 128 * 256)
 
 
 def test_segment_attention_uses_blocks_on_cpu_and_sdpa_beyond(monkeypatch):
@@ -94,7 +95,7 @@ def test_segment_attention_uses_blocks_on_cpu_and_sdpa_beyond(monkeypatch):
     out, _ = attention.segment_attention(module, q, k, v, None, position_ids=pos)
     assert calls == [10, 20]
     calls.clear()
-    monkeypatch.setattr(blockattn, "MAX_KEPT_BYTES", blockattn.kept_bytes(4, 15, 4))  # 10 tokens fit, 20 not
+    monkeypatch.setattr(blockattn, "MAX_KEPT_BYTES", block_probs_bytes(4, 15, 4))  # 10 tokens fit, 20 not
     again, _ = attention.segment_attention(module, q, k, v, None, position_ids=pos)
     assert calls == [10]
     torch.testing.assert_close(again, out, rtol=1e-5, atol=1e-5)
@@ -105,13 +106,10 @@ def test_segment_attention_uses_blocks_on_cpu_and_sdpa_beyond(monkeypatch):
 
 
 def test_the_estimator_counts_what_it_keeps():
-    from sftkit.estimate.memory import BLOCK_MAX_KEPT_BYTES, BLOCK_ROWS, block_attention_bytes
-
-    assert (BLOCK_ROWS, BLOCK_MAX_KEPT_BYTES) == (blockattn.ROWS, blockattn.MAX_KEPT_BYTES)
-    for length in (1, 100, 128, 129, 300, 1024):
-        assert block_attention_bytes(9, length, 2) == blockattn.kept_bytes(9, length, 2)
-    assert block_attention_bytes(32, 4096, 2) == 0  # past the bound: SDPA keeps no probabilities
-    q, k, v = _qkv(4, 2, 300, dtype=torch.bfloat16)
-    out = blockattn.attention(q, k, v, 0.25, torch.bfloat16)
-    probs = out.grad_fn.saved_tensors[4:]
-    assert sum(p.numel() * p.element_size() for p in probs) == blockattn.kept_bytes(4, 300, 2)
+    """The probabilities autograd keeps are the bytes the estimate counts (and uses for the bound)."""
+    for length in (100, 128, 300):
+        q, k, v = _qkv(4, 2, length, dtype=torch.bfloat16)
+        out = blockattn.attention(q, k, v, 0.25, torch.bfloat16)
+        probs = out.grad_fn.saved_tensors[4:]
+        assert sum(p.numel() * p.element_size() for p in probs) == block_attention_bytes(4, length, 2)
+    assert block_attention_bytes(32, 4096, 2) == 0 < block_probs_bytes(32, 4096, 2)  # past the bound: SDPA

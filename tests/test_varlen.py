@@ -78,7 +78,8 @@ def test_a_wrong_kernel_fails_the_probe_and_the_plan_falls_back(use_kernel):
     problem = varlen.probe("cpu", "float32")
     assert problem and "differs from causal sdpa" in problem
     p = TrainPlan(Choice("sftkit_varlen", "planned"), Choice("bfloat16", ""), Choice("chunked", ""),
-                  Choice("padding_free", "packed rows of <= 128 tokens concatenated ..."), "cuda")
+                  Choice("padding_free", "packed rows of <= 128 tokens concatenated ..."), "cuda",
+                  Choice("fused", ""))
     # confirm_attention probes the real kernel: substitute the broken one for it
     fallen = confirm_attention(p, "cpu")
     assert fallen.attn_implementation.value == "sdpa" and "failed its check" in fallen.attn_implementation.reason

@@ -142,16 +142,22 @@ def layer_activation_bytes(shape: ModelShape, setup: Setup, trainable_layer: boo
     return _norms(shape, setup, full) + attn + mlp + lora
 
 
-# sftkit.train.blockattn's block size and memory bound (tests/test_blockattn.py keeps them equal)
+# sftkit.train.blockattn computes in blocks of this many query rows and keeps at most this many bytes of
+# probabilities per call; it reads both, and block_probs_bytes, from here
 BLOCK_ROWS = 128
 BLOCK_MAX_KEPT_BYTES = 32 * 2**20
 
 
-def block_attention_bytes(heads: int, length: int, itemsize: int) -> int:
-    """What sftkit's CPU block attention keeps for one segment of ``length`` tokens in one layer (the
-    probabilities of each block of query rows against its keys); 0 past its bound, where SDPA runs."""
-    kept = heads * itemsize * sum(min(BLOCK_ROWS, length - r0) * min(length, r0 + BLOCK_ROWS)
+def block_probs_bytes(heads: int, length: int, itemsize: int) -> int:
+    """The probabilities block attention keeps for one segment of ``length`` tokens in one layer: block
+    [r0, r1) keeps r1 - r0 rows of r1 keys per head."""
+    return heads * itemsize * sum(min(BLOCK_ROWS, length - r0) * min(length, r0 + BLOCK_ROWS)
                                   for r0 in range(0, length, BLOCK_ROWS))
+
+
+def block_attention_bytes(heads: int, length: int, itemsize: int) -> int:
+    """What sftkit's CPU block attention keeps for such a segment; 0 past its bound, where SDPA runs."""
+    kept = block_probs_bytes(heads, length, itemsize)
     return kept if kept <= BLOCK_MAX_KEPT_BYTES else 0
 
 

@@ -11,9 +11,9 @@ probabilities are kept in the compute dtype for the backward pass. Grouped-query
 the keys and values: the query heads of one key/value head are one batch of rows against it.
 
 Memory: the kept probabilities are about heads x L (L + ROWS) / 2 values per layer (1.8 MB for the bundled
-model at L = 256, 11 MB at 1,024; ``kept_bytes``). ``fits`` bounds them per call (``MAX_KEPT_BYTES``);
-longer segments, attention dropout and non-CPU tensors go to torch's SDPA (``sftkit.train.attention``
-decides). ``sftkit.estimate`` counts them for CPU runs.
+model at L = 256, 11 MB at 1,024; counted by ``sftkit.estimate.memory.block_probs_bytes``, which the
+estimate of a CPU run uses too). ``fits`` bounds them per call (``MAX_KEPT_BYTES``); longer segments,
+attention dropout and non-CPU tensors go to torch's SDPA (``sftkit.train.attention`` decides).
 """
 
 from __future__ import annotations
@@ -23,19 +23,16 @@ from typing import Any
 
 import torch
 
-ROWS = 128  # query rows per block: scores of a block stay in the cores' caches (measured best of 64/128/256)
-MAX_KEPT_BYTES = 32 * 2**20  # the probabilities kept for the backward pass, per call
+from sftkit.estimate.memory import BLOCK_MAX_KEPT_BYTES, BLOCK_ROWS, block_probs_bytes
 
-
-def kept_bytes(heads: int, length: int, itemsize: int) -> int:
-    """Bytes of the probabilities kept for the backward pass: block [r0, r1) keeps r1 - r0 rows of r1 keys
-    per head (``sftkit.estimate.memory`` mirrors this)."""
-    return heads * itemsize * sum(min(ROWS, length - r0) * min(length, r0 + ROWS) for r0 in range(0, length, ROWS))
+ROWS = BLOCK_ROWS  # query rows per block: a block's scores stay in the cores' caches (best of 64/128/256)
+MAX_KEPT_BYTES = BLOCK_MAX_KEPT_BYTES  # the probabilities kept for the backward pass, per call
 
 
 def fits(heads: int, length: int, dtype: torch.dtype) -> bool:
-    """Whether a segment's kept probabilities stay within ``MAX_KEPT_BYTES``."""
-    return kept_bytes(heads, length, torch.empty((), dtype=dtype).element_size()) <= MAX_KEPT_BYTES
+    """Whether a segment's kept probabilities (``block_probs_bytes``, the estimator's own count) stay within
+    ``MAX_KEPT_BYTES``."""
+    return block_probs_bytes(heads, length, torch.empty((), dtype=dtype).element_size()) <= MAX_KEPT_BYTES
 
 
 @lru_cache(maxsize=8)

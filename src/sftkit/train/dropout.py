@@ -31,8 +31,8 @@ class FastDropout(nn.Module):
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout probability must be in [0, 1), got {p}")
         self.p = p
-        self.dropped = round(p * _LEVELS)  # values below -32768 + dropped are dropped
-        self.scale = _LEVELS / (_LEVELS - self.dropped)
+        self.dropped = dropped_levels(p)  # values below -32768 + dropped are dropped
+        self.scale = keep_scale(self.dropped)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.dropped == 0:
@@ -41,6 +41,16 @@ class FastDropout(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+def dropped_levels(p: float) -> int:
+    """How many of the 65,536 16-bit levels drop an element: ``p`` rounded to a multiple of 1/65,536."""
+    return round(p * _LEVELS)
+
+
+def keep_scale(dropped: int) -> float:
+    """The exact inverse of the keep probability, so a kept element's expectation is its value."""
+    return _LEVELS / (_LEVELS - dropped)
 
 
 def keep_mask(shape: torch.Size, dropped: int, device: torch.device) -> torch.Tensor:

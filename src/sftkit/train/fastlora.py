@@ -36,7 +36,7 @@ import torch
 from peft.tuners.lora.layer import Linear as LoraLinear
 from torch import nn
 
-from sftkit.train.dropout import _LEVELS, FastDropout, keep_mask
+from sftkit.train.dropout import FastDropout, dropped_levels, keep_mask, keep_scale
 
 
 def _drop_threshold(drop: nn.Module) -> int:
@@ -46,7 +46,7 @@ def _drop_threshold(drop: nn.Module) -> int:
     if isinstance(drop, FastDropout):
         return drop.dropped
     if isinstance(drop, nn.Dropout):
-        return round(drop.p * _LEVELS)
+        return dropped_levels(drop.p)
     return 0
 
 
@@ -60,16 +60,15 @@ class FusedLoRA(torch.autograd.Function):
         x2 = x.reshape(-1, features).to(dtype)
         w = weight.to(dtype)
         out = torch.addmm(bias.to(dtype), x2, w.t()) if bias is not None else x2 @ w.t()
-        keep_scale = 1.0
+        scale = keep_scale(dropped)
         keep = None
         if dropped:
             keep = keep_mask(x2.shape, dropped, x.device)  # uint8: 1 kept, 0 dropped
             x2 = x2 * keep
-            keep_scale = _LEVELS / (_LEVELS - dropped)
-        h = (x2 @ a.to(dtype).t()).mul_(keep_scale)  # [tokens, r]: the dropout's scale costs nothing here
+        h = (x2 @ a.to(dtype).t()).mul_(scale)  # [tokens, r]: the dropout's scale costs nothing here
         out.addmm_(h, b.to(dtype).t(), alpha=scaling)
         ctx.save_for_backward(w, a, b, x2, keep, h)  # w: the compute-dtype weight (autocast keeps its cast too)
-        ctx.scaling, ctx.keep_scale, ctx.dtype, ctx.x_dtype, ctx.x_shape = scaling, keep_scale, dtype, x.dtype, x.shape
+        ctx.scaling, ctx.keep_scale, ctx.dtype, ctx.x_dtype, ctx.x_shape = scaling, scale, dtype, x.dtype, x.shape
         return out.view(*lead, out.shape[-1])
 
     @staticmethod

@@ -53,7 +53,7 @@ class TrainPlan:
     loss_head: Choice
     packing: Choice
     device: str
-    lora_kernel: Choice = Choice("peft", "not planned")
+    lora_kernel: Choice
 
     def values(self) -> dict[str, str]:
         return {k: getattr(self, k).value for k in KEYS}

@@ -7,11 +7,19 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from sftkit.train.dropout import FastDropout, speed_up_lora_dropout  # noqa: E402
+from sftkit.train.dropout import (  # noqa: E402
+    GAPS_MAX_P,
+    FastDropout,
+    add_kept,
+    draw_drops,
+    dropped_levels,
+    speed_up_lora_dropout,
+    zero_dropped,
+)
 
 
 def test_drops_the_right_share_in_every_bit_lane_and_keeps_the_mean():
-    drop = FastDropout(0.1).train()
+    drop = FastDropout(0.1).train()  # above GAPS_MAX_P: the bits' keep mask
     x = torch.ones(1_000_003)  # not a multiple of 4: the last 64-bit draw is cut
     y = drop(x)
     kept = y != 0
@@ -23,19 +31,61 @@ def test_drops_the_right_share_in_every_bit_lane_and_keeps_the_mean():
     assert abs(y.mean().item() - 1.0) < 0.005
 
 
-def test_gradient_goes_through_the_same_mask():
-    drop = FastDropout(0.3).train()
-    x = torch.randn(64, 33, requires_grad=True)
+@pytest.mark.parametrize("p", [0.05, 0.001, GAPS_MAX_P])
+def test_dropped_positions_are_independent_bernoulli_draws(p):
+    """Small p: the positions drawn from geometric gaps drop the right share, uniformly over the tensor
+    (first and last thousand elements included), with no memory between neighbours (P(next dropped |
+    dropped) = p), sorted and unique, and reproducible from torch's seed."""
+    n = 2_000_003
+    dropped = dropped_levels(p)
+    q = dropped / 65536
+    torch.manual_seed(11)
+    pos = draw_drops(torch.Size([n]), dropped, torch.device("cpu"))
+    assert pos.dtype == torch.int64 and pos.numel() > 0
+    assert int(pos.min()) >= 0 and int(pos.max()) < n and bool((pos[1:] > pos[:-1]).all())
+    sd = (n * q * (1 - q)) ** 0.5
+    assert abs(pos.numel() - n * q) < 5 * sd
+    hits = torch.zeros(n, dtype=torch.bool)
+    hits[pos] = True
+    bins = hits[: n - n % 20].view(20, -1).float().sum(1)  # 20 equal stretches, the ends included
+    per = (n // 20) * q
+    assert ((bins - per).abs() < 5 * (per * (1 - q)) ** 0.5 + 1).all(), bins
+    follows = hits[1:][hits[:-1]].float().mean().item()  # the element after a dropped one
+    assert abs(follows - q) < 5 * (q * (1 - q) / max(1, pos.numel())) ** 0.5 + 1e-4
+    torch.manual_seed(11)
+    assert torch.equal(draw_drops(torch.Size([n]), dropped, torch.device("cpu")), pos)
+
+
+def test_positions_and_masks_apply_alike():
+    """zero_dropped / add_kept give the same values from positions as from the equivalent keep mask."""
+    torch.manual_seed(0)
+    shape = torch.Size([37, 53])
+    pos = draw_drops(shape, dropped_levels(0.05), torch.device("cpu"))
+    mask = torch.ones(shape.numel(), dtype=torch.uint8)
+    mask[pos] = 0
+    mask = mask.view(shape)
+    x, u, out = torch.randn(shape), torch.randn(shape), torch.randn(shape)
+    torch.testing.assert_close(zero_dropped(x.clone(), pos), zero_dropped(x.clone(), mask), rtol=0, atol=0)
+    torch.testing.assert_close(add_kept(out.clone(), u.clone(), pos, 1.5), add_kept(out.clone(), u, mask, 1.5))
+    assert (zero_dropped(x.clone(), pos) == 0).sum() == pos.numel()
+
+
+@pytest.mark.parametrize("p", [0.05, 0.3])
+def test_gradient_goes_through_the_same_mask(p):
+    drop = FastDropout(p).train()
+    leaf = torch.randn(64, 33, requires_grad=True)
+    x = leaf.transpose(0, 1)  # not contiguous: positions are row-major
     y = drop(x)
     y.sum().backward()
     mask = (y != 0).float()
-    torch.testing.assert_close(x.grad, mask * drop.scale)
+    torch.testing.assert_close(leaf.grad.transpose(0, 1), mask * drop.scale)
     torch.testing.assert_close(y, x.detach() * mask * drop.scale)
 
 
-def test_eval_is_identity_and_the_seed_reproduces_the_mask():
-    drop = FastDropout(0.5)
-    x = torch.randn(10, 10)
+@pytest.mark.parametrize("p", [0.05, 0.5])
+def test_eval_is_identity_and_the_seed_reproduces_the_mask(p):
+    drop = FastDropout(p)
+    x = torch.randn(100, 10)
     assert drop.eval()(x) is x
     drop.train()
     torch.manual_seed(3)

@@ -117,7 +117,7 @@ def layer_activation_bytes(shape: ModelShape, setup: Setup, trainable_layer: boo
     sdpa with a mask; eager keeps the probabilities; sftkit's CPU block attention keeps each block's
     probabilities instead of the log-sum-exp), the gated MLP's gate, SiLU output and up (Liger's
     SwiGLU recomputes the SiLU; + their product when down_proj trains), and for LoRA per adapted
-    projection the dropout mask (1 byte), A's input and B's input.
+    projection what the dropout keeps (``dropout_kept_bytes``), A's input and B's input.
     """
     i, q, kv = shape.intermediate, shape.q_dim, shape.kv_dim
     rb, ab, mb, kept = _bytes(setup)
@@ -137,9 +137,24 @@ def layer_activation_bytes(shape: ModelShape, setup: Setup, trainable_layer: boo
     lora = 0.0
     if setup.method in ("lora", "qlora"):
         d = _lora_inputs(shape, setup.lora_targets)
-        lora = d * ((1 + kept) if setup.lora_dropout > 0 else (kept if kept != rb else 0))
+        drops = dropout_kept_bytes(setup.lora_dropout, setup.device)
+        lora = d * ((drops + kept) if drops else (kept if kept != rb else 0))
         lora += len(setup.lora_targets) * setup.lora_r * kept
     return _norms(shape, setup, full) + attn + mlp + lora
+
+
+# sftkit.train.dropout draws a CPU dropout of at most this p as the dropped elements' positions (it reads
+# the bound from here)
+DROPOUT_GAPS_MAX_P = 0.075
+
+
+def dropout_kept_bytes(p: float, device: str) -> float:
+    """Bytes per input element a LoRA dropout keeps for the backward pass: an int64 position per dropped
+    element where sftkit draws positions (a CPU, small p), else a one-byte mask (torch's bool, sftkit's
+    uint8); 0 without dropout."""
+    if p <= 0:
+        return 0.0
+    return 8 * p if device == "cpu" and p <= DROPOUT_GAPS_MAX_P else 1.0
 
 
 # sftkit.train.blockattn computes in blocks of this many query rows and keeps at most this many bytes of

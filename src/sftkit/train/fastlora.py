@@ -9,15 +9,16 @@ linear layers: the adapters doubled the linear layers' time).
 
 ``FusedLoRA`` computes the same function with fewer passes over [tokens x features]:
 
-* the dropout is a one-byte 0/1 multiplier (``keep_mask``); its ``1/(1-p)`` factor and
-  ``scaling`` are folded into the thin [tokens x r] product and into ``addmm``'s ``alpha``, so the
-  adapter's output is added to the base output in place (``addmm_``), never scaled or added as a separate
-  tensor;
-* backward: the input gradient is one matrix product with the frozen weight plus one ``addcmul_`` of the
-  adapter's part through the mask; the adapters' gradients come from [tokens x r] products.
+* the dropout zeroes the dropped elements in the 16-bit copy of the input the base product needs anyway
+  (positions, ``sftkit.train.dropout.draw_drops``; a one-byte 0/1 multiplier for large p or off the CPU);
+  its ``1/(1-p)`` factor and ``scaling`` are folded into the thin [tokens x r] product and into
+  ``addmm``'s ``alpha``, so the adapter's output is added to the base output in place (``addmm_``), never
+  scaled or added as a separate tensor;
+* backward: the input gradient is one matrix product with the frozen weight plus the adapter's part at the
+  kept elements (``add_kept``); the adapters' gradients come from [tokens x r] products.
 
-The mask is drawn as ``sftkit.train.dropout.FastDropout`` draws it (16 random bits per element,
-``keep_mask``, one draw per layer and step, in the same order): with the same seed
+The dropped elements are drawn as ``sftkit.train.dropout.FastDropout`` draws them (one draw per layer
+and step, in the same order): with the same seed
 the fused layer and peft's layer with ``FastDropout`` drop the same elements and agree to rounding
 (tests/test_fastlora.py). The compute dtype is autocast's where it is on, else the input's.
 
@@ -36,7 +37,7 @@ import torch
 from peft.tuners.lora.layer import Linear as LoraLinear
 from torch import nn
 
-from sftkit.train.dropout import FastDropout, dropped_levels, keep_mask, keep_scale
+from sftkit.train.dropout import FastDropout, add_kept, draw_drops, dropped_levels, keep_scale, zero_dropped
 
 
 def _drop_threshold(drop: nn.Module) -> int:
@@ -61,33 +62,36 @@ class FusedLoRA(torch.autograd.Function):
         w = weight.to(dtype)
         out = torch.addmm(bias.to(dtype), x2, w.t()) if bias is not None else x2 @ w.t()
         scale = keep_scale(dropped)
-        keep = None
-        if dropped:
-            keep = keep_mask(x2.shape, dropped, x.device)  # uint8: 1 kept, 0 dropped
-            x2 = x2 * keep
+        drops = None
+        if dropped:  # zeroed in place after the base product: in the 16-bit copy, or in a copy of our own
+            drops = draw_drops(x2.shape, dropped, x.device)
+            x2 = zero_dropped(x2.clone() if x2.data_ptr() == x.data_ptr() else x2, drops)
         h = (x2 @ a.to(dtype).t()).mul_(scale)  # [tokens, r]: the dropout's scale costs nothing here
         out.addmm_(h, b.to(dtype).t(), alpha=scaling)
-        ctx.save_for_backward(w, a, b, x2, keep, h)  # w: the compute-dtype weight (autocast keeps its cast too)
+        if not ctx.needs_input_grad[0]:  # only the input's gradient reads them
+            w = drops = None
+        ctx.save_for_backward(w, a, b, x2, drops, h)  # w: the compute-dtype weight (autocast keeps its cast too)
         ctx.scaling, ctx.keep_scale, ctx.dtype, ctx.x_dtype, ctx.x_shape = scaling, scale, dtype, x.dtype, x.shape
         return out.view(*lead, out.shape[-1])
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
-        w, a, b, x2, keep, h = ctx.saved_tensors
+        w, a, b, x2, drops, h = ctx.saved_tensors
         dtype, scaling = ctx.dtype, ctx.scaling
         g = grad.reshape(-1, grad.shape[-1]).to(dtype)
         gh = (g @ b.to(dtype)).mul_(scaling)  # [tokens, r]
         grad_x = grad_a = grad_b = None
         if ctx.needs_input_grad[4]:
-            grad_b = (g.t() @ h).mul_(scaling).to(b.dtype)
+            # [r, out] then transposed: twice as fast as g^T h on a CPU for these thin shapes
+            grad_b = (h.t() @ g).mul_(scaling).t().to(b.dtype, memory_format=torch.contiguous_format)
         if ctx.needs_input_grad[3]:
             grad_a = (gh.t() @ x2).mul_(ctx.keep_scale).to(a.dtype)
         if ctx.needs_input_grad[0]:
             grad_x = g @ w
-            if keep is None:
+            if drops is None:
                 grad_x.addmm_(gh, a.to(dtype), alpha=ctx.keep_scale)
             else:
-                grad_x.addcmul_(gh @ a.to(dtype), keep, value=ctx.keep_scale)
+                add_kept(grad_x, gh @ a.to(dtype), drops, ctx.keep_scale)
             grad_x = grad_x.view(ctx.x_shape).to(ctx.x_dtype)
         return grad_x, None, None, grad_a, grad_b, None, None, None
 

@@ -13,9 +13,9 @@ two forms:
   exponential E, so zeroing the running sums of those gaps drops every element independently with
   probability p, as the bits do, from n*p random numbers instead of n; the zeros are written in place into
   a tensor that is a fresh copy anyway (the 16-bit copy of an fp32 input), so the mask is never made or
-  multiplied. In a training step of the bundled model this was 4% faster than the bits.
+  multiplied. A training step of the bundled model (p = 0.05) was 2.6% faster than with the bits.
 
-The drop probability is ``p`` rounded to a multiple of 1/65,536 (for p = 0.05: 0.049973) either way, and
+The drop probability is ``p`` rounded to a multiple of 1/65,536 (for p = 0.05: 0.050003) either way, and
 kept elements are scaled by the exact inverse of the keep probability, so the expectation of the output is
 the input, as with torch's dropout. On a CPU the random numbers come from numpy's SFC64 generator (twice as
 fast as torch's Mersenne Twister here), seeded for each draw from torch's default generator, so

@@ -68,6 +68,8 @@ def test_positions_and_masks_apply_alike():
     torch.testing.assert_close(zero_dropped(x.clone(), pos), zero_dropped(x.clone(), mask), rtol=0, atol=0)
     torch.testing.assert_close(add_kept(out.clone(), u.clone(), pos, 1.5), add_kept(out.clone(), u, mask, 1.5))
     assert (zero_dropped(x.clone(), pos) == 0).sum() == pos.numel()
+    for p in (0.05, 0.3):  # an empty input (a mixture-of-experts expert that got no tokens)
+        assert FastDropout(p).train()(torch.randn(0, 8)).shape == (0, 8)
 
 
 @pytest.mark.parametrize("p", [0.05, 0.3])

@@ -158,3 +158,33 @@ def test_a_training_run_is_the_same_with_either_kernel(tmp_path, tiny_model_dir)
     fused, ref = (load_file(str(runs[k].run_dir / "adapter" / "adapter_model.safetensors")) for k in ("fused", "peft"))
     assert fused.keys() == ref.keys() and len(fused) == 2 * 14
     assert max((fused[k] - ref[k]).abs().max().item() for k in fused) < 1e-5
+
+
+@pytest.mark.parametrize("dropout", [0.05, 0.3])
+def test_odd_inputs(dropout):
+    """A non-contiguous 2-D input, an empty one, and a dropout that would keep nothing at 1/65,536: the fused
+    function agrees with the plain formula and leaves its input alone; p ~ 1 takes peft's forward."""
+    from sftkit.train.dropout import dropped_levels
+
+    torch.manual_seed(0)
+    w, a, b = torch.randn(6, 16), torch.randn(4, 16, requires_grad=True), torch.randn(6, 4, requires_grad=True)
+    x = torch.randn(16, 8).t().requires_grad_()  # [8, 16], not contiguous
+    before = x.detach().clone()
+    y = fastlora.FusedLoRA.apply(x, w, None, a, b, 2.0, dropped_levels(dropout), torch.float32)
+    assert torch.equal(x.detach(), before)
+    kept = (y - x.detach() @ w.t()).abs().sum() > 0
+    assert kept and y.shape == (8, 6)
+    y.sum().backward()
+    assert x.grad.shape == (8, 16) and a.grad.shape == a.shape and b.grad.is_contiguous()
+    empty = fastlora.FusedLoRA.apply(torch.randn(0, 16), w, None, a, b, 2.0, dropped_levels(dropout), torch.float32)
+    assert empty.shape == (0, 6)
+
+
+def test_dropout_near_one_takes_peft_forward(tiny_model_dir):
+    model = _lora(tiny_model_dir, 0.0)
+    fastlora.install(model)
+    layer = next(m for m in model.modules() if type(m) is fastlora.FusedLinear)
+    layer.lora_dropout["default"] = torch.nn.Dropout(1.0)  # drops everything: the adapter adds nothing
+    layer.train()
+    x = torch.randn(3, layer.in_features)
+    torch.testing.assert_close(layer(x), layer.base_layer(x))

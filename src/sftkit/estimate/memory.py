@@ -154,7 +154,8 @@ def dropout_kept_bytes(p: float, device: str) -> float:
     uint8); 0 without dropout."""
     if p <= 0:
         return 0.0
-    return 8 * p if device == "cpu" and p <= DROPOUT_GAPS_MAX_P else 1.0
+    levels = round(p * 65536)  # sftkit.train.dropout.dropped_levels: p at its resolution decides
+    return 8 * p if device == "cpu" and levels <= DROPOUT_GAPS_MAX_P * 65536 else 1.0
 
 
 # sftkit.train.blockattn computes in blocks of this many query rows and keeps at most this many bytes of

@@ -34,15 +34,16 @@ from torch import nn
 
 from sftkit.estimate.memory import DROPOUT_GAPS_MAX_P
 
-_LEVELS = 65536
+LEVELS = 65536
 GAPS_MAX_P = DROPOUT_GAPS_MAX_P  # above it the gaps (~8 ns per dropped element) cost more than the bits (~0.6 ns each)
 
 
 class FastDropout(nn.Module):
     def __init__(self, p: float) -> None:
         super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        if not 0.0 <= p < 1.0 or dropped_levels(p) >= LEVELS:
+            raise ValueError(f"dropout probability must be in [0, 1) and keep something at a resolution of "
+                             f"1/{LEVELS:,}, got {p}")
         self.p = p
         self.dropped = dropped_levels(p)  # values below -32768 + dropped are dropped
         self.scale = keep_scale(self.dropped)
@@ -58,22 +59,23 @@ class FastDropout(nn.Module):
 
 
 def dropped_levels(p: float) -> int:
-    """How many of the 65,536 16-bit levels drop an element: ``p`` rounded to a multiple of 1/65,536 (at
-    most 65,535: something is always kept)."""
-    return min(_LEVELS - 1, round(p * _LEVELS))
+    """How many of the 65,536 16-bit levels drop an element: ``p`` rounded to a multiple of 1/65,536."""
+    return round(p * LEVELS)
 
 
 def keep_scale(dropped: int) -> float:
     """The exact inverse of the keep probability, so a kept element's expectation is its value."""
-    return _LEVELS / (_LEVELS - dropped)
+    return LEVELS / (LEVELS - dropped)
 
 
 def draw_drops(shape: torch.Size, dropped: int, device: torch.device) -> torch.Tensor:
     """Which elements of a tensor of ``shape`` to drop (``dropped`` of the 65,536 levels, > 0): int64
     positions in its row-major order (CPU, p <= ``GAPS_MAX_P``) or a ``keep_mask``. Apply them with
     ``zero_dropped`` or ``add_kept``."""
-    if device.type == "cpu" and dropped <= GAPS_MAX_P * _LEVELS:
-        return _dropped_positions(shape.numel(), dropped / _LEVELS)
+    if shape.numel() == 0:  # nothing to drop (an expert that got no tokens)
+        return torch.empty(0, dtype=torch.int64, device=device)
+    if device.type == "cpu" and dropped <= GAPS_MAX_P * LEVELS:
+        return _dropped_positions(shape.numel(), dropped / LEVELS)
     return keep_mask(shape, dropped, device)
 
 
@@ -97,7 +99,7 @@ def keep_mask(shape: torch.Size, dropped: int, device: torch.device) -> torch.Te
     per element, as a bool mask, but a multiplier: a CPU makes and applies it several times faster than a
     bool mask (``torch.ge`` into bool, ``masked_fill``, ``where``)."""
     out = torch.empty(shape, dtype=torch.uint8, device=device)
-    return torch.ge(random_levels(shape, device), dropped - _LEVELS // 2, out=out)
+    return torch.ge(random_levels(shape, device), dropped - LEVELS // 2, out=out)
 
 
 def random_levels(shape: torch.Size, device: torch.device) -> torch.Tensor:
@@ -112,7 +114,7 @@ def random_levels(shape: torch.Size, device: torch.device) -> torch.Tensor:
 
 
 def _dropped_positions(n: int, p: float) -> torch.Tensor:
-    """Sorted int64 positions in [0, n), each one in with probability ``p`` independently: running sums of
+    """Sorted int64 positions in [0, n) (n > 0), each one in with probability ``p`` independently: running sums of
     Geometric(p) gaps (P(gap > k) = P(E > k * rate) = (1 - p)^k for E = -log(1 - U) exponential)."""
     rng = np.random.Generator(_numpy_bits())
     rate = -math.log1p(-p)
@@ -125,7 +127,7 @@ def _dropped_positions(n: int, p: float) -> torch.Tensor:
         np.maximum(gaps, 1, out=gaps)  # E = 0 (a uniform of exactly 0, probability 2^-53) would repeat a position
         positions = np.cumsum(gaps, out=gaps)  # integer sums: several times faster than float64's here
         positions += last
-        parts.append(positions[: int(np.searchsorted(positions, n))])
+        parts.append(positions[: int(np.searchsorted(positions, n))].copy())  # not the spare draws' buffer
         last = int(positions[-1])
     return torch.from_numpy(parts[0] if len(parts) == 1 else np.concatenate(parts))
 
@@ -146,7 +148,7 @@ def speed_up_lora_dropout(model: Any) -> int:
         if not isinstance(drops, nn.ModuleDict):
             continue
         for name, drop in drops.items():
-            if type(drop) is nn.Dropout and drop.p > 0:
+            if type(drop) is nn.Dropout and drop.p > 0 and dropped_levels(drop.p) < LEVELS:
                 drops[name] = FastDropout(drop.p)
                 count += 1
     return count

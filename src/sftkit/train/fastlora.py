@@ -37,7 +37,15 @@ import torch
 from peft.tuners.lora.layer import Linear as LoraLinear
 from torch import nn
 
-from sftkit.train.dropout import FastDropout, add_kept, draw_drops, dropped_levels, keep_scale, zero_dropped
+from sftkit.train.dropout import (
+    LEVELS,
+    FastDropout,
+    add_kept,
+    draw_drops,
+    dropped_levels,
+    keep_scale,
+    zero_dropped,
+)
 
 
 def _drop_threshold(drop: nn.Module) -> int:
@@ -58,14 +66,16 @@ class FusedLoRA(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, a: torch.Tensor,
                 b: torch.Tensor, scaling: float, dropped: int, dtype: torch.dtype) -> torch.Tensor:
         lead, features = x.shape[:-1], x.shape[-1]
-        x2 = x.reshape(-1, features).to(dtype)
+        x2 = x.reshape(-1, features).to(dtype, memory_format=torch.contiguous_format)  # drops index row-major
         w = weight.to(dtype)
         out = torch.addmm(bias.to(dtype), x2, w.t()) if bias is not None else x2 @ w.t()
         scale = keep_scale(dropped)
         drops = None
         if dropped:  # zeroed in place after the base product: in the 16-bit copy, or in a copy of our own
             drops = draw_drops(x2.shape, dropped, x.device)
-            x2 = zero_dropped(x2.clone() if x2.data_ptr() == x.data_ptr() else x2, drops)
+            if x2.data_ptr() == x.data_ptr():  # no cast was needed: x2 is the caller's tensor
+                x2 = x2.clone(memory_format=torch.contiguous_format)
+            x2 = zero_dropped(x2, drops)
         h = (x2 @ a.to(dtype).t()).mul_(scale)  # [tokens, r]: the dropout's scale costs nothing here
         out.addmm_(h, b.to(dtype).t(), alpha=scaling)
         if not ctx.needs_input_grad[0]:  # only the input's gradient reads them
@@ -83,7 +93,7 @@ class FusedLoRA(torch.autograd.Function):
         grad_x = grad_a = grad_b = None
         if ctx.needs_input_grad[4]:
             # [r, out] then transposed: twice as fast as g^T h on a CPU for these thin shapes
-            grad_b = (h.t() @ g).mul_(scaling).t().to(b.dtype, memory_format=torch.contiguous_format)
+            grad_b = (h.t() @ g).mul_(scaling).t().contiguous().to(b.dtype)
         if ctx.needs_input_grad[3]:
             grad_a = (gh.t() @ x2).mul_(ctx.keep_scale).to(a.dtype)
         if ctx.needs_input_grad[0]:
@@ -113,8 +123,10 @@ class FusedLinear(LoraLinear):
             dtype = x.dtype
         else:  # peft computes the adapter in its weights' dtype here: keep its forward
             return super().forward(x, *args, **kwargs)
-        return FusedLoRA.apply(x, base.weight, base.bias, a, b, float(self.scaling[name]),
-                               _drop_threshold(self.lora_dropout[name]), dtype)
+        dropped = _drop_threshold(self.lora_dropout[name])
+        if dropped >= LEVELS:  # p within 1/131,072 of 1: nothing would be kept; peft's dropout handles it
+            return super().forward(x, *args, **kwargs)
+        return FusedLoRA.apply(x, base.weight, base.bias, a, b, float(self.scaling[name]), dropped, dtype)
 
     def _fusable_adapter(self) -> str | None:
         """The one adapter this layer applies, when the fused path computes it exactly as peft would."""

@@ -7,8 +7,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from sftkit.estimate.memory import DROPOUT_GAPS_MAX_P  # noqa: E402
 from sftkit.train.dropout import (  # noqa: E402
-    GAPS_MAX_P,
     FastDropout,
     add_kept,
     draw_drops,
@@ -19,7 +19,7 @@ from sftkit.train.dropout import (  # noqa: E402
 
 
 def test_drops_the_right_share_in_every_bit_lane_and_keeps_the_mean():
-    drop = FastDropout(0.1).train()  # above GAPS_MAX_P: the bits' keep mask
+    drop = FastDropout(0.1).train()  # above DROPOUT_GAPS_MAX_P: the bits' keep mask
     x = torch.ones(1_000_003)  # not a multiple of 4: the last 64-bit draw is cut
     y = drop(x)
     kept = y != 0
@@ -31,7 +31,7 @@ def test_drops_the_right_share_in_every_bit_lane_and_keeps_the_mean():
     assert abs(y.mean().item() - 1.0) < 0.005
 
 
-@pytest.mark.parametrize("p", [0.05, 0.001, GAPS_MAX_P])
+@pytest.mark.parametrize("p", [0.05, 0.001, DROPOUT_GAPS_MAX_P])
 def test_dropped_positions_are_independent_bernoulli_draws(p):
     """Small p: the positions drawn from geometric gaps drop the right share, uniformly over the tensor
     (first and last thousand elements included), with no memory between neighbours (P(next dropped |

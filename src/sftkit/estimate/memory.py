@@ -143,9 +143,16 @@ def layer_activation_bytes(shape: ModelShape, setup: Setup, trainable_layer: boo
     return _norms(shape, setup, full) + attn + mlp + lora
 
 
-# sftkit.train.dropout draws a CPU dropout of at most this p as the dropped elements' positions (it reads
-# the bound from here)
+# sftkit.train.dropout rounds p to a multiple of 1/DROPOUT_LEVELS and draws a CPU dropout of at most
+# DROPOUT_GAPS_MAX_P as the dropped elements' positions (above it the ~8 ns per dropped element cost more
+# than 16-bit levels' ~0.6 ns per element); it reads both, and dropout_draws_positions, from here
+DROPOUT_LEVELS = 65536
 DROPOUT_GAPS_MAX_P = 0.075
+
+
+def dropout_draws_positions(levels: int, device: str) -> bool:
+    """Whether sftkit's dropout of ``levels`` / 65,536 draws the dropped positions (else a one-byte mask)."""
+    return device == "cpu" and 0 < levels <= DROPOUT_GAPS_MAX_P * DROPOUT_LEVELS
 
 
 def dropout_kept_bytes(p: float, device: str) -> float:
@@ -154,8 +161,7 @@ def dropout_kept_bytes(p: float, device: str) -> float:
     uint8); 0 without dropout."""
     if p <= 0:
         return 0.0
-    levels = round(p * 65536)  # sftkit.train.dropout.dropped_levels: p at its resolution decides
-    return 8 * p if device == "cpu" and levels <= DROPOUT_GAPS_MAX_P * 65536 else 1.0
+    return 8 * p if dropout_draws_positions(round(p * DROPOUT_LEVELS), device) else 1.0
 
 
 # sftkit.train.blockattn computes in blocks of this many query rows and keeps at most this many bytes of

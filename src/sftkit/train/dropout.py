@@ -8,12 +8,13 @@ two forms:
 
 * a keep mask: 16 random bits per element (64-bit draws viewed as four 16-bit values, all bits uniform),
   an element kept when its bits clear a threshold; one byte per element, 0 or 1, applied by a multiply;
-* positions (CPU, p <= ``GAPS_MAX_P``, the usual LoRA dropout of 0.05): only the dropped elements are
-  drawn. The distance from one dropped element to the next is geometric, ceil(E / -log(1 - p)) for an
-  exponential E, so zeroing the running sums of those gaps drops every element independently with
-  probability p, as the bits do, from n*p random numbers instead of n; the zeros are written in place into
-  a tensor that is a fresh copy anyway (the 16-bit copy of an fp32 input), so the mask is never made or
-  multiplied. A training step of the bundled model (p = 0.05) was 2.6% faster than with the bits.
+* positions (CPU, p <= 0.075, the usual LoRA dropout of 0.05; ``sftkit.estimate.memory`` holds the
+  rule, which the estimator shares): only the dropped elements are drawn. The distance from one dropped
+  element to the next is geometric, ceil(E / -log(1 - p)) for an exponential E, so zeroing the running sums
+  of those gaps drops every element independently with probability p, as the bits do, from n*p random
+  numbers instead of n; the zeros are written in place into a tensor that is a fresh copy anyway (the
+  16-bit copy of an fp32 input), so the mask is never made or multiplied. A training step of the bundled
+  model (p = 0.05) was 2.6% faster than with the bits.
 
 The drop probability is ``p`` rounded to a multiple of 1/65,536 (for p = 0.05: 0.050003) either way, and
 kept elements are scaled by the exact inverse of the keep probability, so the expectation of the output is
@@ -32,10 +33,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from sftkit.estimate.memory import DROPOUT_GAPS_MAX_P
+from sftkit.estimate.memory import DROPOUT_LEVELS, dropout_draws_positions
 
-LEVELS = 65536
-GAPS_MAX_P = DROPOUT_GAPS_MAX_P  # above it the gaps (~8 ns per dropped element) cost more than the bits (~0.6 ns each)
+LEVELS = DROPOUT_LEVELS
 
 
 class FastDropout(nn.Module):
@@ -70,11 +70,11 @@ def keep_scale(dropped: int) -> float:
 
 def draw_drops(shape: torch.Size, dropped: int, device: torch.device) -> torch.Tensor:
     """Which elements of a tensor of ``shape`` to drop (``dropped`` of the 65,536 levels, > 0): int64
-    positions in its row-major order (CPU, p <= ``GAPS_MAX_P``) or a ``keep_mask``. Apply them with
+    positions in its row-major order (CPU, small p: ``dropout_draws_positions``) or a ``keep_mask``. Apply them with
     ``zero_dropped`` or ``add_kept``."""
     if shape.numel() == 0:  # nothing to drop (an expert that got no tokens)
         return torch.empty(0, dtype=torch.int64, device=device)
-    if device.type == "cpu" and dropped <= GAPS_MAX_P * LEVELS:
+    if dropout_draws_positions(dropped, device.type):
         return _dropped_positions(shape.numel(), dropped / LEVELS)
     return keep_mask(shape, dropped, device)
 
